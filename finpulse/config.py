@@ -1,0 +1,155 @@
+"""One frozen Settings object, read from the environment and `.env`; CLI flags override it.
+
+Environment names are those of `.env.example`. Tuning knobs that the original project did not
+have are prefixed `FINPULSE_`. Every default carries a comment saying why it is what it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from finpulse.errors import ConfigError
+
+#: Embedded Delta location used when neither DELTA_TABLE_URI nor Azure credentials are set.
+LOCAL_DELTA_PATH = Path("data") / "delta" / "prices"
+
+AZURE_SCHEMES = ("abfss://", "abfs://", "az://", "azure://")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_ignore_empty=True,  # `DELTA_TABLE_URI=` in .env means "not set", not ""
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+        hide_input_in_errors=True,  # a malformed secret must never be echoed back
+    )
+
+    # --- Kafka: names and defaults of the original project ---
+    kafka_bootstrap_servers: str = "localhost:29092"  # the local broker's host port
+    kafka_topic: str = Field("raw_prices", min_length=1)
+    kafka_group_id: str = Field("finpulse-price-consumer", min_length=1)
+
+    # --- PostgreSQL: the original project's variables ---
+    postgres_host: str = "localhost"
+    postgres_port: int = Field(5433, ge=1, le=65535)  # 5433 keeps clear of a system PostgreSQL
+    postgres_db: str = "finpulse"
+    postgres_user: str = "finpulse"
+    postgres_password: SecretStr | None = None  # required by every command that touches PostgreSQL
+    # Tables live in this schema; tests give each run its own so they never see each other's rows.
+    postgres_schema: str = Field("public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+
+    # --- Delta Lake and Azure ---
+    delta_table_uri: str | None = None  # wins over the Azure and embedded defaults when set
+    azure_storage_account_name: str | None = None
+    azure_storage_account_key: SecretStr | None = None
+    azure_container_name: str = "delta-lake"  # the original project's container
+    azure_storage_use_emulator: bool = False  # true: talk to Azurite on 127.0.0.1:10000
+
+    # --- Ingest tuning (FINPULSE_*) ---
+    # 5 ticks, as the original consumer: a flush *trigger*, not a cap; whatever piles up behind
+    # an in-flight write joins the next one, so a backlog still drains in large writes.
+    batch_size: int = Field(5, ge=1, le=1_000_000, validation_alias=AliasChoices("FINPULSE_BATCH_SIZE", "batch_size"))
+    # 100 ms bounds how stale a partial batch can get on a trickle of ticks.
+    linger_ms: int = Field(100, ge=0, le=600_000, validation_alias=AliasChoices("FINPULSE_LINGER_MS", "linger_ms"))
+    # Ticks decoded but not yet durable in both sinks before consumption pauses. At roughly
+    # 200 bytes a tick in flight (Arrow rows plus raw bytes of rejects) this is ~50 MB.
+    max_inflight_ticks: int = Field(
+        250_000, ge=1_000, validation_alias=AliasChoices("FINPULSE_MAX_INFLIGHT_TICKS", "max_inflight_ticks")
+    )
+    # One worker process per partition by default (None = the topic's partition count).
+    workers: int | None = Field(None, ge=1, le=256, validation_alias=AliasChoices("FINPULSE_WORKERS", "workers"))
+    # Messages larger than this are rejected unread: 1 MiB, Kafka's own default message size.
+    max_message_bytes: int = Field(
+        1 << 20, ge=1024, validation_alias=AliasChoices("FINPULSE_MAX_MESSAGE_BYTES", "max_message_bytes")
+    )
+
+    # ------------------------------------------------------------------ derived values
+    def postgres_conninfo(self) -> str:
+        """libpq connection string; raises ConfigError when the password is missing."""
+        if self.postgres_password is None:
+            raise ConfigError(
+                "POSTGRES_PASSWORD is not set: put the finpulse user's password in .env "
+                "(scripts/setup copies .env.example, whose local-stack value is 'finpulse')."
+            )
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(
+            host=self.postgres_host,
+            port=self.postgres_port,
+            dbname=self.postgres_db,
+            user=self.postgres_user,
+            password=self.postgres_password.get_secret_value(),
+            application_name="finpulse",
+            options=f"-c search_path={self.postgres_schema}",
+            connect_timeout=5,
+        )
+
+    def postgres_display(self) -> str:
+        """Where PostgreSQL is, safe to print (no password)."""
+        return f"postgresql://{self.postgres_user}@{self.postgres_host}:{self.postgres_port}/{self.postgres_db}"
+
+    @property
+    def azure_configured(self) -> bool:
+        return bool(self.azure_storage_account_name and self.azure_storage_account_key)
+
+    @property
+    def delta_uri(self) -> str:
+        if self.delta_table_uri:
+            uri = self.delta_table_uri
+            return uri if "://" in uri else str(Path(uri).resolve())
+        if self.azure_configured:
+            return (
+                f"abfss://{self.azure_container_name}@{self.azure_storage_account_name}"
+                ".dfs.core.windows.net/prices"
+            )
+        return str(LOCAL_DELTA_PATH.resolve())
+
+    @property
+    def delta_storage_options(self) -> dict[str, str]:
+        uri = self.delta_uri
+        if not uri.startswith(AZURE_SCHEMES):
+            return {}
+        if not self.azure_configured:
+            raise ConfigError(
+                f"DELTA_TABLE_URI is an Azure URI ({uri}) but AZURE_STORAGE_ACCOUNT_NAME and "
+                "AZURE_STORAGE_ACCOUNT_KEY are not both set: add them to .env."
+            )
+        assert self.azure_storage_account_key is not None
+        options = {
+            "account_name": self.azure_storage_account_name or "",
+            "account_key": self.azure_storage_account_key.get_secret_value(),
+        }
+        if self.azure_storage_use_emulator:
+            options["use_emulator"] = "true"
+        return options
+
+
+# Which variable a field is read from, for error messages.
+def _env_name(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    alias = getattr(info, "validation_alias", None) if info else None
+    if isinstance(alias, AliasChoices) and alias.choices:
+        return str(alias.choices[0])
+    return field.upper()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from env and .env with `overrides` (CLI flags; None means "not given") on top."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            source = f"--{field.replace('_', '-')}" if field in given else _env_name(field)
+            problems.append(f"{source}: {err['msg']}")
+        raise ConfigError(
+            "invalid configuration: " + "; ".join(problems) + " (see .env.example for each variable)"
+        ) from None

@@ -1,0 +1,48 @@
+"""Every error FinPulse raises on purpose.
+
+    FinpulseError                 root; carries one message meant for a person
+    ├── ConfigError               a setting is missing or malformed (exit code 2)
+    ├── ServiceUnavailable        Kafka, PostgreSQL or storage cannot be reached right now;
+    │                             the worker loop waits and retries, the CLI says what to start
+    ├── SinkRejected              a sink refused our rows for a reason that will not heal
+    │                             (credentials, permissions, a table whose schema cannot take them)
+    └── WorkerFailed              a worker process ended with an error; the supervisor reports it
+
+All of them pickle by their arguments, so a worker can send one to its parent unchanged.
+Anything else that escapes is a bug and should crash loudly.
+"""
+
+from __future__ import annotations
+
+
+class FinpulseError(Exception):
+    """Root of FinPulse's own errors. `str(err)` is the line we show the user."""
+
+    exit_code = 1
+
+    def __reduce__(self):  # keep subclasses and args intact across a process boundary
+        return (type(self), self.args)
+
+
+class ConfigError(FinpulseError):
+    """A setting is missing or malformed; the message names the variable and what to put there."""
+
+    exit_code = 2
+
+
+class ServiceUnavailable(FinpulseError):
+    """A service is down or unreachable. Recoverable: wait and try again."""
+
+    exit_code = 3
+
+
+class SinkRejected(FinpulseError):
+    """A sink refuses the write for good (auth, permissions, incompatible schema)."""
+
+    exit_code = 4
+
+
+class WorkerFailed(FinpulseError):
+    """A worker process died with an error the supervisor could not heal by restarting it."""
+
+    exit_code = 5

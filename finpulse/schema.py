@@ -1,0 +1,89 @@
+"""The one Arrow schema of a tick row; the PostgreSQL DDL and the Delta schema are derived from it.
+
+A row is a trade as the exchange reported it plus its lineage: the Kafka partition and offset of
+the message that carried it and `tick_index`, its position inside that message (0 for a message
+with one tick). `(kafka_partition, kafka_offset, tick_index)` identifies a row in every sink.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+TICKS = pa.schema(
+    [
+        pa.field("symbol", pa.string(), nullable=False),  # trimmed, upper-cased, as the feed spells it
+        pa.field("price", pa.float64(), nullable=False),
+        pa.field("size", pa.float64(), nullable=False),
+        pa.field("timestamp_ms", pa.int64(), nullable=False),  # UTC epoch ms of the trade
+        pa.field("trade_time", pa.timestamp("us", tz="UTC"), nullable=False),  # keeps sub-ms digits
+        pa.field("exchange", pa.string()),  # venue from the message, else the feed's name
+        pa.field("side", pa.string()),  # 'buy' / 'sell' when the feed says so
+        pa.field("broker_time", pa.bool_(), nullable=False),  # true: no trade time, Kafka's stands in
+        pa.field("kafka_partition", pa.int32(), nullable=False),
+        pa.field("kafka_offset", pa.int64(), nullable=False),
+        pa.field("tick_index", pa.int32(), nullable=False),
+    ]
+)
+
+LINEAGE = ("kafka_partition", "kafka_offset", "tick_index")
+
+#: Delta partitions by the trade's UTC date, derived from trade_time at write time.
+DELTA_PARTITION = "trade_date"
+DELTA = TICKS.append(pa.field(DELTA_PARTITION, pa.date32(), nullable=False))
+
+# --------------------------------------------------------------------- PostgreSQL
+PRICES_TABLE = "prices_raw"
+OFFSETS_TABLE = "finpulse_offsets"
+REJECTS_TABLE = "prices_rejected"
+
+_PG_TYPES = {
+    pa.string(): "text",
+    pa.float64(): "double precision",
+    pa.int64(): "bigint",
+    pa.int32(): "integer",
+    pa.bool_(): "boolean",
+    pa.timestamp("us", tz="UTC"): "timestamptz",
+}
+
+
+def pg_type(arrow_type: pa.DataType) -> str:
+    return _PG_TYPES[arrow_type]
+
+
+def _columns_sql(schema: pa.Schema) -> str:
+    return ",\n    ".join(
+        f"{f.name} {pg_type(f.type)}{'' if f.nullable else ' NOT NULL'}" for f in schema
+    )
+
+
+# Indexes are the price of queries: the primary key proves lineage is unique (and lets replay
+# find what is missing); (symbol, trade_time) serves "symbol X between t1 and t2". Their cost
+# to the ingest rate is measured in bench/.
+PG_DDL = [
+    f"""CREATE TABLE IF NOT EXISTS {PRICES_TABLE} (
+    {_columns_sql(TICKS)},
+    PRIMARY KEY ({", ".join(LINEAGE)})
+)""",
+    f"CREATE INDEX IF NOT EXISTS {PRICES_TABLE}_symbol_time ON {PRICES_TABLE} (symbol, trade_time)",
+    # The sink's own record of how far it got: written in the same transaction as the rows.
+    f"""CREATE TABLE IF NOT EXISTS {OFFSETS_TABLE} (
+    topic text NOT NULL,
+    kafka_partition integer NOT NULL,
+    next_offset bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (topic, kafka_partition)
+)""",
+    # Messages (or single trades of a frame) that yielded no valid tick, with the bytes as read.
+    f"""CREATE TABLE IF NOT EXISTS {REJECTS_TABLE} (
+    kafka_partition integer NOT NULL,
+    kafka_offset bigint NOT NULL,
+    tick_index integer NOT NULL,
+    feed text NOT NULL,
+    reason text NOT NULL,
+    raw bytea,
+    kafka_timestamp_ms bigint,
+    rejected_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (kafka_partition, kafka_offset, tick_index)
+)""",
+]
+PG_TABLES = (PRICES_TABLE, OFFSETS_TABLE, REJECTS_TABLE)
