@@ -1,0 +1,121 @@
+"""Ticks gathered between flushes, with the offsets they cover.
+
+`TickBatch.after(held)` is the one place that enforces "never write an offset a sink already
+holds": every sink calls it with the positions it read inside its own transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from finpulse.normalize import Decoded, Reject
+from finpulse.schema import TICKS
+
+Offsets = dict[int, int]  # partition -> next offset to read (everything below it is held)
+
+
+@dataclass(frozen=True)
+class TickBatch:
+    ticks: pa.Table
+    rejects: tuple[Reject, ...]
+    next_offsets: Offsets  # per partition: one past the last message this batch covers
+
+    @property
+    def empty(self) -> bool:
+        return not self.next_offsets
+
+    @property
+    def size(self) -> int:
+        return self.ticks.num_rows + len(self.rejects)
+
+    def after(self, held: Offsets) -> "TickBatch":
+        """This batch without the messages a sink already holds (offset < held[partition])."""
+        if not any(held.get(p, -1) > 0 for p in self.next_offsets):
+            return self
+        todo = {p: n for p, n in self.next_offsets.items() if n > held.get(p, 0)}
+        if self.ticks.num_rows:
+            parts = self.ticks.column("kafka_partition").to_numpy()
+            offs = self.ticks.column("kafka_offset").to_numpy()
+            floor = np.zeros(int(parts.max()) + 1, dtype=np.int64)
+            for p, h in held.items():
+                if p < len(floor):
+                    floor[p] = h
+            ticks = self.ticks.filter(pa.array(offs >= floor[parts]))
+        else:
+            ticks = self.ticks
+        rejects = tuple(r for r in self.rejects if r.offset >= held.get(r.partition, 0))
+        return TickBatch(ticks, rejects, todo)
+
+    @staticmethod
+    def merge(batches: list["TickBatch"]) -> "TickBatch":
+        """Batches in arrival order -> one batch (the group commit of a sink lane)."""
+        if len(batches) == 1:
+            return batches[0]
+        offsets: Offsets = {}
+        for b in batches:
+            for p, n in b.next_offsets.items():
+                offsets[p] = max(n, offsets.get(p, 0))
+        return TickBatch(
+            pa.concat_tables([b.ticks for b in batches]),
+            tuple(r for b in batches for r in b.rejects),
+            offsets,
+        )
+
+
+@dataclass
+class Accumulator:
+    """Decoded pieces waiting for the next flush; `take()` turns them into one TickBatch."""
+
+    pieces: list[pa.RecordBatch] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    next_offsets: Offsets = field(default_factory=dict)
+    ticks: int = 0
+    skipped: int = 0
+    since: float | None = None  # monotonic time of the oldest waiting message
+
+    def add(self, decoded: Decoded, partitions: list[int], offsets: list[int]) -> None:
+        if decoded.ticks.num_rows:
+            self.pieces.append(decoded.ticks)
+            self.ticks += decoded.ticks.num_rows
+        self.rejects.extend(decoded.rejects)
+        self.skipped += decoded.skipped
+        for p, o in zip(partitions, offsets):  # per message: cheap, and covers skipped ones too
+            if o >= self.next_offsets.get(p, 0):
+                self.next_offsets[p] = o + 1
+        if self.since is None and partitions:
+            self.since = time.monotonic()
+
+    @property
+    def size(self) -> int:
+        return self.ticks + len(self.rejects)
+
+    def waited(self) -> float:
+        return 0.0 if self.since is None else time.monotonic() - self.since
+
+    def take(self) -> TickBatch:
+        table = pa.Table.from_batches(self.pieces, schema=TICKS) if self.pieces else TICKS.empty_table()
+        batch = TickBatch(table, tuple(self.rejects), dict(self.next_offsets))
+        self.pieces, self.rejects, self.next_offsets = [], [], {}
+        self.ticks, self.since = 0, None
+        return batch
+
+    def drop(self, partitions) -> None:
+        """Forget what was buffered for revoked partitions (the new owner re-reads it)."""
+        gone = set(partitions)
+        if not gone & set(self.next_offsets):
+            return
+        batch = self.take()
+        keep = {p: n for p, n in batch.next_offsets.items() if p not in gone}
+        mask = pc.invert(pc.is_in(batch.ticks.column("kafka_partition"), pa.array(sorted(gone), pa.int32())))
+        table = batch.ticks.filter(mask)
+        self.pieces = table.to_batches()
+        self.ticks = table.num_rows
+        self.rejects = [r for r in batch.rejects if r.partition not in gone]
+        self.next_offsets = keep
+        if keep:
+            self.since = time.monotonic()
