@@ -1,0 +1,18 @@
+"""FinPulse: Kafka ticks landed exactly once in PostgreSQL and Delta Lake."""
+
+from finpulse.config import Settings, load_settings
+from finpulse.errors import ConfigError, FinpulseError, ServiceUnavailable, SinkRejected, WorkerFailed
+from finpulse.normalize import Decoder, Messages
+
+__all__ = [
+    "ConfigError",
+    "Decoder",
+    "FinpulseError",
+    "Messages",
+    "ServiceUnavailable",
+    "Settings",
+    "SinkRejected",
+    "WorkerFailed",
+    "load_settings",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,94 @@
+"""What the supervisor shows while workers run: a live table on a terminal, log lines otherwise."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+log = logging.getLogger("finpulse.progress")
+
+LOG_EVERY_S = 5.0  # plain progress lines when output is not a terminal
+
+
+@dataclass
+class Totals:
+    messages: int = 0
+    ticks: int = 0
+    rejected: int = 0
+    skipped: int = 0
+    rows: dict[str, int] = field(default_factory=lambda: {"postgres": 0, "delta": 0})
+    lag: dict[int, dict[int, int]] = field(default_factory=dict)  # worker -> partition -> lag
+    pids: dict[int, int] = field(default_factory=dict)
+    down: dict[int, dict[str, str]] = field(default_factory=dict)
+    paused: dict[int, bool] = field(default_factory=dict)
+    restarts: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def add(self, worker: int, pid: int, stats: dict) -> None:
+        for key in ("messages", "ticks", "rejected", "skipped"):
+            setattr(self, key, getattr(self, key) + stats[key])
+        for sink, n in stats["rows"].items():
+            self.rows[sink] = self.rows.get(sink, 0) + n
+        self.lag[worker] = stats["lag"]
+        self.pids[worker] = pid
+        self.down[worker] = stats["down"]
+        self.paused[worker] = stats["paused"]
+
+    @property
+    def elapsed(self) -> float:
+        return max(time.monotonic() - self.started, 1e-9)
+
+    def total_lag(self) -> int:
+        return sum(sum(parts.values()) for parts in self.lag.values())
+
+    def line(self) -> str:
+        down = sorted({s for d in self.down.values() for s in d})
+        return (
+            f"ticks {self.ticks:,} ({self.ticks / self.elapsed:,.0f}/s) | postgres {self.rows['postgres']:,} "
+            f"| delta {self.rows['delta']:,} | rejected {self.rejected:,} | skipped {self.skipped:,} "
+            f"| lag {self.total_lag():,}" + (f" | waiting for {', '.join(down)}" if down else "")
+        )
+
+    def table(self) -> Table:
+        t = Table(title=self.line(), title_justify="left", expand=False)
+        for col in ("worker", "pid", "partitions", "lag", "state"):
+            t.add_column(col, justify="right" if col in ("pid", "lag") else "left")
+        for w in sorted(self.pids):
+            parts = self.lag.get(w, {})
+            state = ", ".join(f"{s} down" for s in self.down.get(w, {})) or ("paused" if self.paused.get(w) else "ok")
+            t.add_row(str(w), str(self.pids[w]), ",".join(map(str, sorted(parts))) or "-",
+                      f"{sum(parts.values()):,}", state)
+        return t
+
+
+class Progress:
+    def __init__(self, totals: Totals, live: bool | None = None):
+        self.totals = totals
+        self.live = sys.stderr.isatty() if live is None else live
+        self._live: Live | None = None
+        self._next_log = time.monotonic() + LOG_EVERY_S
+
+    def __enter__(self) -> "Progress":
+        if self.live:
+            self._live = Live(self.totals.table(), console=Console(stderr=True), refresh_per_second=4,
+                              transient=False)
+            self._live.__enter__()
+        return self
+
+    def refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self.totals.table())
+        elif time.monotonic() >= self._next_log:
+            self._next_log = time.monotonic() + LOG_EVERY_S
+            log.info("%s", self.totals.line())
+
+    def __exit__(self, *exc) -> None:
+        if self._live is not None:
+            self._live.update(self.totals.table())
+            self._live.__exit__(*exc)

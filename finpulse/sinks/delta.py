@@ -1,0 +1,109 @@
+"""Delta Lake sink: appends with delta-rs; the offsets are app transactions in the same commit."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError, TableNotFoundError
+
+from finpulse.batch import Offsets, TickBatch
+from finpulse.errors import ServiceUnavailable, SinkRejected
+from finpulse.schema import DELTA, DELTA_PARTITION
+
+log = logging.getLogger(__name__)
+
+# Several workers append to one table; delta-rs rebases a losing commit onto the winner this
+# many times before giving up (appends never truly conflict, so a few rounds always suffice).
+MAX_COMMIT_RETRIES = 20
+
+
+def app_id(topic: str, partition: int) -> str:
+    """The Delta `txn` application id of one Kafka partition; its version is the next offset."""
+    return f"finpulse:{topic}:{partition}"
+
+
+def create_table(uri: str, storage_options: dict[str, str]) -> bool:
+    """Create the Delta table if absent; True when this call created it."""
+    try:
+        DeltaTable(uri, storage_options=storage_options)
+        return False
+    except TableNotFoundError:
+        pass
+    except (DeltaError, OSError) as exc:
+        raise ServiceUnavailable(f"Delta table {uri} cannot be reached: {exc}") from None
+    try:
+        DeltaTable.create(uri, schema=DELTA, partition_by=[DELTA_PARTITION], mode="ignore",
+                          storage_options=storage_options, name="prices")
+    except (DeltaError, OSError) as exc:
+        raise ServiceUnavailable(f"Delta table {uri} cannot be created: {exc}") from None
+    return True
+
+
+def with_partition_column(ticks: pa.Table) -> pa.Table:
+    table = ticks.append_column(DELTA_PARTITION, pc.cast(ticks.column("trade_time"), pa.date32()))
+    return table.cast(DELTA)
+
+
+class DeltaSink:
+    name = "delta"
+
+    def __init__(self, uri: str, storage_options: dict[str, str], topic: str):
+        self.uri, self.storage_options, self.topic = uri, storage_options, topic
+        self._table: DeltaTable | None = None
+
+    def _latest(self) -> DeltaTable:
+        try:
+            if self._table is None:
+                self._table = DeltaTable(self.uri, storage_options=self.storage_options)
+            else:
+                self._table.update_incremental()
+            return self._table
+        except TableNotFoundError:
+            raise SinkRejected(f"no Delta table at {self.uri}: run `finpulse init`") from None
+        except (DeltaError, OSError) as exc:
+            self._table = None
+            raise ServiceUnavailable(f"Delta table {self.uri} unavailable: {exc}") from None
+
+    def positions(self, partitions: Iterable[int]) -> Offsets:
+        table = self._latest()
+        held = {}
+        for p in partitions:
+            version = table.transaction_version(app_id(self.topic, p))
+            if version is not None:
+                held[p] = version
+        return held
+
+    def write(self, batch: TickBatch) -> Offsets:
+        held = self.positions(batch.next_offsets)
+        todo = batch.after(held)
+        if todo.empty:
+            return held
+        table = self._latest()
+        commit = CommitProperties(
+            app_transactions=[Transaction(app_id(self.topic, p), n) for p, n in todo.next_offsets.items()],
+            max_commit_retries=MAX_COMMIT_RETRIES,
+        )
+        try:
+            if todo.ticks.num_rows:
+                write_deltalake(table, with_partition_column(todo.ticks), mode="append",
+                                partition_by=[DELTA_PARTITION], schema_mode="merge", commit_properties=commit)
+            else:  # only rejects or skipped events: still record that these offsets are done
+                table.create_write_transaction([], mode="append", schema=DELTA,
+                                               partition_by=[DELTA_PARTITION], commit_properties=commit)
+        except SchemaMismatchError as exc:
+            raise SinkRejected(f"the Delta table at {self.uri} cannot take our rows: {exc}") from None
+        except CommitFailedError as exc:
+            self._table = None  # another writer won; re-read before trying again
+            raise ServiceUnavailable(f"Delta commit conflict: {exc}") from None
+        except (DeltaError, OSError) as exc:
+            self._table = None
+            raise ServiceUnavailable(f"Delta write to {self.uri} failed: {exc}") from None
+        held.update(todo.next_offsets)
+        return held
+
+    def close(self) -> None:
+        self._table = None

@@ -1,0 +1,118 @@
+"""PostgreSQL sink: binary COPY into prices_raw, rejects and offsets in the same transaction."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+import psycopg
+from psycopg import errors as pgerr
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from finpulse.batch import Offsets, TickBatch
+from finpulse.errors import ServiceUnavailable, SinkRejected
+from finpulse.schema import OFFSETS_TABLE, PG_DDL, PRICES_TABLE, REJECTS_TABLE, TICKS
+from finpulse.sinks import pgcopy
+
+log = logging.getLogger(__name__)
+
+_COPY_TICKS = f"COPY {PRICES_TABLE} ({', '.join(pgcopy.copy_columns(TICKS))}) FROM STDIN (FORMAT BINARY)"
+_COPY_REJECTS = (
+    f"COPY {REJECTS_TABLE} (kafka_partition, kafka_offset, tick_index, feed, reason, raw, kafka_timestamp_ms) "
+    "FROM STDIN"
+)
+_HELD = f"SELECT kafka_partition, next_offset FROM {OFFSETS_TABLE} WHERE topic = %s AND kafka_partition = ANY(%s)"
+_ADVANCE = (
+    f"INSERT INTO {OFFSETS_TABLE} (topic, kafka_partition, next_offset) "
+    "SELECT %s, p, n FROM unnest(%s::int[], %s::bigint[]) AS t(p, n) "
+    "ON CONFLICT (topic, kafka_partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+)
+
+# SQLSTATE classes that heal by themselves: connection trouble (08), the server shutting down or
+# starting (57P), too many connections / out of resources (53), and conflicts with another writer
+# (40: serialization/deadlock; 23505: a concurrent first write of the same partition).
+_TRANSIENT_CLASSES = ("08", "53", "57", "40", "58")
+
+
+def _classify(exc: Exception, what: str) -> Exception:
+    state = getattr(exc, "sqlstate", None) or ""
+    if isinstance(exc, (PoolTimeout, psycopg.OperationalError)) and not state.startswith("28"):
+        return ServiceUnavailable(f"PostgreSQL unavailable while {what}: {_first_line(exc)}")
+    if state.startswith(_TRANSIENT_CLASSES) or isinstance(exc, pgerr.UniqueViolation):
+        return ServiceUnavailable(f"PostgreSQL busy while {what} ({state}): {_first_line(exc)}")
+    hint = {
+        "28": "check POSTGRES_USER and POSTGRES_PASSWORD",
+        "42": "run `finpulse init`, or fix the table so it has the columns of the canonical schema",
+    }.get(state[:2], "see the PostgreSQL log")
+    return SinkRejected(f"PostgreSQL refused {what} ({state or type(exc).__name__}): {_first_line(exc)}; {hint}")
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def create_tables(conninfo: str, schema: str) -> list[str]:
+    """Create the schema and tables if absent; return the names of those that were created."""
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            existing = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,)
+                )
+            }
+            for ddl in PG_DDL:
+                conn.execute(ddl)
+    except psycopg.Error as exc:
+        raise _classify(exc, "creating tables") from None
+    return [t for t in (PRICES_TABLE, REJECTS_TABLE, OFFSETS_TABLE) if t not in existing]
+
+
+class PostgresSink:
+    name = "postgres"
+
+    def __init__(self, conninfo: str, topic: str):
+        self.topic = topic
+        # One connection per worker is all a sequential writer needs; the pool gives us
+        # reconnection after an outage and a health check before each use.
+        self.pool = ConnectionPool(
+            conninfo, min_size=1, max_size=1, open=False, check=ConnectionPool.check_connection,
+            reconnect_timeout=0,  # retrying is the worker loop's job, with its own backoff
+        )
+        self.pool.open(wait=False)
+
+    def positions(self, partitions: Iterable[int]) -> Offsets:
+        try:
+            with self.pool.connection(timeout=10) as conn:
+                rows = conn.execute(_HELD, (self.topic, list(partitions))).fetchall()
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise _classify(exc, "reading offsets") from None
+        return {p: n for p, n in rows}
+
+    def write(self, batch: TickBatch) -> Offsets:
+        parts = sorted(batch.next_offsets)
+        try:
+            with self.pool.connection(timeout=10) as conn, conn.transaction():
+                held = {p: n for p, n in conn.execute(_HELD + " FOR UPDATE", (self.topic, parts)).fetchall()}
+                todo = batch.after(held)
+                if todo.empty:
+                    return held
+                with conn.cursor() as cur:
+                    if todo.ticks.num_rows:
+                        with cur.copy(_COPY_TICKS) as copy:
+                            copy.write(pgcopy.encode(todo.ticks))
+                    if todo.rejects:
+                        with cur.copy(_COPY_REJECTS) as copy:
+                            for r in todo.rejects:
+                                copy.write_row(
+                                    (r.partition, r.offset, r.tick_index, r.feed, r.reason, r.raw, r.kafka_timestamp_ms)
+                                )
+                    cur.execute(_ADVANCE, (self.topic, list(todo.next_offsets), list(todo.next_offsets.values())))
+                held.update(todo.next_offsets)
+                return held
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise _classify(exc, f"writing {batch.ticks.num_rows} rows") from None
+
+    def close(self) -> None:
+        self.pool.close()

@@ -1,0 +1,150 @@
+"""Spawns one worker process per partition, restarts the ones that die, stops them all cleanly."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import multiprocessing as mp
+import os
+import queue
+import signal
+import time
+from dataclasses import dataclass
+
+from finpulse import source
+from finpulse.config import Settings
+from finpulse.errors import FinpulseError, ServiceUnavailable, WorkerFailed
+from finpulse.progress import Progress, Totals
+from finpulse.sinks.delta import create_table as create_delta_table
+from finpulse.sinks.postgres import create_tables as create_pg_tables
+from finpulse.worker import WorkerSpec, main as worker_main
+
+log = logging.getLogger("finpulse.supervisor")
+
+RESTART_FIRST_S = 1.0  # a crashed worker comes back after 1 s, then 2, 4 ... up to 30 s
+RESTART_MAX_S = 30.0
+HEALTHY_AFTER_S = 60.0  # a worker that ran this long starts its backoff afresh when it dies
+STOP_TIMEOUT_S = 45.0  # after SIGTERM a worker gets this long (its own grace is 30 s) before SIGKILL
+
+
+@dataclass
+class Summary:
+    totals: Totals
+    workers: int
+    partitions: int
+
+
+def prepare(settings: Settings) -> None:
+    """Tables in both sinks exist (idempotent), so `ingest` works without a separate `init`."""
+    create_pg_tables(settings.postgres_conninfo(), settings.postgres_schema)
+    create_delta_table(settings.delta_uri, settings.delta_storage_options)
+
+
+def run(settings: Settings, workers: int | None = None, drain: bool = False, feed: str | None = None,
+        strict: bool = False, live: bool | None = None) -> Summary:
+    parts = source.partitions(settings)
+    prepare(settings)
+    targets = {p: high for p, (_, high) in source.watermarks(settings, parts).items()} if drain else None
+    n = workers or settings.workers or len(parts)
+    ctx = mp.get_context("spawn")
+    events, logs = ctx.Queue(), ctx.Queue()
+    listener = logging.handlers.QueueListener(logs, *logging.getLogger().handlers, respect_handler_level=True)
+    listener.start()
+
+    totals = Totals()
+    procs: dict[int, mp.Process] = {}
+    started: dict[int, float] = {}
+    backoff: dict[int, float] = {}
+    due: dict[int, float] = {}  # worker -> when to restart it
+    done: set[int] = set()
+    fatal: list[FinpulseError] = []
+    stopping = False
+
+    def spawn(i: int) -> None:
+        spec = WorkerSpec(i, settings, os.getpid(), drain=targets, feed=feed, strict=strict)
+        p = ctx.Process(target=worker_main, args=(spec, events, logs), name=f"finpulse-worker-{i}", daemon=False)
+        p.start()
+        procs[i], started[i] = p, time.monotonic()
+
+    def stop(*_) -> None:
+        nonlocal stopping
+        if not stopping:
+            log.info("stopping: flushing buffered ticks")
+        stopping = True
+        for p in procs.values():
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    log.info("ingesting %s (%d partitions) with %d workers%s", settings.kafka_topic, len(parts), n,
+             ", draining to the current high watermarks" if drain else "")
+    try:
+        for i in range(n):
+            spawn(i)
+        with Progress(totals, live) as progress:
+            while len(done) < n:
+                _pump(events, totals, fatal)
+                progress.refresh()
+                if fatal and not stopping:
+                    stop()
+                now = time.monotonic()
+                for i, p in list(procs.items()):
+                    if i in done or p.is_alive() or i in due:
+                        continue
+                    p.join()
+                    if p.exitcode == 0 or stopping:
+                        done.add(i)
+                        continue
+                    ran = now - started[i]
+                    backoff[i] = RESTART_FIRST_S if ran > HEALTHY_AFTER_S else min(
+                        backoff.get(i, RESTART_FIRST_S / 2) * 2, RESTART_MAX_S)
+                    due[i] = now + backoff[i]
+                    totals.restarts += 1
+                    log.warning("worker %d (pid %d) exited with code %s; restarting in %.0fs",
+                                i, p.pid, p.exitcode, backoff[i])
+                for i, when in list(due.items()):
+                    if stopping:
+                        del due[i]
+                        done.add(i)
+                    elif now >= when:
+                        del due[i]
+                        spawn(i)
+                if stopping:
+                    _reap(procs, done)
+            _pump(events, totals, fatal)
+    finally:
+        stop()
+        for p in procs.values():
+            p.join(STOP_TIMEOUT_S)
+            if p.is_alive():
+                p.kill()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        listener.stop()
+    if fatal:
+        raise fatal[0]
+    return Summary(totals, n, len(parts))
+
+
+def _pump(events, totals: Totals, fatal: list[FinpulseError]) -> None:
+    """Take what the workers sent: stats, and errors that will not heal by restarting."""
+    deadline = time.monotonic() + 0.25
+    while True:
+        try:
+            kind, worker, pid, payload = events.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            return
+        if kind == "stats":
+            totals.add(worker, pid, payload)
+        elif kind == "error" and not isinstance(payload, ServiceUnavailable):
+            fatal.append(payload)
+        elif kind == "crash":
+            log.error("worker %d (pid %d) crashed:\n%s", worker, pid, payload)
+            if totals.restarts > 20:
+                fatal.append(WorkerFailed(f"worker {worker} keeps crashing; last error above"))
+
+
+def _reap(procs: dict[int, mp.Process], done: set[int]) -> None:
+    for i, p in procs.items():
+        if not p.is_alive():
+            done.add(i)

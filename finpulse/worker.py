@@ -1,0 +1,285 @@
+"""One worker process: consume -> decode -> accumulate -> hand to the sink lanes -> commit.
+
+Positions come from the sinks: on every assignment the worker seeks each partition to the lowest
+offset any sink holds, and each sink skips what it already has. The Kafka group commit after
+both sinks only feeds lag tools.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+from finpulse import source
+from finpulse.batch import Accumulator, Offsets
+from finpulse.config import Settings
+from finpulse.errors import FinpulseError, ServiceUnavailable
+from finpulse.lanes import Lane
+from finpulse.normalize import Decoder, Messages
+from finpulse.sinks.delta import DeltaSink
+from finpulse.sinks.postgres import PostgresSink
+
+log = logging.getLogger("finpulse.worker")
+
+# Messages taken from librdkafka's local queue per consume() call during a backlog: large enough
+# that decoding works on whole columns, small enough that one call stays well under a second.
+MAX_TAKE = 20_000
+IDLE_POLL_S = 0.2  # how often an idle worker looks at its stop flag
+REPORT_EVERY_S = 1.0  # stats to the supervisor and the Kafka group commit
+REVOKE_GRACE_S = 30.0  # a rebalance waits this long for in-flight writes before moving on
+STOP_GRACE_S = 30.0  # Ctrl+C / SIGTERM waits this long for buffered rows to become durable
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    worker_id: int
+    settings: Settings
+    parent_pid: int
+    drain: Offsets | None = None  # stop once every assigned partition reached these offsets
+    feed: str | None = None
+    strict: bool = False
+
+
+def main(spec: WorkerSpec, events, logs) -> None:
+    """Entry point of the child process (spawn start method: librdkafka does not survive fork)."""
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(logs)]
+    root.setLevel(logging.INFO)
+    _die_with_parent()
+    worker = Worker(spec, events)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
+    signal.signal(signal.SIGINT, lambda *_: worker.stop.set())
+    try:
+        worker.run()
+    except FinpulseError as exc:
+        events.put(("error", spec.worker_id, os.getpid(), exc))
+        log.error("worker %d stopped: %s", spec.worker_id, exc)
+        sys.exit(exc.exit_code)
+    except BaseException:
+        events.put(("crash", spec.worker_id, os.getpid(), traceback.format_exc()))
+        raise
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the supervisor dies, even by SIGKILL (no orphan workers)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # elsewhere the loop's parent-pid check does the same, a little later
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec, events):
+        self.spec, self.events = spec, events
+        s = spec.settings
+        self.settings = s
+        self.stop = threading.Event()
+        self.decoder = Decoder(s.max_message_bytes, feed=spec.feed, strict=spec.strict)
+        self.lanes = [
+            Lane(PostgresSink(s.postgres_conninfo(), s.kafka_topic)),
+            Lane(DeltaSink(s.delta_uri, s.delta_storage_options, s.kafka_topic)),
+        ]
+        self.acc = Accumulator()
+        self.assigned: set[int] = set()
+        self.ever_assigned = False
+        self.consumed: Offsets = {}  # next offset per assigned partition, as read
+        self.committed: Offsets = {}
+        self.paused = False
+        self.linger_s = s.linger_ms / 1000
+        self.counts = {"messages": 0, "ticks": 0, "rejected": 0, "skipped": 0}
+        self.reported = {"postgres": 0, "delta": 0}
+        self.consumer = None
+
+    # ------------------------------------------------------------------ rebalance callbacks
+    def _on_assign(self, consumer, tps: list[TopicPartition]) -> None:
+        parts = [tp.partition for tp in tps]
+        starts = self._start_positions(parts)
+        for tp in tps:
+            tp.offset = starts.get(tp.partition, OFFSET_BEGINNING)
+        consumer.assign(tps)
+        self.assigned, self.ever_assigned, self.paused = set(parts), True, False
+        self.consumed = {p: starts[p] for p in parts if p in starts}
+        log.info("assigned partitions %s, starting at %s", parts or "none",
+                 {p: starts.get(p, "earliest") for p in parts})
+
+    def _on_revoke(self, consumer, tps: list[TopicPartition]) -> None:
+        self._flush()
+        if not all(lane.wait_idle(REVOKE_GRACE_S) for lane in self.lanes):
+            log.warning("rebalance: writes still pending after %.0fs; the sinks will skip what they hold",
+                        REVOKE_GRACE_S)
+        self._commit_kafka(asynchronous=False)
+        self.assigned = set()
+
+    def _on_lost(self, consumer, tps: list[TopicPartition]) -> None:
+        self.acc.drop(tp.partition for tp in tps)  # another member owns them now
+        self.assigned = set()
+
+    def _start_positions(self, parts: list[int]) -> Offsets:
+        """Lowest position any sink holds per partition; absent = a sink holds nothing: earliest."""
+        delay = 0.5
+        while True:
+            try:
+                held = [lane.sink.positions(parts) for lane in self.lanes]
+                return {p: min(h[p] for h in held) for p in parts if all(p in h for h in held)}
+            except ServiceUnavailable as exc:
+                if self.stop.is_set():
+                    raise
+                log.warning("cannot read sink positions yet (%s); retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> None:
+        s = self.settings
+        self.consumer = source.consumer(s, self._on_assign, self._on_revoke, self._on_lost)
+        log.info("worker %d joined group %s on %s", self.spec.worker_id, s.kafka_group_id, s.kafka_topic)
+        next_report = time.monotonic() + REPORT_EVERY_S
+        try:
+            while not self.stop.is_set():
+                self._raise_lane_failure()
+                records = self._take()
+                if records:
+                    self._decode(records)
+                if self.acc.size >= s.batch_size or (self.acc.next_offsets and self.acc.waited() >= self.linger_s):
+                    self._flush()
+                self._backpressure()
+                if time.monotonic() >= next_report:
+                    next_report = time.monotonic() + REPORT_EVERY_S
+                    self._commit_kafka()
+                    self._report()
+                    if os.getppid() != self.spec.parent_pid:
+                        log.warning("supervisor is gone; stopping")
+                        break
+                if self.spec.drain is not None and self._drained():
+                    log.info("drained to the high watermarks seen at start")
+                    break
+            self._shutdown()
+        finally:
+            self.consumer.close()
+            for lane in self.lanes:
+                lane.close()
+            self._report()
+
+    def _take(self):
+        consumer = self.consumer
+        records = consumer.consume(MAX_TAKE, 0)  # whatever the broker already sent us
+        if not records:
+            wait = max(0.0, self.linger_s - self.acc.waited()) if self.acc.next_offsets else IDLE_POLL_S
+            need = max(1, self.settings.batch_size - self.acc.size)
+            records = consumer.consume(min(need, MAX_TAKE), min(wait, IDLE_POLL_S))
+        good = []
+        for m in records:
+            err = m.error()
+            if err is None:
+                good.append(m)
+            elif err.code() != KafkaError._PARTITION_EOF:
+                if err.fatal():
+                    raise ServiceUnavailable(f"Kafka consumer failed: {err.str()}")
+                log.warning("Kafka: %s", err.str())
+        return good
+
+    def _decode(self, records) -> None:
+        msgs = Messages.from_kafka(records)
+        decoded = self.decoder.decode(msgs)
+        self.acc.add(decoded, msgs.partitions, msgs.offsets)
+        last = self.acc.next_offsets  # just advanced past these messages
+        for p in set(msgs.partitions):
+            self.consumed[p] = max(self.consumed.get(p, 0), last[p])
+        c = self.counts
+        c["messages"] += len(msgs)
+        c["ticks"] += decoded.ticks.num_rows
+        c["rejected"] += len(decoded.rejects)
+        c["skipped"] += decoded.skipped
+
+    def _flush(self) -> None:
+        if not self.acc.next_offsets:
+            return
+        batch = self.acc.take()
+        for lane in self.lanes:
+            lane.submit(batch)
+
+    def _inflight(self) -> int:
+        return self.acc.size + max(lane.waiting for lane in self.lanes)
+
+    def _backpressure(self) -> None:
+        """Pause fetching while too much is waiting for the sinks; resume at half."""
+        limit = self.settings.max_inflight_ticks
+        inflight = self._inflight()
+        if not self.paused and inflight >= limit and self.assigned:
+            self.consumer.pause([TopicPartition(self.settings.kafka_topic, p) for p in self.assigned])
+            self.paused = True
+            log.info("backpressure: %d ticks waiting for the sinks; pausing consumption", inflight)
+        elif self.paused and inflight < limit // 2:
+            self.consumer.resume([TopicPartition(self.settings.kafka_topic, p) for p in self.assigned])
+            self.paused = False
+            log.info("backpressure released; resuming consumption")
+
+    def _raise_lane_failure(self) -> None:
+        for lane in self.lanes:
+            if lane.failure is not None:
+                raise lane.failure
+
+    def _drained(self) -> bool:
+        if not self.ever_assigned or self.acc.next_offsets or not all(lane.idle() for lane in self.lanes):
+            return False
+        target = self.spec.drain or {}
+        return all(self.consumed.get(p, 0) >= target.get(p, 0) for p in self.assigned)
+
+    def _commit_kafka(self, asynchronous: bool = True) -> None:
+        """Commit what both sinks hold, for lag tools. Never read back for correctness."""
+        offsets = []
+        for p in self.assigned:
+            held = [lane.positions.get(p) for lane in self.lanes]
+            if None in held:
+                continue
+            low = min(held)
+            if low > self.committed.get(p, -1):
+                offsets.append(TopicPartition(self.settings.kafka_topic, p, low))
+                self.committed[p] = low
+        if offsets:
+            try:
+                self.consumer.commit(offsets=offsets, asynchronous=asynchronous)
+            except Exception as exc:  # informational only; the sinks hold the truth
+                log.debug("Kafka commit skipped: %s", exc)
+
+    def _report(self) -> None:
+        lag = {}
+        for p in sorted(self.assigned):
+            try:
+                _, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(self.settings.kafka_topic, p), cached=True) if self.consumer else (0, 0)
+            except Exception:
+                continue
+            if high >= 0:
+                lag[p] = max(0, high - self.consumed.get(p, 0))
+        rows = {lane.name: lane.rows - self.reported[lane.name] for lane in self.lanes}
+        for lane in self.lanes:
+            self.reported[lane.name] = lane.rows
+        counts, self.counts = self.counts, {k: 0 for k in self.counts}
+        self.events.put(("stats", self.spec.worker_id, os.getpid(), {
+            **counts, "rows": rows, "lag": lag, "paused": self.paused,
+            "down": {lane.name: lane.down for lane in self.lanes if lane.down},
+        }))
+
+    def _shutdown(self) -> None:
+        """Flush what is buffered and give the sinks a bounded time to make it durable."""
+        self._flush()
+        grace = None if self.spec.drain is not None and not self.stop.is_set() else STOP_GRACE_S
+        for lane in self.lanes:
+            if not lane.wait_idle(grace):
+                self._raise_lane_failure()
+                log.warning("%s did not finish in %.0fs; unwritten rows will be re-read next start",
+                            lane.name, grace or 0)
+        self._raise_lane_failure()
+        self._commit_kafka(asynchronous=False)
