@@ -92,11 +92,13 @@ def produce(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from finpulse import produce as producing
+    from finpulse import source
 
     s = settings(kafka_topic=topic, kafka_bootstrap_servers=bootstrap_servers)
     syms = tuple(x.strip() for x in symbols.split(",") if x.strip()) if symbols else producing.DEFAULT_SYMBOLS
     if not syms:
         raise typer.BadParameter("give at least one symbol", param_hint="--symbols")
+    source.partitions(s)  # a missing topic or broker is one clear line, not a 30 s delivery timeout
     stream = producing.encoded(producing.ticks(count, syms, seed))
     show = err.is_terminal and count >= 10_000
     with Progress(TextColumn("producing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -138,7 +140,7 @@ def ingest(
 
 def main() -> None:
     try:
-        app()
+        app(prog_name="finpulse")
     except FinpulseError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(exc.exit_code)

@@ -179,12 +179,13 @@ def _canonical_parse(obj: Any) -> Parsed:
     return Parsed("canonical", trades)
 
 
-CANONICAL = Feed(
-    "canonical",
-    None,
-    lambda obj: isinstance(obj, dict) and "symbol" in obj and "timestamp_ms" in obj,
-    _canonical_parse,
-)
+def _canonical_matches(obj: Any) -> bool:
+    if isinstance(obj, list) and obj:  # a frame of several canonical ticks
+        obj = obj[0]
+    return isinstance(obj, dict) and "symbol" in obj and "timestamp_ms" in obj
+
+
+CANONICAL = Feed("canonical", None, _canonical_matches, _canonical_parse)
 
 FEEDS: list[Feed] = [CANONICAL]
 

@@ -55,7 +55,8 @@ def create_topic(settings: Settings, num_partitions: int) -> bool:
         return False
     except ConfigError:
         pass
-    futures = admin(settings).create_topics([NewTopic(settings.kafka_topic, num_partitions, 1)])
+    client = admin(settings)  # keep a reference: the futures die with their client
+    futures = client.create_topics([NewTopic(settings.kafka_topic, num_partitions, 1)])
     try:
         futures[settings.kafka_topic].result(timeout=30)
     except KafkaException as exc:

@@ -1,0 +1,51 @@
+import pyarrow as pa
+
+from finpulse.batch import Accumulator, TickBatch
+from finpulse.normalize import Decoder, Messages, Reject
+
+
+def _decoded(partition: int, offsets: list[int]):
+    values = [b'{"symbol":"A","price":1,"size":1,"timestamp_ms":1700000000000}' for _ in offsets]
+    msgs = Messages(values, [partition] * len(offsets), offsets, [0] * len(offsets))
+    return Decoder().decode(msgs), msgs
+
+
+def _batch() -> TickBatch:
+    acc = Accumulator()
+    for p, offs in ((0, [0, 1, 2, 3]), (1, [10, 11])):
+        d, m = _decoded(p, offs)
+        acc.add(d, m.partitions, m.offsets)
+    acc.rejects.append(Reject(0, 4, -1, "canonical", "bad", b"x", None))
+    acc.next_offsets[0] = 5
+    return acc.take()
+
+
+def test_after_drops_exactly_what_a_sink_holds():
+    b = _batch()
+    todo = b.after({0: 2, 1: 12})
+    assert todo.ticks.column("kafka_offset").to_pylist() == [2, 3]
+    assert todo.next_offsets == {0: 5}
+    assert [r.offset for r in todo.rejects] == [4]
+    assert b.after({}).ticks.num_rows == 6
+    assert b.after({0: 5, 1: 12}).empty
+
+
+def test_merge_keeps_order_and_highest_offsets():
+    a, b = _batch(), _batch().after({0: 3})
+    m = TickBatch.merge([a, b])
+    assert m.ticks.num_rows == a.ticks.num_rows + b.ticks.num_rows
+    assert m.next_offsets == {0: 5, 1: 12}
+    assert len(m.rejects) == 2
+
+
+def test_accumulator_take_resets_and_drop_forgets_revoked_partitions():
+    acc = Accumulator()
+    for p, offs in ((0, [0, 1]), (1, [5])):
+        d, m = _decoded(p, offs)
+        acc.add(d, m.partitions, m.offsets)
+    acc.drop([0])
+    assert acc.next_offsets == {1: 6}
+    assert acc.ticks == 1
+    batch = acc.take()
+    assert batch.ticks.column("kafka_partition").to_pylist() == [1]
+    assert acc.size == 0 and acc.next_offsets == {} and isinstance(batch.ticks, pa.Table)

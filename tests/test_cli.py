@@ -1,0 +1,60 @@
+"""The command line as a user meets it: help, bad values, init, produce."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import env_for, finpulse
+from finpulse import source
+
+COMMANDS = ["init", "produce", "ingest"]
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_reads_well(command):
+    args = [command, "--help"] if command else ["--help"]
+    out = finpulse(*args, env={"PATH": "/usr/bin:/bin", "COLUMNS": "120"}).stdout
+    assert "Usage: finpulse" in out
+    if command is None:
+        for c in COMMANDS:
+            assert c in out
+    assert "PASSWORD" not in out and "ACCOUNT_KEY" not in out
+
+
+@pytest.mark.parametrize(
+    "args, env, needle",
+    [
+        (["ingest", "--batch-size", "0"], {}, "--batch-size"),
+        (["ingest", "--workers", "many"], {}, "--workers"),
+        (["produce", "--count", "-1"], {}, "--count"),
+        (["ingest", "--format", "nope"], {}, "unknown feed"),
+        (["produce"], {"POSTGRES_PORT": "x", "FINPULSE_BATCH_SIZE": "0"}, "FINPULSE_BATCH_SIZE"),
+        (["init"], {"POSTGRES_PASSWORD": "", "KAFKA_BOOTSTRAP_SERVERS": "localhost:1"}, "Kafka"),
+    ],
+)
+def test_wrong_values_give_one_clear_error_not_a_traceback(args, env, needle, tmp_path):
+    base = {"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(tmp_path)}
+    proc = finpulse(*args, env={**base, **env}, check=False, timeout=60)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert needle in proc.stderr
+
+
+@pytest.mark.kafka
+@pytest.mark.postgres
+def test_init_is_idempotent_and_produce_fills_the_topic(isolated, tmp_path):
+    env = env_for(isolated, DELTA_TABLE_URI=str(tmp_path / "fresh" / "prices"))
+    client = source.admin(isolated)
+    client.delete_topics([isolated.kafka_topic])[isolated.kafka_topic].result(timeout=30)
+
+    first = finpulse("init", "--partitions", "4", env=env, timeout=120).stdout
+    assert f"Kafka topic {isolated.kafka_topic}: created with 4 partitions" in first
+    assert "Delta table" in first and "created" in first
+    second = finpulse("init", env=env, timeout=120).stdout
+    assert "created" not in second and second.count("exists") == 5
+
+    finpulse("produce", "--count", "100000", env=env, timeout=120)
+    highs = source.watermarks(isolated)
+    assert len(highs) == 4
+    assert sum(high - low for low, high in highs.values()) == 100_000
+    assert all(high > 0 for _, high in highs.values()), "keys spread over every partition"

@@ -1,0 +1,131 @@
+"""`finpulse ingest` against the real broker, PostgreSQL, Delta (local and Azurite)."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from conftest import (ROOT, assert_exactly_once, delta_rows, env_for, finpulse, pg_count, pg_rows, produced)
+from finpulse import source
+
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
+
+
+def start_ingest(env, *args) -> subprocess.Popen:
+    """`finpulse ingest` in its own process group, so a test can kill the whole group."""
+    return subprocess.Popen([sys.executable, "-m", "finpulse", "ingest", *args], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"ingest exited {proc.returncode}:\n{out[-4000:]}"
+    return out
+
+
+def test_drain_lands_every_tick_once_in_both_sinks(isolated):
+    env = env_for(isolated)
+    finpulse("produce", "--count", "200000", env=env)
+    highs = source.watermarks(isolated)
+    assert sum(h for _, h in highs.values()) == 200_000 and all(h > 0 for _, h in highs.values())
+
+    out = finpulse("ingest", "--workers", "4", "--drain", env=env).stdout
+    assert "ingested 200,000 ticks" in out
+
+    expected = produced(200_000)
+    assert_exactly_once(pg_rows(isolated), expected, "postgres")
+    assert_exactly_once(delta_rows(isolated), expected, "delta")
+    # the Kafka group offsets follow the sinks (for lag tools)
+    assert pg_count(isolated, "prices_rejected") == 0
+
+    # a second drain finds nothing to do and changes nothing
+    again = finpulse("ingest", "--drain", env=env).stdout
+    assert "ingested 0 ticks" in again
+    assert len(pg_rows(isolated)) == 200_000 and len(delta_rows(isolated)) == 200_000
+
+
+def test_sigkill_of_the_whole_process_group_loses_and_duplicates_nothing(isolated):
+    env = env_for(isolated, FINPULSE_BATCH_SIZE="500")
+    total = 300_000
+    finpulse("produce", "--count", str(total), env=env)
+    rng = random.Random(1234)
+    partial_kills = 0
+    for _ in range(3):
+        proc = start_ingest(env, "--workers", "2")
+        deadline = time.monotonic() + 60
+        while pg_count(isolated) == 0 and time.monotonic() < deadline:  # let it get going
+            time.sleep(0.1)
+        time.sleep(rng.uniform(0.0, 1.5))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        landed = pg_count(isolated)
+        partial_kills += 0 < landed < total
+    assert partial_kills >= 1, "no kill landed mid-run; the test proved nothing"
+
+    finish(start_ingest(env, "--drain"))
+    expected = produced(total)
+    assert_exactly_once(pg_rows(isolated), expected, "postgres")
+    assert_exactly_once(delta_rows(isolated), expected, "delta")
+
+
+def test_postgres_outage_pauses_and_resumes_without_loss(isolated):
+    env = env_for(isolated, FINPULSE_BATCH_SIZE="200")
+    total = 300_000
+    finpulse("produce", "--count", str(total), env=env)
+    proc = start_ingest(env, "--workers", "2", "--drain")
+    deadline = time.monotonic() + 60
+    while pg_count(isolated) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    before = pg_count(isolated)
+    subprocess.run([str(ROOT / "scripts" / "services"), "down", "postgres"], check=True, capture_output=True)
+    try:
+        time.sleep(4)
+        assert proc.poll() is None, "ingest must wait for PostgreSQL, not exit"
+    finally:
+        subprocess.run([str(ROOT / "scripts" / "services"), "up", "postgres"], check=True, capture_output=True)
+    out = finish(proc)
+    assert before < total, "PostgreSQL went down only after everything landed; the test proved nothing"
+    assert "postgres unavailable" in out.lower()
+    expected = produced(total)
+    assert_exactly_once(pg_rows(isolated), expected, "postgres")
+    assert_exactly_once(delta_rows(isolated), expected, "delta")
+
+
+def test_two_runs_with_one_group_split_the_partitions(isolated):
+    env = env_for(isolated)
+    total = 300_000
+    finpulse("produce", "--count", str(total), env=env)
+    runs = [start_ingest(env, "--workers", "2", "--drain") for _ in range(2)]
+    outs = [finish(p) for p in runs]
+    ticks = [int(re.search(r"ingested ([\d,]+) ticks", o).group(1).replace(",", "")) for o in outs]
+    assert sum(ticks) == total and all(t > 0 for t in ticks), ticks
+    expected = produced(total)
+    assert_exactly_once(pg_rows(isolated), expected, "postgres")
+    assert_exactly_once(delta_rows(isolated), expected, "delta")
+
+
+@pytest.mark.azurite
+def test_delta_on_azurite_holds_the_same_rows_as_a_local_table(isolated, azurite, tmp_path):
+    total = 20_000
+    env = env_for(isolated)
+    finpulse("produce", "--count", str(total), env=env)
+    azure_uri = f"abfss://delta-lake@devstoreaccount1.dfs.core.windows.net/test-{uuid.uuid4().hex[:8]}/prices"
+    finpulse("ingest", "--drain", env=env_for(isolated, DELTA_TABLE_URI=azure_uri, **azurite))
+
+    from finpulse.config import load_settings
+
+    on_azure = load_settings(delta_table_uri=azure_uri, azure_storage_account_name=azurite["AZURE_STORAGE_ACCOUNT_NAME"],
+                             azure_storage_account_key=azurite["AZURE_STORAGE_ACCOUNT_KEY"],
+                             azure_storage_use_emulator=True)
+    expected = produced(total)
+    azure = delta_rows(on_azure)
+    assert_exactly_once(azure, expected, "delta on azurite")
+    assert sorted(azure) == sorted(pg_rows(isolated))

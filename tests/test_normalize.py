@@ -1,0 +1,128 @@
+"""Decoding: canonical ticks, every kind of bad input, and never raising on anything."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from finpulse.normalize import Decoder, Messages
+
+NOW_MS = 1_700_000_000_000
+
+
+def msgs(*values, timestamps=None) -> Messages:
+    n = len(values)
+    return Messages(list(values), [0] * n, list(range(n)), timestamps or [NOW_MS] * n)
+
+
+def tick(**over) -> bytes:
+    base = {"symbol": "aapl ", "price": 189.5, "size": 100, "timestamp_ms": NOW_MS, "exchange": "nasdaq"}
+    base.update(over)
+    return orjson.dumps({k: v for k, v in base.items() if v is not ...})
+
+
+def test_canonical_batch_takes_the_fast_path_with_exact_values():
+    out = Decoder().decode(msgs(tick(), tick(symbol="btc-usd", price=43000.25, side="Buy")))
+    assert out.rejects == [] and out.skipped == 0
+    rows = out.ticks.to_pylist()
+    assert [r["symbol"] for r in rows] == ["AAPL", "BTC-USD"]
+    assert rows[1]["price"] == 43000.25 and rows[1]["side"] == "buy" and rows[0]["exchange"] == "NASDAQ"
+    assert rows[0]["timestamp_ms"] == NOW_MS and rows[0]["trade_time"].timestamp() * 1000 == NOW_MS
+    assert [r["kafka_offset"] for r in rows] == [0, 1]
+
+
+def test_careful_path_gives_the_same_rows_as_the_fast_path():
+    values = [tick(symbol=f"s{i}", price=1 + i / 7, size=i) for i in range(50)]
+    d = Decoder()
+    assert d.decode(msgs(*values)).ticks.equals(d._careful(msgs(*values), range(50)).ticks)
+
+
+def test_numbers_as_strings_are_parsed_exactly():
+    out = Decoder().decode(msgs(tick(price="0.1", size="3", timestamp_ms=str(NOW_MS))))
+    row = out.ticks.to_pylist()[0]
+    assert row["price"] == 0.1 and row["size"] == 3.0 and row["timestamp_ms"] == NOW_MS
+
+
+BAD = {
+    "not utf-8": (b"\xff\xfe{", "not UTF-8"),
+    "truncated json": (b'{"symbol": "A", "price"', "not valid JSON"),
+    "a number": (b"42", "not a trade object"),
+    "a string": (b'"AAPL"', "not a trade object"),
+    "null": (b"null", "null"),
+    "empty object": (b"{}", "empty JSON object"),
+    "tombstone": (None, "tombstone"),
+    "missing symbol": (tick(symbol=...), "no known feed shape"),
+    "missing price": (tick(price=...), "missing price"),
+    "missing time": (tick(timestamp_ms=...), "no known feed shape"),
+    "price is text": (tick(price="abc"), "price 'abc' is not a number"),
+    "price is an object": (tick(price={"v": 1}), "price is an object"),
+    "price is a boolean": (tick(price=True), "boolean"),
+    "nan price": (b'{"symbol":"A","price":"NaN","size":1,"timestamp_ms":1700000000000}', "not finite"),
+    "infinite price": (b'{"symbol":"A","price":"Infinity","size":1,"timestamp_ms":1700000000000}', "not finite"),
+    "zero price": (tick(price=0), "not positive"),
+    "negative price": (tick(price=-3), "not positive"),
+    "negative size": (tick(size=-1), "negative"),
+    "before 1990": (tick(timestamp_ms=600_000_000_000), "before 1990"),
+    "far future": (tick(timestamp_ms=NOW_MS * 10), "future"),
+    "empty symbol": (tick(symbol="  "), "symbol is empty"),
+    "long symbol": (tick(symbol="X" * 65), "over 64"),
+    "control chars": (tick(symbol="AB\u0007"), "control characters"),
+    "deep nesting": (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_malformed_input_is_rejected_with_its_reason_and_bytes(name):
+    value, reason = BAD[name]
+    out = Decoder().decode(msgs(tick(), value))
+    assert out.ticks.num_rows == 1, "the good message beside it still lands"
+    [rej] = out.rejects
+    assert reason in rej.reason
+    assert rej.raw == value and rej.offset == 1 and rej.partition == 0
+
+
+def test_oversized_message_is_rejected_unread():
+    big = tick(exchange="X" * 5000)
+    out = Decoder(max_message_bytes=1024).decode(msgs(big))
+    assert "over the 1024-byte limit" in out.rejects[0].reason
+
+
+def test_a_bad_trade_in_a_frame_rejects_only_that_trade():
+    frame = orjson.dumps([orjson.loads(tick()), orjson.loads(tick(price=-1)), orjson.loads(tick(symbol="msft"))])
+    out = Decoder().decode(msgs(frame))
+    assert [r["tick_index"] for r in out.ticks.to_pylist()] == [0, 2]
+    assert [(r.tick_index, "not positive" in r.reason) for r in out.rejects] == [(1, True)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=200), min_size=1, max_size=8))
+def test_random_bytes_never_raise(values):
+    out = Decoder().decode(msgs(*values))
+    assert out.ticks.num_rows + len(out.rejects) + out.skipped >= len(values)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(
+        st.sampled_from(["symbol", "price", "size", "timestamp_ms", "exchange", "side", "x"]) | st.text(max_size=5),
+        children, max_size=6),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(json_values, min_size=1, max_size=8))
+def test_random_json_never_raises(values):
+    encoded = [orjson.dumps(v, option=orjson.OPT_NON_STR_KEYS) if _dumpable(v) else b"{}" for v in values]
+    out = Decoder().decode(msgs(*encoded))
+    accounted = {r.offset for r in out.rejects} | set(out.ticks.column("kafka_offset").to_pylist())
+    assert len(accounted) + out.skipped >= len(values)
+
+
+def _dumpable(v) -> bool:
+    try:
+        orjson.dumps(v, option=orjson.OPT_NON_STR_KEYS)
+        return True
+    except (orjson.JSONEncodeError, TypeError):
+        return False
