@@ -15,8 +15,9 @@ from finpulse import source
 from finpulse.config import Settings
 from finpulse.errors import FinpulseError, ServiceUnavailable, WorkerFailed
 from finpulse.progress import Progress, Totals
-from finpulse.sinks.delta import create_table as create_delta_table
-from finpulse.sinks.postgres import create_tables as create_pg_tables
+from finpulse.batch import Offsets
+from finpulse.sinks.delta import DeltaSink, create_table as create_delta_table
+from finpulse.sinks.postgres import PostgresSink, create_tables as create_pg_tables
 from finpulse.worker import WorkerSpec, main as worker_main
 
 log = logging.getLogger("finpulse.supervisor")
@@ -25,6 +26,7 @@ RESTART_FIRST_S = 1.0  # a crashed worker comes back after 1 s, then 2, 4 ... up
 RESTART_MAX_S = 30.0
 HEALTHY_AFTER_S = 60.0  # a worker that ran this long starts its backoff afresh when it dies
 STOP_TIMEOUT_S = 45.0  # after SIGTERM a worker gets this long (its own grace is 30 s) before SIGKILL
+DRAIN_CHECK_S = 1.0  # how often --drain asks the sinks whether they hold everything yet
 
 
 @dataclass
@@ -61,7 +63,7 @@ def run(settings: Settings, workers: int | None = None, drain: bool = False, fee
     stopping = False
 
     def spawn(i: int) -> None:
-        spec = WorkerSpec(i, settings, os.getpid(), drain=targets, feed=feed, strict=strict)
+        spec = WorkerSpec(i, settings, os.getpid(), feed=feed, strict=strict)
         p = ctx.Process(target=worker_main, args=(spec, events, logs), name=f"finpulse-worker-{i}", daemon=False)
         p.start()
         procs[i], started[i] = p, time.monotonic()
@@ -78,6 +80,10 @@ def run(settings: Settings, workers: int | None = None, drain: bool = False, fee
     old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     log.info("ingesting %s (%d partitions) with %d workers%s", settings.kafka_topic, len(parts), n,
              ", draining to the current high watermarks" if drain else "")
+    # --drain ends when both sinks hold every partition up to the high watermarks seen now. The
+    # sinks decide, not the workers: a worker may be assigned nothing for a while (another run of
+    # the group, or members killed moments ago, hold the partitions) without anything being done.
+    drained = _DrainCheck(settings, targets) if targets is not None else None
     try:
         for i in range(n):
             spawn(i)
@@ -86,6 +92,9 @@ def run(settings: Settings, workers: int | None = None, drain: bool = False, fee
                 _pump(events, totals, fatal)
                 progress.refresh()
                 if fatal and not stopping:
+                    stop()
+                if drained is not None and not stopping and drained():
+                    log.info("both sinks hold everything up to the high watermarks seen at start")
                     stop()
                 now = time.monotonic()
                 for i, p in list(procs.items()):
@@ -121,9 +130,38 @@ def run(settings: Settings, workers: int | None = None, drain: bool = False, fee
         for sig, handler in old.items():
             signal.signal(sig, handler)
         listener.stop()
+        if drained is not None:
+            drained.close()
     if fatal:
         raise fatal[0]
     return Summary(totals, n, len(parts))
+
+
+class _DrainCheck:
+    """True once every sink holds each partition up to its target offset."""
+
+    def __init__(self, settings: Settings, targets: Offsets):
+        self.targets = {p: t for p, t in targets.items() if t > 0}
+        self.sinks = [PostgresSink(settings.postgres_conninfo(), settings.kafka_topic),
+                      DeltaSink(settings.delta_uri, settings.delta_storage_options, settings.kafka_topic)]
+        self.next_check = 0.0
+
+    def __call__(self) -> bool:
+        if time.monotonic() < self.next_check:
+            return False
+        self.next_check = time.monotonic() + DRAIN_CHECK_S
+        try:
+            for sink in self.sinks:
+                held = sink.positions(self.targets)
+                if any(held.get(p, 0) < t for p, t in self.targets.items()):
+                    return False
+        except ServiceUnavailable:
+            return False  # the workers are waiting for it too
+        return True
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
 
 
 def _pump(events, totals: Totals, fatal: list[FinpulseError]) -> None:

@@ -44,7 +44,6 @@ class WorkerSpec:
     worker_id: int
     settings: Settings
     parent_pid: int
-    drain: Offsets | None = None  # stop once every assigned partition reached these offsets
     feed: str | None = None
     strict: bool = False
 
@@ -92,7 +91,6 @@ class Worker:
         ]
         self.acc = Accumulator()
         self.assigned: set[int] = set()
-        self.ever_assigned = False
         self.consumed: Offsets = {}  # next offset per assigned partition, as read
         self.committed: Offsets = {}
         self.paused = False
@@ -108,7 +106,7 @@ class Worker:
         for tp in tps:
             tp.offset = starts.get(tp.partition, OFFSET_BEGINNING)
         consumer.assign(tps)
-        self.assigned, self.ever_assigned, self.paused = set(parts), True, False
+        self.assigned, self.paused = set(parts), False
         self.consumed = {p: starts[p] for p in parts if p in starts}
         log.info("assigned partitions %s, starting at %s", parts or "none",
                  {p: starts.get(p, "earliest") for p in parts})
@@ -161,9 +159,6 @@ class Worker:
                     if os.getppid() != self.spec.parent_pid:
                         log.warning("supervisor is gone; stopping")
                         break
-                if self.spec.drain is not None and self._drained():
-                    log.info("drained to the high watermarks seen at start")
-                    break
             self._shutdown()
         finally:
             self.consumer.close()
@@ -230,12 +225,6 @@ class Worker:
             if lane.failure is not None:
                 raise lane.failure
 
-    def _drained(self) -> bool:
-        if not self.ever_assigned or self.acc.next_offsets or not all(lane.idle() for lane in self.lanes):
-            return False
-        target = self.spec.drain or {}
-        return all(self.consumed.get(p, 0) >= target.get(p, 0) for p in self.assigned)
-
     def _commit_kafka(self, asynchronous: bool = True) -> None:
         """Commit what both sinks hold, for lag tools. Never read back for correctness."""
         offsets = []
@@ -275,11 +264,10 @@ class Worker:
     def _shutdown(self) -> None:
         """Flush what is buffered and give the sinks a bounded time to make it durable."""
         self._flush()
-        grace = None if self.spec.drain is not None and not self.stop.is_set() else STOP_GRACE_S
         for lane in self.lanes:
-            if not lane.wait_idle(grace):
+            if not lane.wait_idle(STOP_GRACE_S):
                 self._raise_lane_failure()
                 log.warning("%s did not finish in %.0fs; unwritten rows will be re-read next start",
-                            lane.name, grace or 0)
+                            lane.name, STOP_GRACE_S)
         self._raise_lane_failure()
         self._commit_kafka(asynchronous=False)

@@ -65,7 +65,7 @@ def test_sigkill_of_the_whole_process_group_loses_and_duplicates_nothing(isolate
             time.sleep(0.1)
         time.sleep(rng.uniform(0.0, 1.5))
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+        proc.communicate(timeout=10)
         landed = pg_count(isolated)
         partial_kills += 0 < landed < total
     assert partial_kills >= 1, "no kill landed mid-run; the test proved nothing"
