@@ -138,6 +138,30 @@ def ingest(
     )
 
 
+@app.command()
+def show(
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Symbols to list, busiest first.")] = 10,
+    delta_uri: DeltaUri = None,
+) -> None:
+    """Show what landed: rows in each sink and a per-symbol summary from both."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from finpulse import show as showing
+
+    s = settings(delta_table_uri=delta_uri)
+    for landed in showing.landed(s, limit):
+        where = s.postgres_display() + f" ({s.postgres_schema}.prices_raw)" if landed.sink == "postgres" else s.delta_uri
+        title = f"{landed.sink}: {landed.rows:,} rows" + (
+            f", {landed.rejected:,} rejected" if landed.rejected is not None else "") + f" in {where}"
+        t = Table(title=escape(title), title_justify="left")
+        for col in showing.SUMMARY_COLUMNS:
+            t.add_column(col, justify="left" if col == "symbol" else "right")
+        for sym, n, low, high, last, when in landed.symbols:
+            t.add_row(sym, f"{n:,}", f"{low:,.4f}", f"{high:,.4f}", f"{last:,.4f}", when.strftime("%Y-%m-%d %H:%M:%S"))
+        out.print(t)
+
+
 def main() -> None:
     try:
         app(prog_name="finpulse")

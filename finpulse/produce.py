@@ -3,6 +3,7 @@ symbol so each symbol stays in one partition."""
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -43,6 +44,7 @@ def ticks(count: int, symbols: tuple[str, ...] = DEFAULT_SYMBOLS, seed: int = 7,
 def producer(settings: Settings) -> Producer:
     return Producer({
         "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "logger": logging.getLogger("librdkafka"),  # retries during broker start-up are not errors
         "linger.ms": 20,  # batch messages into large produce requests
         "compression.type": "lz4",
         "queue.buffering.max.messages": 1_000_000,

@@ -7,7 +7,7 @@ import pytest
 from conftest import env_for, finpulse
 from finpulse import source
 
-COMMANDS = ["init", "produce", "ingest"]
+COMMANDS = ["init", "produce", "ingest", "show"]
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
@@ -58,3 +58,20 @@ def test_init_is_idempotent_and_produce_fills_the_topic(isolated, tmp_path):
     assert len(highs) == 4
     assert sum(high - low for low, high in highs.values()) == 100_000
     assert all(high > 0 for _, high in highs.values()), "keys spread over every partition"
+
+
+@pytest.mark.kafka
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_demo_script_runs_the_main_job_end_to_end(isolated):
+    import subprocess
+
+    from conftest import ROOT
+
+    proc = subprocess.run([str(ROOT / "scripts" / "demo"), "--ticks", "20000"], env=env_for(isolated), cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sent 20,000 ticks" in proc.stdout
+    assert "ingested 20,000 ticks" in proc.stdout
+    assert "postgres: 20,000 rows, 0 rejected" in proc.stdout
+    assert "delta: 20,000 rows" in proc.stdout
