@@ -114,6 +114,7 @@ def ingest(
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Ticks that trigger a flush; more that piled up join it (env FINPULSE_BATCH_SIZE, default 5).")] = None,
     linger_ms: Annotated[Optional[int], typer.Option(min=0, help="Flush a partial batch after this long (env FINPULSE_LINGER_MS, default 100).")] = None,
     max_inflight_ticks: Annotated[Optional[int], typer.Option(min=1000, help="Pause consuming when this many ticks wait for the sinks (env FINPULSE_MAX_INFLIGHT_TICKS).")] = None,
+    sinks: Annotated[Optional[str], typer.Option(help="Write to all, postgres or delta (env FINPULSE_SINKS, default all).")] = None,
     drain: Annotated[bool, typer.Option("--drain", help="Stop after reaching the high watermarks seen at start.")] = False,
     format: Annotated[Optional[str], typer.Option("--format", help="Force one feed shape instead of detecting it per message.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Reject non-trade events instead of skipping them.")] = False,
@@ -127,14 +128,15 @@ def ingest(
     if format is not None and format not in feeds.names():
         raise typer.BadParameter(f"unknown feed {format!r}; choose one of: {', '.join(feeds.names())}",
                                  param_hint="--format")
-    s = settings(workers=workers, batch_size=batch_size, linger_ms=linger_ms, max_inflight_ticks=max_inflight_ticks,
+    s = settings(sinks=sinks, workers=workers, batch_size=batch_size, linger_ms=linger_ms, max_inflight_ticks=max_inflight_ticks,
                  kafka_topic=topic, kafka_bootstrap_servers=bootstrap_servers, delta_table_uri=delta_uri)
     result = supervisor.run(s, drain=drain, feed=format, strict=strict)
     t = result.totals
     out.print(
         f"ingested {t.ticks:,} ticks from {t.messages:,} messages in {t.elapsed:.1f}s "
-        f"({t.ticks / t.elapsed:,.0f} ticks/s) with {result.workers} workers: postgres +{t.rows['postgres']:,} rows, "
-        f"delta +{t.rows['delta']:,} rows, {t.rejected:,} rejected, {t.skipped:,} skipped, {t.restarts} restarts"
+        f"({t.ticks / t.elapsed:,.0f} ticks/s) with {result.workers} workers: "
+        + "".join(f"{sink} +{t.rows.get(sink, 0):,} rows, " for sink in s.sink_names)
+        + f"{t.rejected:,} rejected, {t.skipped:,} skipped, {t.restarts} restarts"
     )
 
 

@@ -7,7 +7,7 @@ have are prefixed `FINPULSE_`. Every default carries a comment saying why it is 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     max_inflight_ticks: int = Field(
         250_000, ge=1_000, validation_alias=AliasChoices("FINPULSE_MAX_INFLIGHT_TICKS", "max_inflight_ticks")
     )
+    # Which sinks ingest writes to. Both by default: that is the product; one alone serves a
+    # back-fill or a deployment that needs only one of them.
+    sinks: Literal["all", "postgres", "delta"] = Field(
+        "all", validation_alias=AliasChoices("FINPULSE_SINKS", "sinks"))
     # One worker process per partition by default (None = the topic's partition count).
     workers: int | None = Field(None, ge=1, le=256, validation_alias=AliasChoices("FINPULSE_WORKERS", "workers"))
     # Messages larger than this are rejected unread: 1 MiB, Kafka's own default message size.
@@ -93,6 +97,10 @@ class Settings(BaseSettings):
     def postgres_display(self) -> str:
         """Where PostgreSQL is, safe to print (no password)."""
         return f"postgresql://{self.postgres_user}@{self.postgres_host}:{self.postgres_port}/{self.postgres_db}"
+
+    @property
+    def sink_names(self) -> tuple[str, ...]:
+        return ("postgres", "delta") if self.sinks == "all" else (self.sinks,)
 
     @property
     def azure_configured(self) -> bool:

@@ -22,7 +22,7 @@ class Totals:
     ticks: int = 0
     rejected: int = 0
     skipped: int = 0
-    rows: dict[str, int] = field(default_factory=lambda: {"postgres": 0, "delta": 0})
+    rows: dict[str, int] = field(default_factory=dict)  # sink -> rows written this run
     lag: dict[int, dict[int, int]] = field(default_factory=dict)  # worker -> partition -> lag
     pids: dict[int, int] = field(default_factory=dict)
     down: dict[int, dict[str, str]] = field(default_factory=dict)
@@ -50,8 +50,9 @@ class Totals:
     def line(self) -> str:
         down = sorted({s for d in self.down.values() for s in d})
         return (
-            f"ticks {self.ticks:,} ({self.ticks / self.elapsed:,.0f}/s) | postgres {self.rows['postgres']:,} "
-            f"| delta {self.rows['delta']:,} | rejected {self.rejected:,} | skipped {self.skipped:,} "
+            f"ticks {self.ticks:,} ({self.ticks / self.elapsed:,.0f}/s) | "
+            + "".join(f"{sink} {n:,} | " for sink, n in self.rows.items())
+            + f"rejected {self.rejected:,} | skipped {self.skipped:,} "
             f"| lag {self.total_lag():,}" + (f" | waiting for {', '.join(down)}" if down else "")
         )
 

@@ -16,8 +16,9 @@ from finpulse.config import Settings
 from finpulse.errors import FinpulseError, ServiceUnavailable, WorkerFailed
 from finpulse.progress import Progress, Totals
 from finpulse.batch import Offsets
-from finpulse.sinks.delta import DeltaSink, create_table as create_delta_table
-from finpulse.sinks.postgres import PostgresSink, create_tables as create_pg_tables
+from finpulse.sinks import open_sinks
+from finpulse.sinks.delta import create_table as create_delta_table
+from finpulse.sinks.postgres import create_tables as create_pg_tables
 from finpulse.worker import WorkerSpec, main as worker_main
 
 log = logging.getLogger("finpulse.supervisor")
@@ -37,9 +38,11 @@ class Summary:
 
 
 def prepare(settings: Settings) -> None:
-    """Tables in both sinks exist (idempotent), so `ingest` works without a separate `init`."""
-    create_pg_tables(settings.postgres_conninfo(), settings.postgres_schema)
-    create_delta_table(settings.delta_uri, settings.delta_storage_options)
+    """Tables of the chosen sinks exist (idempotent), so `ingest` works without a separate `init`."""
+    if "postgres" in settings.sink_names:
+        create_pg_tables(settings.postgres_conninfo(), settings.postgres_schema)
+    if "delta" in settings.sink_names:
+        create_delta_table(settings.delta_uri, settings.delta_storage_options)
 
 
 def run(settings: Settings, workers: int | None = None, drain: bool = False, feed: str | None = None,
@@ -142,8 +145,7 @@ class _DrainCheck:
 
     def __init__(self, settings: Settings, targets: Offsets):
         self.targets = {p: t for p, t in targets.items() if t > 0}
-        self.sinks = [PostgresSink(settings.postgres_conninfo(), settings.kafka_topic),
-                      DeltaSink(settings.delta_uri, settings.delta_storage_options, settings.kafka_topic)]
+        self.sinks = open_sinks(settings)
         self.next_check = 0.0
 
     def __call__(self) -> bool:

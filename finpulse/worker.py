@@ -25,8 +25,7 @@ from finpulse.config import Settings
 from finpulse.errors import FinpulseError, ServiceUnavailable
 from finpulse.lanes import Lane
 from finpulse.normalize import Decoder, Messages
-from finpulse.sinks.delta import DeltaSink
-from finpulse.sinks.postgres import PostgresSink
+from finpulse.sinks import open_sinks
 
 log = logging.getLogger("finpulse.worker")
 
@@ -85,10 +84,7 @@ class Worker:
         self.settings = s
         self.stop = threading.Event()
         self.decoder = Decoder(s.max_message_bytes, feed=spec.feed, strict=spec.strict)
-        self.lanes = [
-            Lane(PostgresSink(s.postgres_conninfo(), s.kafka_topic)),
-            Lane(DeltaSink(s.delta_uri, s.delta_storage_options, s.kafka_topic)),
-        ]
+        self.lanes = [Lane(sink) for sink in open_sinks(s)]
         self.acc = Accumulator()
         self.assigned: set[int] = set()
         self.consumed: Offsets = {}  # next offset per assigned partition, as read
@@ -96,7 +92,7 @@ class Worker:
         self.paused = False
         self.linger_s = s.linger_ms / 1000
         self.counts = {"messages": 0, "ticks": 0, "rejected": 0, "skipped": 0}
-        self.reported = {"postgres": 0, "delta": 0}
+        self.reported = {lane.name: 0 for lane in self.lanes}
         self.consumer = None
 
     # ------------------------------------------------------------------ rebalance callbacks

@@ -1,5 +1,22 @@
 """Where ticks land. Each sink writes rows and its own offsets in one atomic step."""
 
+from __future__ import annotations
+
+from finpulse.config import Settings
 from finpulse.sinks.base import Sink
 
-__all__ = ["Sink"]
+
+def open_sinks(settings: Settings) -> list[Sink]:
+    """The sinks `settings.sinks` names, PostgreSQL first."""
+    from finpulse.sinks.delta import DeltaSink
+    from finpulse.sinks.postgres import PostgresSink
+
+    sinks: list[Sink] = []
+    if "postgres" in settings.sink_names:
+        sinks.append(PostgresSink(settings.postgres_conninfo(), settings.kafka_topic))
+    if "delta" in settings.sink_names:
+        sinks.append(DeltaSink(settings.delta_uri, settings.delta_storage_options, settings.kafka_topic))
+    return sinks
+
+
+__all__ = ["Sink", "open_sinks"]

@@ -1,0 +1,88 @@
+"""Benchmark fixtures: a backlog produced once per session, fresh sinks for every measured run.
+
+Sizes come from BENCH_TICKS (default 1,000,000; `scripts/bench --quick` uses 200,000), so one
+suite serves a quick CI check and a full run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from finpulse import produce, source, supervisor
+from finpulse.config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+os.chdir(ROOT)
+
+BENCH_TICKS = int(os.environ.get("BENCH_TICKS", "1000000"))
+PARTITIONS = 4  # the product's default topic layout (`finpulse init`)
+
+
+@dataclass(frozen=True)
+class Backlog:
+    settings: Settings  # points at the backlog's topic
+    ticks: int
+
+
+@pytest.fixture(scope="session")
+def backlog() -> Backlog:
+    """BENCH_TICKS canonical ticks waiting in a topic of their own."""
+    s = load_settings(kafka_topic=f"bench-{uuid.uuid4().hex[:8]}")
+    try:
+        source.create_topic(s, PARTITIONS)
+    except Exception as exc:  # a benchmark without its broker is a failure, not a skip
+        pytest.fail(f"Kafka is not reachable ({exc}); start it with `scripts/services up`", pytrace=False)
+    produce.send(s, produce.encoded(produce.ticks(BENCH_TICKS)))
+    yield Backlog(s, BENCH_TICKS)
+    client = source.admin(s)
+    client.delete_topics([s.kafka_topic])[s.kafka_topic].result(timeout=30)
+
+
+class FreshSinks:
+    """A new PostgreSQL schema, Delta path and consumer group per run: every run starts from offset 0."""
+
+    def __init__(self, base: Settings):
+        self.base = base
+        self.made: list[Settings] = []
+        self.root = Path(tempfile.mkdtemp(prefix="finpulse-bench-"))
+
+    def __call__(self, **overrides) -> Settings:
+        tag = uuid.uuid4().hex[:8]
+        fields = {k: v for k, v in self.base.model_dump().items() if v is not None}
+        fields.update(postgres_password=self.base.postgres_password, postgres_schema=f"bench_{tag}",
+                      delta_table_uri=str(self.root / tag / "prices"), kafka_group_id=f"bench-{tag}", **overrides)
+        s = Settings(**fields)
+        supervisor.prepare(s)
+        self.made.append(s)
+        return s
+
+    def cleanup(self) -> None:
+        with psycopg.connect(self.base.postgres_conninfo(), autocommit=True) as conn:
+            for s in self.made:
+                conn.execute(f"DROP SCHEMA IF EXISTS {s.postgres_schema} CASCADE")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def fresh_sinks(backlog: Backlog):
+    sinks = FreshSinks(backlog.settings)
+    yield sinks
+    sinks.cleanup()
+
+
+def drain(s: Settings, workers: int) -> float:
+    """Run `finpulse ingest --drain` in-process (workers are real processes); return seconds."""
+    started = time.perf_counter()
+    result = supervisor.run(s, workers=workers, drain=True, live=False)
+    elapsed = time.perf_counter() - started
+    assert result.totals.restarts == 0
+    return elapsed
