@@ -42,7 +42,7 @@ _PG_TYPES = {
     pa.int64(): "bigint",
     pa.int32(): "integer",
     pa.bool_(): "boolean",
-    pa.timestamp("us", tz="UTC"): "timestamptz",
+    pa.timestamp("us", tz="UTC"): "timestamp with time zone",
 }
 
 
@@ -64,7 +64,6 @@ PG_DDL = [
     {_columns_sql(TICKS)},
     PRIMARY KEY ({", ".join(LINEAGE)})
 )""",
-    f"CREATE INDEX IF NOT EXISTS {PRICES_TABLE}_symbol_time ON {PRICES_TABLE} (symbol, trade_time)",
     # The sink's own record of how far it got: written in the same transaction as the rows.
     f"""CREATE TABLE IF NOT EXISTS {OFFSETS_TABLE} (
     topic text NOT NULL,
@@ -86,4 +85,5 @@ PG_DDL = [
     PRIMARY KEY (kafka_partition, kafka_offset, tick_index)
 )""",
 ]
-PG_TABLES = (PRICES_TABLE, OFFSETS_TABLE, REJECTS_TABLE)
+# Created after the tables' columns are checked (an old table may lack trade_time).
+PG_INDEXES = [f"CREATE INDEX IF NOT EXISTS {PRICES_TABLE}_symbol_time ON {PRICES_TABLE} (symbol, trade_time)"]

@@ -93,7 +93,7 @@ def test_postgres_outage_pauses_and_resumes_without_loss(isolated):
         subprocess.run([str(ROOT / "scripts" / "services"), "up", "postgres"], check=True, capture_output=True)
     out = finish(proc)
     assert before < total, "PostgreSQL went down only after everything landed; the test proved nothing"
-    assert "postgres unavailable" in out.lower()
+    assert "postgres unavailable, pausing its writes" in out.lower()
     expected = produced(total)
     assert_exactly_once(pg_rows(isolated), expected, "postgres")
     assert_exactly_once(delta_rows(isolated), expected, "delta")
@@ -129,3 +129,34 @@ def test_delta_on_azurite_holds_the_same_rows_as_a_local_table(isolated, azurite
     azure = delta_rows(on_azure)
     assert_exactly_once(azure, expected, "delta on azurite")
     assert sorted(azure) == sorted(pg_rows(isolated))
+
+
+def test_errors_that_cannot_heal_stop_with_one_clear_line(isolated, tmp_path):
+    import psycopg
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    env = env_for(isolated)
+    finpulse("produce", "--count", "10", env=env)
+
+    wrong_password = finpulse("ingest", "--drain", env={**env, "POSTGRES_PASSWORD": "not-the-password"},
+                              check=False, timeout=120)
+    assert wrong_password.returncode != 0 and "POSTGRES_" in wrong_password.stderr
+    assert "Traceback" not in wrong_password.stderr and "not-the-password" not in wrong_password.stderr
+
+    unpartitioned = tmp_path / "other"
+    write_deltalake(str(unpartitioned), pa.table({"symbol": ["A"], "price": ["text"]}))
+    bad_delta = finpulse("ingest", "--drain", env={**env, "DELTA_TABLE_URI": str(unpartitioned)},
+                         check=False, timeout=120)
+    assert bad_delta.returncode == 4 and "partitioned by nothing" in bad_delta.stderr
+
+    with psycopg.connect(isolated.postgres_conninfo(), autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA legacy")
+        conn.execute("CREATE TABLE legacy.prices_raw (symbol text, price text, size float8)")
+    try:
+        bad_pg = finpulse("ingest", "--drain", env={**env, "POSTGRES_SCHEMA": "legacy"}, check=False, timeout=120)
+    finally:
+        with psycopg.connect(isolated.postgres_conninfo(), autocommit=True) as conn:
+            conn.execute("DROP SCHEMA legacy CASCADE")
+    assert bad_pg.returncode == 4 and "price is text, not double precision" in bad_pg.stderr
+    assert "Traceback" not in bad_pg.stderr + bad_delta.stderr

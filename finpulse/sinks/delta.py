@@ -26,15 +26,35 @@ def app_id(topic: str, partition: int) -> str:
     return f"finpulse:{topic}:{partition}"
 
 
+# Delta's names for the Arrow types of our schema.
+_DELTA_TYPES = {
+    pa.string(): "string", pa.float64(): "double", pa.int64(): "long", pa.int32(): "integer",
+    pa.bool_(): "boolean", pa.timestamp("us", tz="UTC"): "timestamp", pa.date32(): "date",
+}
+
+
+def check_schema(table: DeltaTable, uri: str) -> None:
+    """SinkRejected when an existing table cannot take our rows (merge adds missing columns)."""
+    parts = table.metadata().partition_columns
+    if parts != [DELTA_PARTITION]:
+        raise SinkRejected(f"the Delta table at {uri} is partitioned by {parts or 'nothing'}, FinPulse writes "
+                           f"partitions by {DELTA_PARTITION}: point DELTA_TABLE_URI at a new location")
+    have = {f.name: getattr(f.type, "type", str(f.type)) for f in table.schema().fields}
+    wrong = [f"{f.name} is {have[f.name]}, not {_DELTA_TYPES[f.type]}" for f in DELTA
+             if f.name in have and have[f.name] != _DELTA_TYPES[f.type]]
+    if wrong:
+        raise SinkRejected(f"the Delta table at {uri} cannot take FinPulse rows: {'; '.join(wrong)}")
+
+
 def create_table(uri: str, storage_options: dict[str, str]) -> bool:
-    """Create the Delta table if absent; True when this call created it."""
+    """Create the Delta table if absent (True when this call created it); check an existing one."""
     try:
-        DeltaTable(uri, storage_options=storage_options)
+        check_schema(DeltaTable(uri, storage_options=storage_options), uri)
         return False
     except TableNotFoundError:
         pass
     except (DeltaError, OSError) as exc:
-        raise ServiceUnavailable(f"Delta table {uri} cannot be reached: {exc}") from None
+        raise ServiceUnavailable(f"Delta table {uri} cannot be opened: {exc}") from None
     try:
         DeltaTable.create(uri, schema=DELTA, partition_by=[DELTA_PARTITION], mode="ignore",
                           storage_options=storage_options, name="prices")

@@ -11,7 +11,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from finpulse.batch import Offsets, TickBatch
 from finpulse.errors import ServiceUnavailable, SinkRejected
-from finpulse.schema import OFFSETS_TABLE, PG_DDL, PRICES_TABLE, REJECTS_TABLE, TICKS
+from finpulse.schema import OFFSETS_TABLE, PG_DDL, PG_INDEXES, PRICES_TABLE, REJECTS_TABLE, TICKS, pg_type
 from finpulse.sinks import pgcopy
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,8 @@ _TRANSIENT_CLASSES = ("08", "53", "57", "40", "58")
 def _classify(exc: Exception, what: str) -> Exception:
     state = getattr(exc, "sqlstate", None) or ""
     if isinstance(exc, (PoolTimeout, psycopg.OperationalError)) and not state.startswith("28"):
-        return ServiceUnavailable(f"PostgreSQL unavailable while {what}: {_first_line(exc)}")
+        return ServiceUnavailable(f"PostgreSQL connection failed while {what}: {_first_line(exc)} "
+                                  "(check that it runs and the POSTGRES_* settings)")
     if state.startswith(_TRANSIENT_CLASSES) or isinstance(exc, pgerr.UniqueViolation):
         return ServiceUnavailable(f"PostgreSQL busy while {what} ({state}): {_first_line(exc)}")
     hint = {
@@ -64,9 +65,31 @@ def create_tables(conninfo: str, schema: str) -> list[str]:
             }
             for ddl in PG_DDL:
                 conn.execute(ddl)
+            columns = dict(conn.execute(
+                "SELECT column_name, format_type(atttypid, atttypmod) FROM information_schema.columns c "
+                "JOIN pg_attribute a ON a.attrelid = (quote_ident(c.table_schema) || '.' || quote_ident(c.table_name))::regclass "
+                "AND a.attname = c.column_name WHERE c.table_schema = %s AND c.table_name = %s",
+                (schema, PRICES_TABLE)).fetchall())
+            _check_columns(columns, f"{schema}.{PRICES_TABLE}")
+            for ddl in PG_INDEXES:
+                conn.execute(ddl)
     except psycopg.Error as exc:
         raise _classify(exc, "creating tables") from None
     return [t for t in (PRICES_TABLE, REJECTS_TABLE, OFFSETS_TABLE) if t not in existing]
+
+
+def _check_columns(have: dict[str, str], table: str) -> None:
+    """SinkRejected when an existing prices_raw cannot take our rows."""
+    problems = []
+    for f in TICKS:
+        want = pg_type(f.type)
+        if f.name not in have:
+            problems.append(f"no column {f.name} ({want})")
+        elif have[f.name] != want:
+            problems.append(f"{f.name} is {have[f.name]}, not {want}")
+    if problems:
+        raise SinkRejected(f"{table} cannot take FinPulse rows: {'; '.join(problems)}; "
+                           "migrate it or set POSTGRES_SCHEMA to a new schema")
 
 
 class PostgresSink:
