@@ -118,6 +118,7 @@ def ingest(
     drain: Annotated[bool, typer.Option("--drain", help="Stop after reaching the high watermarks seen at start.")] = False,
     format: Annotated[Optional[str], typer.Option("--format", help="Force one feed shape instead of detecting it per message.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Reject non-trade events instead of skipping them.")] = False,
+    dlq_topic: Annotated[Optional[str], typer.Option(help="Also send rejected messages to this Kafka topic, created if absent (env FINPULSE_DLQ_TOPIC).")] = None,
     topic: Topic = None,
     bootstrap_servers: Bootstrap = None,
     delta_uri: DeltaUri = None,
@@ -128,7 +129,7 @@ def ingest(
     if format is not None and format not in feeds.names():
         raise typer.BadParameter(f"unknown feed {format!r}; choose one of: {', '.join(feeds.names())}",
                                  param_hint="--format")
-    s = settings(sinks=sinks, workers=workers, batch_size=batch_size, linger_ms=linger_ms, max_inflight_ticks=max_inflight_ticks,
+    s = settings(dlq_topic=dlq_topic, sinks=sinks, workers=workers, batch_size=batch_size, linger_ms=linger_ms, max_inflight_ticks=max_inflight_ticks,
                  kafka_topic=topic, kafka_bootstrap_servers=bootstrap_servers, delta_table_uri=delta_uri)
     result = supervisor.run(s, drain=drain, feed=format, strict=strict)
     t = result.totals

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
         "all", validation_alias=AliasChoices("FINPULSE_SINKS", "sinks"))
     # One worker process per partition by default (None = the topic's partition count).
     workers: int | None = Field(None, ge=1, le=256, validation_alias=AliasChoices("FINPULSE_WORKERS", "workers"))
+    # Also send every rejected message to this Kafka topic (at least once), for tools that
+    # watch a dead-letter topic; prices_rejected stays the exactly-once record either way.
+    dlq_topic: str | None = Field(None, min_length=1, validation_alias=AliasChoices("FINPULSE_DLQ_TOPIC", "dlq_topic"))
     # Messages larger than this are rejected unread: 1 MiB, Kafka's own default message size.
     max_message_bytes: int = Field(
         1 << 20, ge=1024, validation_alias=AliasChoices("FINPULSE_MAX_MESSAGE_BYTES", "max_message_bytes")

@@ -11,7 +11,7 @@ import signal
 import time
 from dataclasses import dataclass
 
-from finpulse import source
+from finpulse import deadletter, source
 from finpulse.config import Settings
 from finpulse.errors import FinpulseError, ServiceUnavailable, WorkerFailed
 from finpulse.progress import Progress, Totals
@@ -43,6 +43,7 @@ def prepare(settings: Settings) -> None:
         create_pg_tables(settings.postgres_conninfo(), settings.postgres_schema)
     if "delta" in settings.sink_names:
         create_delta_table(settings.delta_uri, settings.delta_storage_options)
+    deadletter.create_topic(settings)
 
 
 def run(settings: Settings, workers: int | None = None, drain: bool = False, feed: str | None = None,

@@ -22,6 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 from finpulse import source
 from finpulse.batch import Accumulator, Offsets
 from finpulse.config import Settings
+from finpulse.deadletter import DeadLetters
 from finpulse.errors import FinpulseError, ServiceUnavailable
 from finpulse.lanes import Lane
 from finpulse.normalize import Decoder, Messages
@@ -85,6 +86,8 @@ class Worker:
         self.stop = threading.Event()
         self.decoder = Decoder(s.max_message_bytes, feed=spec.feed, strict=spec.strict)
         self.lanes = [Lane(sink) for sink in open_sinks(s)]
+        self.dead_letters = (DeadLetters(s.kafka_bootstrap_servers, s.dlq_topic, s.kafka_topic)
+                             if s.dlq_topic else None)
         self.acc = Accumulator()
         self.assigned: set[int] = set()
         self.consumed: Offsets = {}  # next offset per assigned partition, as read
@@ -160,6 +163,8 @@ class Worker:
             self.consumer.close()
             for lane in self.lanes:
                 lane.close()
+            if self.dead_letters is not None:
+                self.dead_letters.close()
             self._report()
 
     def _take(self):
@@ -199,6 +204,8 @@ class Worker:
         batch = self.acc.take()
         for lane in self.lanes:
             lane.submit(batch)
+        if self.dead_letters is not None and batch.rejects:
+            self.dead_letters.send(batch.rejects)
 
     def _inflight(self) -> int:
         return self.acc.size + max(lane.waiting for lane in self.lanes)

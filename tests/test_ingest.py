@@ -160,3 +160,44 @@ def test_errors_that_cannot_heal_stop_with_one_clear_line(isolated, tmp_path):
             conn.execute("DROP SCHEMA legacy CASCADE")
     assert bad_pg.returncode == 4 and "price is text, not double precision" in bad_pg.stderr
     assert "Traceback" not in bad_pg.stderr + bad_delta.stderr
+
+
+def test_rejects_land_once_with_reason_and_bytes_and_go_to_the_dead_letter_topic(isolated):
+    import orjson
+    from confluent_kafka import Consumer
+
+    from finpulse import produce
+
+    good = [orjson.dumps(t) for t in produce.ticks(1000)]
+    bad = [b"\xff\xfe not utf-8", b'{"symbol": "A", "price"', b"null", b"{}",
+           b'{"symbol":"A","price":-1,"size":1,"timestamp_ms":1700000000000}']
+    values = good[:500] + bad + good[500:]
+    produce.send(isolated, iter([(b"k%d" % (i % 7), v) for i, v in enumerate(values)]))
+    dlq = f"{isolated.kafka_topic}-dlq"
+    env = env_for(isolated, FINPULSE_BATCH_SIZE="50")
+    finpulse("ingest", "--drain", "--dlq-topic", dlq, env=env)
+    finpulse("ingest", "--drain", "--dlq-topic", dlq, env=env)  # nothing new: no second reject
+
+    import psycopg
+    with psycopg.connect(isolated.postgres_conninfo()) as conn:
+        rows = conn.execute("SELECT raw, reason, feed, tick_index FROM prices_rejected").fetchall()
+    assert sorted(bytes(r[0]) for r in rows) == sorted(bad)
+    assert all(r[1] for r in rows)
+    assert len(pg_rows(isolated)) == 1000 and len(delta_rows(isolated)) == 1000
+
+    consumer = Consumer({"bootstrap.servers": isolated.kafka_bootstrap_servers, "group.id": f"check-{uuid.uuid4()}",
+                         "auto.offset.reset": "earliest"})
+    consumer.subscribe([dlq])
+    seen = []
+    deadline = time.monotonic() + 30
+    while len(seen) < len(bad) and time.monotonic() < deadline:
+        m = consumer.poll(1.0)
+        if m is not None and m.error() is None:
+            seen.append((m.value(), dict(m.headers())))
+    consumer.close()
+    assert sorted(v for v, _ in seen) == sorted(bad)
+    assert all(h["finpulse.reason"] and h["finpulse.source"].startswith(isolated.kafka_topic.encode()) for _, h in seen)
+    dlq_highs = source.watermarks(isolated.model_copy(update={"kafka_topic": dlq}))
+    assert sum(high - low for low, high in dlq_highs.values()) == len(bad), "each reject sent once"
+    client = source.admin(isolated)
+    client.delete_topics([dlq])[dlq].result(timeout=30)
