@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 os.chdir(ROOT)
 
 BENCH_TICKS = int(os.environ.get("BENCH_TICKS", "1000000"))
+QUICK = os.environ.get("BENCH_QUICK") == "1"  # scripts/bench --quick: fewer combinations
 PARTITIONS = 4  # the product's default topic layout (`finpulse init`)
+STAGE_TICKS = 100_000  # stages in isolation run on this many canonical ticks
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,49 @@ def fresh_sinks(backlog: Backlog):
     sinks.cleanup()
 
 
-def drain(s: Settings, workers: int) -> float:
-    """Run `finpulse ingest --drain` in-process (workers are real processes); return seconds."""
-    started = time.perf_counter()
-    result = supervisor.run(s, workers=workers, drain=True, live=False)
-    elapsed = time.perf_counter() - started
+def drain(s: Settings, workers: int) -> tuple[float, float]:
+    """Run `finpulse ingest --drain` in-process (workers are real processes).
+    Returns (seconds, peak RSS in MiB of the largest worker)."""
+    with PeakRss() as rss:
+        started = time.perf_counter()
+        result = supervisor.run(s, workers=workers, drain=True, live=False)
+        elapsed = time.perf_counter() - started
     assert result.totals.restarts == 0
-    return elapsed
+    return elapsed, rss.peak_mib
+
+
+class PeakRss:
+    """Samples the high-water mark of resident memory (VmHWM) of this process's children."""
+
+    def __init__(self, every_s: float = 0.2):
+        self.every_s, self.peak_kib = every_s, 0
+        self._stop = threading.Event()
+
+    @property
+    def peak_mib(self) -> float:
+        return round(self.peak_kib / 1024, 1)
+
+    def _sample(self) -> None:
+        me = str(os.getpid())
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if stat.read_text().rsplit(")", 1)[1].split()[1] != me:
+                    continue
+                for line in (stat.parent / "status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+            except (OSError, IndexError, ValueError):
+                continue  # the process ended while we looked
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._sample()
+
+    def __enter__(self) -> "PeakRss":
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()

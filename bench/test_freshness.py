@@ -1,0 +1,119 @@
+"""Freshness: at a steady produced rate and default settings, how long from produce to visible.
+
+PostgreSQL: a poller every POLL_S sees new rows; latency = when seen - the tick's timestamp
+(stamped just before it is produced). Delta: from the table's log, each row becomes visible at
+the commit whose txn offset passes it; latency = that commit's timestamp - the tick's timestamp.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import psycopg
+from deltalake import DeltaTable
+
+from conftest import QUICK, ROOT
+from finpulse import produce, source
+
+RATE = 5_000  # ticks/s, a busy feed's steady rate
+SECONDS = 10 if QUICK else 30
+POLL_S = 0.01  # PostgreSQL poll period: the resolution of its latency figures
+
+
+def _env(s) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "POSTGRES_", "DELTA_", "FINPULSE_"))}
+    env.update(KAFKA_BOOTSTRAP_SERVERS=s.kafka_bootstrap_servers, KAFKA_TOPIC=s.kafka_topic,
+               KAFKA_GROUP_ID=s.kafka_group_id, POSTGRES_HOST=s.postgres_host, POSTGRES_PORT=str(s.postgres_port),
+               POSTGRES_DB=s.postgres_db, POSTGRES_USER=s.postgres_user, POSTGRES_SCHEMA=s.postgres_schema,
+               POSTGRES_PASSWORD=s.postgres_password.get_secret_value(), DELTA_TABLE_URI=s.delta_uri)
+    return env
+
+
+def live_ticks(count: int):
+    """Ticks stamped with the wall clock at the moment they are handed to the producer."""
+    for t in produce.ticks(count):
+        t["timestamp_ms"] = int(time.time() * 1000)
+        yield t
+
+
+class PostgresWatch(threading.Thread):
+    def __init__(self, s):
+        super().__init__(daemon=True)
+        self.s, self.latencies, self.seen, self.stop = s, [], 0, threading.Event()
+
+    def run(self) -> None:
+        nxt = {p: 0 for p in range(4)}
+        with psycopg.connect(self.s.postgres_conninfo(), autocommit=True) as conn:
+            while not self.stop.wait(POLL_S):
+                where = " OR ".join(f"(kafka_partition = {p} AND kafka_offset >= {o})" for p, o in nxt.items())
+                rows = conn.execute(f"SELECT kafka_partition, kafka_offset, timestamp_ms FROM prices_raw WHERE {where}").fetchall()
+                now = time.time() * 1000
+                for p, o, ts in rows:
+                    self.latencies.append(now - ts)
+                    nxt[p] = max(nxt[p], o + 1)
+                self.seen += len(rows)
+
+
+def delta_latencies(uri: str) -> list[float]:
+    """Per row: commit time of the version that made it visible - its tick time."""
+    steps: dict[int, list[tuple[int, int]]] = {}  # partition -> [(next offset, commit ms)]
+    for f in sorted(Path(uri, "_delta_log").glob("*.json")):
+        actions = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        when = next((a["commitInfo"]["timestamp"] for a in actions if "commitInfo" in a), None)
+        for a in actions:
+            if "txn" in a and when is not None:
+                steps.setdefault(int(a["txn"]["appId"].rsplit(":", 1)[1]), []).append((a["txn"]["version"], when))
+    table = DeltaTable(uri).to_pyarrow_dataset().to_table(columns=["kafka_partition", "kafka_offset", "timestamp_ms"])
+    out = []
+    for p, o, ts in zip(*(table.column(c).to_pylist() for c in table.column_names)):
+        marks = steps[p]
+        i = bisect.bisect_right([m[0] for m in marks], o)
+        out.append(marks[i][1] - ts)
+    return out
+
+
+def test_freshness_default_settings(benchmark, fresh_sinks):
+    topic = f"bench-fresh-{uuid.uuid4().hex[:8]}"
+    s = fresh_sinks(kafka_topic=topic)
+    source.create_topic(s, 4)
+    result = {}
+
+    def run():
+        ingest = subprocess.Popen([sys.executable, "-m", "finpulse", "ingest"], env=_env(s), cwd=ROOT,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        watch = PostgresWatch(s)
+        watch.start()
+        try:
+            time.sleep(5)  # workers started and assigned
+            count = RATE * SECONDS
+            produce.send(s, produce.encoded(live_ticks(count)), rate=RATE)
+            deadline = time.monotonic() + 60
+            while watch.seen < count and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(1)  # let the last Delta commit land
+        finally:
+            watch.stop.set()
+            os.killpg(ingest.pid, signal.SIGTERM)
+            ingest.wait(60)
+        assert watch.seen == count, f"{watch.seen} of {count} ticks became visible in PostgreSQL"
+        result["postgres"] = np.array(watch.latencies)
+        result["delta"] = np.array(delta_latencies(s.delta_uri))
+        assert len(result["delta"]) == count
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    for sink in ("postgres", "delta"):
+        benchmark.extra_info[f"freshness_p50_ms_{sink}"] = round(float(np.percentile(result[sink], 50)), 1)
+        benchmark.extra_info[f"freshness_p99_ms_{sink}"] = round(float(np.percentile(result[sink], 99)), 1)
+    benchmark.extra_info.update(rate=RATE, seconds=SECONDS, batch_size=5, design="finpulse", kind="freshness")
+    client = source.admin(s)
+    client.delete_topics([topic])[topic].result(timeout=30)
