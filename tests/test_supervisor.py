@@ -1,0 +1,77 @@
+"""The process tree of `finpulse ingest`: restarts, clean stops, no orphans."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import delta_rows, env_for, finpulse, pg_count, pg_rows, produced
+from test_ingest import start_ingest
+
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
+
+
+def children(pid: int) -> list[int]:
+    """Worker processes of a supervisor (multiprocessing also starts a resource tracker)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"resource_tracker" not in cmdline and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_killed_worker_is_restarted_and_sigterm_stops_cleanly(isolated):
+    env = env_for(isolated, FINPULSE_BATCH_SIZE="100")
+    finpulse("produce", "--count", "20000", env=env)
+    proc = start_ingest(env, "--workers", "2")
+    wait_for(lambda: len(children(proc.pid)) == 2, what="two workers")
+    wait_for(lambda: pg_count(isolated) == 20_000, what="the backlog to land")
+
+    victim = children(proc.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: len(children(proc.pid)) == 2 and victim not in children(proc.pid), what="a restarted worker")
+
+    finpulse("produce", "--count", "5000", "--seed", "8", env=env)
+    wait_for(lambda: pg_count(isolated) == 25_000, what="ticks produced after the restart")
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out[-3000:]
+    assert "restarting in 1s" in out and "1 restarts" in out
+    # two produce runs, two wall-clock starts: compare symbol, price and size
+    expected = sorted(e[:3] for e in produced(20_000) + produced(5_000, seed=8))
+    for rows in (pg_rows(isolated), delta_rows(isolated)):
+        assert len({r[-3:] for r in rows}) == len(rows) == 25_000
+        assert sorted(r[:3] for r in rows) == expected
+
+
+def test_killing_the_supervisor_outright_leaves_no_orphans(isolated):
+    env = env_for(isolated)
+    proc = start_ingest(env, "--workers", "2")
+    wait_for(lambda: len(children(proc.pid)) == 2, what="two workers")
+    workers = children(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=10)
+    wait_for(lambda: not any(alive(w) for w in workers), timeout=15, what="the workers to exit")
