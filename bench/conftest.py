@@ -87,7 +87,7 @@ def drain(s: Settings, workers: int) -> tuple[float, float]:
     Returns (seconds, peak RSS in MiB of the largest worker)."""
     with PeakRss() as rss:
         started = time.perf_counter()
-        result = supervisor.run(s, workers=workers, drain=True, live=False)
+        result = supervisor.run(s, workers=workers, drain=True)
         elapsed = time.perf_counter() - started
     assert result.totals.restarts == 0
     return elapsed, rss.peak_mib

@@ -131,7 +131,7 @@ def ingest(
                                  param_hint="--format")
     s = settings(dlq_topic=dlq_topic, sinks=sinks, workers=workers, batch_size=batch_size, linger_ms=linger_ms, max_inflight_ticks=max_inflight_ticks,
                  kafka_topic=topic, kafka_bootstrap_servers=bootstrap_servers, delta_table_uri=delta_uri)
-    result = supervisor.run(s, drain=drain, feed=format, strict=strict)
+    result = supervisor.run(s, drain=drain, feed=format, strict=strict, console=err)
     t = result.totals
     out.print(
         f"ingested {t.ticks:,} ticks from {t.messages:,} messages in {t.elapsed:.1f}s "
@@ -163,6 +163,200 @@ def show(
         for sym, n, low, high, last, when in landed.symbols:
             t.add_row(sym, f"{n:,}", f"{low:,.4f}", f"{high:,.4f}", f"{last:,.4f}", when.strftime("%Y-%m-%d %H:%M:%S"))
         out.print(t)
+
+
+# ------------------------------------------------------------------ replay, status, verify
+Partitions = Annotated[Optional[list[int]], typer.Option(
+    "--partition", "-p", min=0, help="Only this partition; repeat for several (default: every partition).")]
+FromOffset = Annotated[Optional[int], typer.Option(
+    min=0, help="Start at this offset in each chosen partition (older than the oldest retained: from there).")]
+ToOffset = Annotated[Optional[int], typer.Option(
+    min=1, help="Stop before this offset (exclusive) in each chosen partition (default: the high watermark now).")]
+FromTime = Annotated[Optional[str], typer.Option(
+    help="Start at each partition's first message stamped at or after this time: ISO-8601 (UTC unless it "
+    "names an offset) or epoch milliseconds.")]
+ToTime = Annotated[Optional[str], typer.Option(
+    help="Stop before each partition's first message stamped at or after this time (exclusive).")]
+SinkChoice = Annotated[Optional[str], typer.Option(
+    "--sink", "--sinks", help="all, postgres or delta (env FINPULSE_SINKS, default all).")]
+Feed = Annotated[Optional[str], typer.Option(
+    "--format", help="Decode with one feed shape, as `ingest --format` did (default: detect per message).")]
+Strict = Annotated[bool, typer.Option("--strict", help="Reject non-trade events, as `ingest --strict` did.")]
+
+
+def _spans(s: Settings, partition, from_offset, to_offset, from_timestamp, to_timestamp, feed, start_required: bool):
+    """Validated range flags -> spans per partition (bad combinations: one ConfigError line)."""
+    from finpulse import feeds
+    from finpulse.errors import ConfigError
+    from finpulse.replay import Bound, parse_time, plan
+
+    if feed is not None and feed not in feeds.names():
+        raise ConfigError(f"--format: unknown feed {feed!r}; choose one of: {', '.join(feeds.names())}")
+    if from_offset is not None and from_timestamp is not None:
+        raise ConfigError("give --from-offset or --from-timestamp, not both")
+    if to_offset is not None and to_timestamp is not None:
+        raise ConfigError("give --to-offset or --to-timestamp, not both")
+    if start_required and from_offset is None and from_timestamp is None:
+        raise ConfigError("say where to start: --from-offset N (0 for everything retained) or --from-timestamp T")
+    start = Bound(from_offset, parse_time(from_timestamp, "--from-timestamp") if from_timestamp else None)
+    end = Bound(to_offset, parse_time(to_timestamp, "--to-timestamp") if to_timestamp else None)
+    if start.offset is not None and end.offset is not None and end.offset <= start.offset:
+        raise ConfigError(f"--to-offset {end.offset} is exclusive: it must be greater than --from-offset {start.offset}")
+    if start.timestamp_ms is not None and end.timestamp_ms is not None and end.timestamp_ms <= start.timestamp_ms:
+        raise ConfigError("--to-timestamp is exclusive: it must be later than --from-timestamp")
+    return plan(s, partition, start, end)
+
+
+@app.command()
+def replay(
+    partition: Partitions = None,
+    from_offset: FromOffset = None,
+    to_offset: ToOffset = None,
+    from_timestamp: FromTime = None,
+    to_timestamp: ToTime = None,
+    sink: SinkChoice = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say how many messages each partition would read.")] = False,
+    format: Feed = None,
+    strict: Strict = False,
+    topic: Topic = None,
+    bootstrap_servers: Bootstrap = None,
+    delta_uri: DeltaUri = None,
+) -> None:
+    """Read a bounded range of the topic again and write what the sinks lack, then exit.
+
+    Idempotent: rows already present (same partition, offset, tick_index) are not written again.
+    Below a sink's position only missing rows are inserted; at or above it rows go through the
+    normal guarded write, and only when the range reaches down to the position. Safe to run
+    next to `finpulse ingest`.
+    """
+    from finpulse import replay as replaying
+
+    s = settings(sinks=sink, kafka_topic=topic, kafka_bootstrap_servers=bootstrap_servers, delta_table_uri=delta_uri)
+    spans = _spans(s, partition, from_offset, to_offset, from_timestamp, to_timestamp, format, start_required=True)
+    total = sum(sp.size for sp in spans)
+    if dry_run:
+        held = replaying.positions(s, [sp.partition for sp in spans])
+        for sp in spans:
+            where = ", ".join(f"{name} at {h[sp.partition]:,}" if sp.partition in h else f"{name} holds nothing"
+                              for name, h in held.items())
+            out.print(f"partition {sp.partition}: {sp.size:,} messages, offsets {sp.start:,} up to {sp.end:,} "
+                      f"(exclusive); {where}", highlight=False)
+        out.print(f"dry run: would read {total:,} messages from {len(spans)} partitions of {s.kafka_topic}; "
+                  "nothing written", highlight=False)
+        return
+    report = replaying.run(s, spans, format, strict, live=err.is_terminal)
+    for name, tally in report.sinks.items():
+        for p, left in sorted(tally.left.items()):
+            at = "holds nothing of it" if left.position is None else f"is at {left.position:,}"
+            out.print(f"{name}: partition {p} offsets {left.start:,} up to {left.end:,} left to `finpulse ingest`: "
+                      f"the sink {at}, and writing them would skip the offsets in between", highlight=False)
+    added = "; ".join(f"{name} +{t.rows:,} rows" + (f", +{t.rejects:,} rejects" if name == "postgres" else "")
+                      for name, t in report.sinks.items())
+    out.print(f"replayed {report.messages:,} messages from {len(spans)} partitions of {s.kafka_topic} in "
+              f"{report.elapsed:.1f}s: {added}", highlight=False)
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout, keys as in docs/operations.md.")] = False,
+    topic: Topic = None,
+    bootstrap_servers: Bootstrap = None,
+    delta_uri: DeltaUri = None,
+) -> None:
+    """Per partition: watermarks, the group's committed offset (KAFKA_GROUP_ID), each sink's position and lag."""
+    import json
+
+    from rich.table import Table
+
+    from finpulse import status as stat
+
+    s = settings(kafka_topic=topic, kafka_bootstrap_servers=bootstrap_servers, delta_table_uri=delta_uri)
+    st = stat.collect(s)
+    data = st.as_json()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        def num(v) -> str:
+            return "-" if v is None else f"{v:,}"
+
+        d = data["delta"]
+        t = Table(title=f"{s.kafka_topic} (group {s.kafka_group_id}); Delta version {num(d['version'])}, "
+                  f"{num(d['files'])} files, {num(d['bytes'])} bytes", title_justify="left")
+        columns = ["partition", "low", "high", "committed", "postgres", "lag", "delta", "lag", "rejected"]
+        keys = ["partition", "low", "high", "committed", "postgres_position", "postgres_lag", "delta_position",
+                "delta_lag", "rejected"]
+        for col in columns:
+            t.add_column(col, justify="right")
+        for row in [*data["partitions"], {"partition": "total", **data["totals"]}]:
+            t.add_row(*(str(row[k]) if k == "partition" else num(row.get(k)) for k in keys))
+        out.print(t)
+    for exc in st.errors.values():
+        raise exc
+
+
+@app.command()
+def verify(
+    partition: Partitions = None,
+    from_offset: FromOffset = None,
+    to_offset: ToOffset = None,
+    from_timestamp: FromTime = None,
+    to_timestamp: ToTime = None,
+    sink: SinkChoice = None,
+    repair: Annotated[bool, typer.Option("--repair", help="Replay the ranges with missing keys into the sink that lacks them, then verify again.")] = False,
+    show: Annotated[int, typer.Option(min=0, help="How many missing / duplicated / unexpected keys to list per sink.")] = 10,
+    window: Annotated[int, typer.Option(min=1000, help="Offsets compared at once per partition (bounds memory).")] = 500_000,
+    format: Feed = None,
+    strict: Strict = False,
+    topic: Topic = None,
+    bootstrap_servers: Bootstrap = None,
+    delta_uri: DeltaUri = None,
+) -> None:
+    """Reconcile the sinks with the topic key by key (default: everything retained).
+
+    Exit code 0: every sink holds exactly the topic's keys (PostgreSQL as rows or rejects, Delta as
+    rows); 1: differences found (missing, duplicated or unexpected keys); 2-4: could not check.
+    """
+    from finpulse import verify as verifying
+
+    s = settings(sinks=sink, kafka_topic=topic, kafka_bootstrap_servers=bootstrap_servers, delta_table_uri=delta_uri)
+    spans = _spans(s, partition, from_offset, to_offset, from_timestamp, to_timestamp, format, start_required=False)
+    verdict = verifying.run(s, spans, format, strict, samples=show, window=window, live=err.is_terminal)
+    _print_verdict(s, verdict)
+    if repair and not verdict.exact:
+        for name, report in verifying.repair(s, verdict, format, strict, live=err.is_terminal).items():
+            tally = report.sinks[name]
+            out.print(f"repair {name}: replayed {report.messages:,} messages, +{tally.rows:,} rows"
+                      + (f", +{tally.rejects:,} rejects" if name == "postgres" else "")
+                      + (f"; {len(tally.left)} partitions left to `finpulse ingest`" if tally.left else ""),
+                      highlight=False)
+        verdict = verifying.run(s, spans, format, strict, samples=show, window=window, live=err.is_terminal)
+        _print_verdict(s, verdict)
+    if not verdict.exact:
+        raise typer.Exit(1)
+
+
+def _print_verdict(s: Settings, verdict) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{s.kafka_topic}: topic vs sinks", title_justify="left")
+    names = list(verdict.sinks)
+    for col in ["partition", "offsets", "messages", "ticks", "rejects", *(f"{n} rows" for n in names)] + (
+            ["postgres rejects"] if "postgres" in names else []):
+        t.add_column(col, justify="right")
+    for c in verdict.partitions:
+        t.add_row(str(c.partition), f"{c.start:,}-{c.end:,}", f"{c.messages:,}", f"{c.ticks:,}", f"{c.rejects:,}",
+                  *(f"{c.rows[n]:,}" for n in names), *([f"{c.rejected:,}"] if "postgres" in names else []))
+    out.print(t)
+    for name, check in verdict.sinks.items():
+        n = check.counts
+        pending = f" ({check.pending:,} at or above the sink's position: not ingested yet)" if check.pending else ""
+        out.print(f"{name}: {n['missing']:,} missing{pending}, {n['duplicated']:,} duplicated, "
+                  f"{n['unexpected']:,} unexpected" + (" - exact" if check.exact else ""), highlight=False)
+        for kind, keys in check.samples.items():
+            if keys:
+                shown = ", ".join(f"({p}, {o}, {i})" for p, o, i in keys)
+                more = f" and {n[kind] - len(keys):,} more" if n[kind] > len(keys) else ""
+                out.print(f"  {kind} (partition, offset, tick_index): {shown}{more}", highlight=False, markup=False)
 
 
 def main() -> None:

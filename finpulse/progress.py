@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 log = logging.getLogger("finpulse.progress")
 
@@ -57,7 +57,7 @@ class Totals:
         )
 
     def table(self) -> Table:
-        t = Table(title=self.line(), title_justify="left", expand=False)
+        t = Table(expand=False)
         for col in ("worker", "pid", "partitions", "lag", "state"):
             t.add_column(col, justify="right" if col in ("pid", "lag") else "left")
         for w in sorted(self.pids):
@@ -68,28 +68,34 @@ class Totals:
         return t
 
 
+    def view(self) -> Group:
+        return Group(Text(self.line(), overflow="fold"), self.table())
+
+
 class Progress:
-    def __init__(self, totals: Totals, live: bool | None = None):
+    """A live table on `console` when it is a terminal; a log line every LOG_EVERY_S otherwise.
+    Log records go through the same console, so they scroll above the table instead of tearing it."""
+
+    def __init__(self, totals: Totals, console: Console | None = None):
         self.totals = totals
-        self.live = sys.stderr.isatty() if live is None else live
+        self.console = console if console is not None and console.is_terminal else None
         self._live: Live | None = None
         self._next_log = time.monotonic() + LOG_EVERY_S
 
     def __enter__(self) -> "Progress":
-        if self.live:
-            self._live = Live(self.totals.table(), console=Console(stderr=True), refresh_per_second=4,
-                              transient=False)
+        if self.console is not None:
+            self._live = Live(self.totals.view(), console=self.console, refresh_per_second=4, transient=False)
             self._live.__enter__()
         return self
 
     def refresh(self) -> None:
         if self._live is not None:
-            self._live.update(self.totals.table())
+            self._live.update(self.totals.view())
         elif time.monotonic() >= self._next_log:
             self._next_log = time.monotonic() + LOG_EVERY_S
             log.info("%s", self.totals.line())
 
     def __exit__(self, *exc) -> None:
         if self._live is not None:
-            self._live.update(self.totals.table())
+            self._live.update(self.totals.view())
             self._live.__exit__(*exc)

@@ -11,6 +11,8 @@ import signal
 import time
 from dataclasses import dataclass
 
+from rich.console import Console
+
 from finpulse import deadletter, source
 from finpulse.config import Settings
 from finpulse.errors import FinpulseError, ServiceUnavailable, WorkerFailed
@@ -47,7 +49,9 @@ def prepare(settings: Settings) -> None:
 
 
 def run(settings: Settings, workers: int | None = None, drain: bool = False, feed: str | None = None,
-        strict: bool = False, live: bool | None = None) -> Summary:
+        strict: bool = False, console: Console | None = None) -> Summary:
+    """Run the workers until stopped (or drained). Progress goes to `console` when it is a
+    terminal, to the log otherwise."""
     parts = source.partitions(settings)
     prepare(settings)
     targets = {p: high for p, (_, high) in source.watermarks(settings, parts).items()} if drain else None
@@ -91,7 +95,7 @@ def run(settings: Settings, workers: int | None = None, drain: bool = False, fee
     try:
         for i in range(n):
             spawn(i)
-        with Progress(totals, live) as progress:
+        with Progress(totals, console) as progress:
             while len(done) < n:
                 _pump(events, totals, fatal)
                 progress.refresh()

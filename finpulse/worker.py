@@ -217,11 +217,11 @@ class Worker:
         if not self.paused and inflight >= limit and self.assigned:
             self.consumer.pause([TopicPartition(self.settings.kafka_topic, p) for p in self.assigned])
             self.paused = True
-            log.info("backpressure: %d ticks waiting for the sinks; pausing consumption", inflight)
+            log.debug("backpressure: %d ticks waiting for the sinks; pausing consumption", inflight)
         elif self.paused and inflight < limit // 2:
             self.consumer.resume([TopicPartition(self.settings.kafka_topic, p) for p in self.assigned])
             self.paused = False
-            log.info("backpressure released; resuming consumption")
+            log.debug("backpressure released; resuming consumption")
 
     def _raise_lane_failure(self) -> None:
         for lane in self.lanes:
