@@ -6,6 +6,7 @@ import orjson
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from finpulse import feeds
 from finpulse.normalize import Decoder, Messages
 
 NOW_MS = 1_700_000_000_000
@@ -103,19 +104,24 @@ def test_random_bytes_never_raise(values):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20)
+    | st.sampled_from(["trade", "aggTrade", "match", "market_trades", "t", "T", "XT", "2024-06-10T16:00:00.123Z",
+                       "1718035200123", "67000.5", "buy", "B"]) | st.integers(1_600_000_000_000, 1_800_000_000_000),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(
-        st.sampled_from(["symbol", "price", "size", "timestamp_ms", "exchange", "side", "x"]) | st.text(max_size=5),
+        st.sampled_from(["symbol", "price", "size", "timestamp_ms", "exchange", "side", "x", "e", "E", "s", "p", "q",
+                         "T", "t", "m", "ev", "sym", "pair", "type", "product_id", "channel", "events", "trades",
+                         "data", "stream", "method", "v", "S", "tks", "ds", "time", "timestamp", "qty"])
+        | st.text(max_size=5),
         children, max_size=6),
-    max_leaves=20,
+    max_leaves=30,
 )
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(json_values, min_size=1, max_size=8))
-def test_random_json_never_raises(values):
+@given(st.lists(json_values, min_size=1, max_size=8), st.sampled_from([None, *feeds.names()]), st.booleans())
+def test_random_json_never_raises(values, feed, strict):
     encoded = [orjson.dumps(v, option=orjson.OPT_NON_STR_KEYS) if _dumpable(v) else b"{}" for v in values]
-    out = Decoder().decode(msgs(*encoded))
+    out = Decoder(feed=feed, strict=strict).decode(msgs(*encoded))
     accounted = {r.offset for r in out.rejects} | set(out.ticks.column("kafka_offset").to_pylist())
     assert len(accounted) + out.skipped >= len(values)
 
@@ -126,3 +132,91 @@ def _dumpable(v) -> bool:
         return True
     except (orjson.JSONEncodeError, TypeError):
         return False
+
+
+# ------------------------------------------------------------------ fast path = careful path
+_text = st.text(alphabet=st.sampled_from("aAbZ09-/: \t\"\\\x07\x7f\u00e9\u00df\u00a0\u2028"), max_size=8)
+_number = st.one_of(
+    st.floats(min_value=-10, max_value=1e6, allow_nan=False), st.integers(-5, 10**6), st.sampled_from([0, 1, 1.0, 0.0]),
+    st.booleans(), st.sampled_from(["1.5", " 2 ", "abc", "1_0", "NaN"]),
+)
+canonical_ticks = st.fixed_dictionaries(
+    {
+        "symbol": st.one_of(st.sampled_from(["AAPL", "btc-usd", " msft ", "X" * 64, "X" * 65]), _text, st.just(None)),
+        "price": st.one_of(st.floats(min_value=0.01, max_value=1e6), _number),
+        "size": st.one_of(st.floats(min_value=0, max_value=1e6), _number),
+        "timestamp_ms": st.one_of(
+            st.integers(NOW_MS - 10**9, NOW_MS + 10**9), st.sampled_from([600_000_000_000, 2**62, -1]),
+            st.floats(min_value=1.6e12, max_value=1.7e12), st.booleans(), st.just("1700000000000")),
+    },
+    optional={
+        "exchange": st.one_of(st.sampled_from(["nasdaq", "NYSE", " arca ", "", "  "]), _text, st.none(), st.just(3)),
+        "side": st.one_of(st.sampled_from(["buy", "Sell", " BUY ", "b", "ask", "x"]), _text, st.none()),
+        "venue_id": st.one_of(st.integers(-10**6, 10**6), _text),
+    },
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(canonical_ticks, min_size=1, max_size=5))
+def test_fast_path_commits_only_to_rows_the_careful_path_writes(ticks):
+    m = msgs(*[orjson.dumps(t) for t in ticks])
+    fast = Decoder()._fast_canonical(m)
+    careful = Decoder()._careful(m, range(len(ticks)))
+    if fast is not None:
+        assert careful.rejects == [] and careful.skipped == 0
+        assert fast.ticks.equals(careful.ticks)
+    out = Decoder().decode(m)
+    assert out.ticks.equals(careful.ticks) and out.rejects == careful.rejects
+
+
+def test_fast_path_takes_plain_batches():
+    m = msgs(tick(), tick(symbol="btc-usd", side=" Sell "), tick(exchange=...))
+    assert Decoder()._fast_canonical(m) is not None
+
+
+# ------------------------------------------------------------------ duplicate keys, exactly
+def _key(name: str, escaped: bool) -> str:
+    return '"' + (f"\\u{ord(name[0]):04x}{name[1:]}" if escaped else name) + '"'
+
+
+_scalar_texts = st.sampled_from(['1', '-2.5e3', 'true', 'null', '"x"', '"a\\"b"', '"\\u0022"', '"\\u0022\\u0022"',
+                                 '""', '"price"'])
+
+
+def _objects(children):
+    def encode(members):
+        names = [name for name, _, _ in members]
+        text = "{" + ",".join(f"{_key(name, esc)}:{child[0]}" for name, esc, child in members) + "}"
+        return text, len(set(names)) < len(names) or any(child[1] for _, _, child in members)
+    return st.lists(st.tuples(st.sampled_from(["a", "b", "price", "symbol"]), st.booleans(), children),
+                    max_size=4).map(encode)
+
+
+def _arrays(children):
+    return st.lists(children, max_size=3).map(lambda items: ("[" + ",".join(t for t, _ in items) + "]",
+                                                             any(d for _, d in items)))
+
+
+json_with_duplicates = st.recursive(_scalar_texts.map(lambda t: (t, False)),
+                                    lambda children: _objects(children) | _arrays(children), max_leaves=12)
+
+
+@settings(max_examples=500, deadline=None)
+@given(json_with_duplicates)
+def test_duplicate_keys_are_found_exactly(case):
+    text, has_duplicate = case
+    out = Decoder().decode(msgs(text.encode()))
+    reasons = [r.reason for r in out.rejects]
+    assert any(r.startswith("duplicate key") for r in reasons) == has_duplicate, (text, reasons)
+
+
+def test_one_odd_message_in_a_large_batch_keeps_every_row_and_order():
+    values = [tick(symbol=f"s{i % 50}", price=1 + i, size=i) for i in range(5000)]
+    values[3333] = tick(price="abc")
+    values[100] = tick(price="2.5")  # valid, but only the careful path reads numbers in text
+    out = Decoder().decode(msgs(*values))
+    assert out.ticks.num_rows == 4999
+    assert out.ticks.column("kafka_offset").to_pylist() == [i for i in range(5000) if i != 3333]
+    assert [r.offset for r in out.rejects] == [3333]
+    assert out.ticks.column("price").to_pylist()[100] == 2.5

@@ -1,0 +1,55 @@
+"""The canonical FinPulse tick: {"symbol", "price", "size", "timestamp_ms", "exchange"?, "side"?},
+alone or as an array of ticks in one message.
+
+normalize.py decodes whole batches of single canonical ticks column by column; this per-message
+reader is its reference (the careful path must give the same rows) and handles the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from finpulse.feeds.fields import epoch_us, kind, keys_seen, number, side_word, symbol, text
+from finpulse.feeds.model import Feed, Invalid, Parsed, Trade
+
+NAME = "canonical"
+
+
+def _trade(obj: Any) -> Trade:
+    if not isinstance(obj, dict):
+        raise Invalid(f"a trade must be an object, got {kind(obj)}", NAME)
+    sym = symbol(obj, "symbol", NAME)
+    price = number(obj, "price", NAME)
+    size = number(obj, "size", NAME)
+    if "timestamp_ms" not in obj:
+        raise Invalid("missing timestamp_ms", NAME)
+    ts = epoch_us(obj["timestamp_ms"], "ms", NAME, "timestamp_ms")
+    exchange = text(obj, "exchange", NAME, required=False)
+    return Trade(sym, price, size, ts, exchange.upper() if exchange else None, side_word(obj.get("side")))
+
+
+def parse(obj: Any) -> Parsed:
+    if isinstance(obj, list):
+        if not obj:
+            raise Invalid("not a canonical message: an empty array", NAME)
+        items = obj
+    elif isinstance(obj, dict):
+        items = [obj]
+    else:
+        raise Invalid(f"not a canonical message: {keys_seen(obj)}", NAME)
+    trades: list = []
+    for item in items:
+        try:
+            trades.append(_trade(item))
+        except Invalid as exc:
+            trades.append(exc)
+    return Parsed(NAME, trades)
+
+
+def matches(obj: Any) -> bool:
+    if isinstance(obj, list) and obj:  # a frame of several canonical ticks
+        obj = obj[0]
+    return isinstance(obj, dict) and "symbol" in obj and "timestamp_ms" in obj
+
+
+FEED = Feed(NAME, None, matches, parse)
