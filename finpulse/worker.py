@@ -105,6 +105,9 @@ class Worker:
         for tp in tps:
             tp.offset = starts.get(tp.partition, OFFSET_BEGINNING)
         consumer.assign(tps)
+        # librdkafka keeps a partition's pause across assignments: one paused for backpressure
+        # before this rebalance would stay paused for good. Backpressure pauses again if needed.
+        consumer.resume(tps)
         self.assigned, self.paused = set(parts), False
         self.consumed = {p: starts[p] for p in parts if p in starts}
         log.info("assigned partitions %s, starting at %s", parts or "none",
