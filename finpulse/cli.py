@@ -116,7 +116,7 @@ def ingest(
     max_inflight_ticks: Annotated[Optional[int], typer.Option(min=1000, help="Pause consuming when this many ticks wait for the sinks (env FINPULSE_MAX_INFLIGHT_TICKS).")] = None,
     sinks: Annotated[Optional[str], typer.Option(help="Write to all, postgres or delta (env FINPULSE_SINKS, default all).")] = None,
     drain: Annotated[bool, typer.Option("--drain", help="Stop after reaching the high watermarks seen at start.")] = False,
-    format: Annotated[Optional[str], typer.Option("--format", help="Force one feed shape instead of detecting it per message.")] = None,
+    format: Annotated[Optional[str], typer.Option("--format", help="Force one feed shape instead of detecting it per message: canonical, binance, coinbase, coinbase-advanced, alpaca, polygon, finnhub or kraken.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Reject non-trade events instead of skipping them.")] = False,
     dlq_topic: Annotated[Optional[str], typer.Option(help="Also send rejected messages to this Kafka topic, created if absent (env FINPULSE_DLQ_TOPIC).")] = None,
     topic: Topic = None,
@@ -184,6 +184,15 @@ Feed = Annotated[Optional[str], typer.Option(
 Strict = Annotated[bool, typer.Option("--strict", help="Reject non-trade events, as `ingest --strict` did.")]
 
 
+def _print_table(table) -> None:
+    """On a terminal, its width; piped output goes to scripts and logs: 120 columns, not rich's 80."""
+    (out if out.is_terminal else Console(width=max(out.width, 120))).print(table)
+
+
+def _partitions(n: int) -> str:
+    return f"{n} partition" + ("" if n == 1 else "s")
+
+
 def _spans(s: Settings, partition, from_offset, to_offset, from_timestamp, to_timestamp, feed, start_required: bool):
     """Validated range flags -> spans per partition (bad combinations: one ConfigError line)."""
     from finpulse import feeds
@@ -224,10 +233,7 @@ def replay(
 ) -> None:
     """Read a bounded range of the topic again and write what the sinks lack, then exit.
 
-    Idempotent: rows already present (same partition, offset, tick_index) are not written again.
-    Below a sink's position only missing rows are inserted; at or above it rows go through the
-    normal guarded write, and only when the range reaches down to the position. Safe to run
-    next to `finpulse ingest`.
+    Idempotent: rows already present (same partition, offset, tick_index) are not written again. Below a sink's position only missing rows are inserted; at or above it rows go through the normal guarded write, and only when the range reaches down to the position. Safe next to a running `finpulse ingest`.
     """
     from finpulse import replay as replaying
 
@@ -235,16 +241,20 @@ def replay(
     spans = _spans(s, partition, from_offset, to_offset, from_timestamp, to_timestamp, format, start_required=True)
     total = sum(sp.size for sp in spans)
     if dry_run:
-        held = replaying.positions(s, [sp.partition for sp in spans])
+        try:
+            held = replaying.positions(s, [sp.partition for sp in spans])
+        except FinpulseError as exc:  # the counts come from Kafka alone; positions are a courtesy
+            held = {}
+            err.print(f"sink positions unavailable: {exc}", highlight=False, markup=False)
         for sp in spans:
-            where = ", ".join(f"{name} at {h[sp.partition]:,}" if sp.partition in h else f"{name} holds nothing"
-                              for name, h in held.items())
+            where = "".join(f"; {name} at {h[sp.partition]:,}" if sp.partition in h else f"; {name} holds nothing"
+                            for name, h in held.items())
             out.print(f"partition {sp.partition}: {sp.size:,} messages, offsets {sp.start:,} up to {sp.end:,} "
-                      f"(exclusive); {where}", highlight=False)
-        out.print(f"dry run: would read {total:,} messages from {len(spans)} partitions of {s.kafka_topic}; "
+                      f"(exclusive){where}", highlight=False)
+        out.print(f"dry run: would read {total:,} messages from {_partitions(len(spans))} of {s.kafka_topic}; "
                   "nothing written", highlight=False)
         return
-    report = replaying.run(s, spans, format, strict, live=err.is_terminal)
+    report = replaying.run(s, spans, format, strict, console=err)
     for name, tally in report.sinks.items():
         for p, left in sorted(tally.left.items()):
             at = "holds nothing of it" if left.position is None else f"is at {left.position:,}"
@@ -252,7 +262,7 @@ def replay(
                       f"the sink {at}, and writing them would skip the offsets in between", highlight=False)
     added = "; ".join(f"{name} +{t.rows:,} rows" + (f", +{t.rejects:,} rejects" if name == "postgres" else "")
                       for name, t in report.sinks.items())
-    out.print(f"replayed {report.messages:,} messages from {len(spans)} partitions of {s.kafka_topic} in "
+    out.print(f"replayed {report.messages:,} messages from {_partitions(len(spans))} of {s.kafka_topic} in "
               f"{report.elapsed:.1f}s: {added}", highlight=False)
 
 
@@ -281,7 +291,7 @@ def status(
 
         d = data["delta"]
         t = Table(title=f"{s.kafka_topic} (group {s.kafka_group_id}); Delta version {num(d['version'])}, "
-                  f"{num(d['files'])} files, {num(d['bytes'])} bytes", title_justify="left")
+                  f"{num(d['files'])} files, {num(d['bytes'])} bytes", title_justify="left", show_edge=False)
         columns = ["partition", "low", "high", "committed", "postgres", "lag", "delta", "lag", "rejected"]
         keys = ["partition", "low", "high", "committed", "postgres_position", "postgres_lag", "delta_position",
                 "delta_lag", "rejected"]
@@ -289,9 +299,12 @@ def status(
             t.add_column(col, justify="right")
         for row in [*data["partitions"], {"partition": "total", **data["totals"]}]:
             t.add_row(*(str(row[k]) if k == "partition" else num(row.get(k)) for k in keys))
-        out.print(t)
-    for exc in st.errors.values():
-        raise exc
+        _print_table(t)
+    if st.errors:  # shown above as far as possible; each reason on stderr, the first sets the exit code
+        first, *others = st.errors.values()
+        for exc in others:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise first
 
 
 @app.command()
@@ -313,23 +326,22 @@ def verify(
 ) -> None:
     """Reconcile the sinks with the topic key by key (default: everything retained).
 
-    Exit code 0: every sink holds exactly the topic's keys (PostgreSQL as rows or rejects, Delta as
-    rows); 1: differences found (missing, duplicated or unexpected keys); 2-4: could not check.
+    Exit code 0: every sink holds exactly the topic's keys (PostgreSQL as rows or rejects, Delta as rows); 1: differences found (missing, duplicated or unexpected keys); 2-4: could not check (configuration, a service down, a table that cannot be read).
     """
     from finpulse import verify as verifying
 
     s = settings(sinks=sink, kafka_topic=topic, kafka_bootstrap_servers=bootstrap_servers, delta_table_uri=delta_uri)
     spans = _spans(s, partition, from_offset, to_offset, from_timestamp, to_timestamp, format, start_required=False)
-    verdict = verifying.run(s, spans, format, strict, samples=show, window=window, live=err.is_terminal)
+    verdict = verifying.run(s, spans, format, strict, samples=show, window=window, console=err)
     _print_verdict(s, verdict)
     if repair and not verdict.exact:
-        for name, report in verifying.repair(s, verdict, format, strict, live=err.is_terminal).items():
+        for name, report in verifying.repair(s, verdict, format, strict, console=err).items():
             tally = report.sinks[name]
             out.print(f"repair {name}: replayed {report.messages:,} messages, +{tally.rows:,} rows"
                       + (f", +{tally.rejects:,} rejects" if name == "postgres" else "")
                       + (f"; {len(tally.left)} partitions left to `finpulse ingest`" if tally.left else ""),
                       highlight=False)
-        verdict = verifying.run(s, spans, format, strict, samples=show, window=window, live=err.is_terminal)
+        verdict = verifying.run(s, spans, format, strict, samples=show, window=window, console=err)
         _print_verdict(s, verdict)
     if not verdict.exact:
         raise typer.Exit(1)
@@ -338,15 +350,16 @@ def verify(
 def _print_verdict(s: Settings, verdict) -> None:
     from rich.table import Table
 
-    t = Table(title=f"{s.kafka_topic}: topic vs sinks", title_justify="left")
+    t = Table(title=f"{s.kafka_topic}: what the topic holds, and rows in each sink", title_justify="left",
+              show_edge=False)
     names = list(verdict.sinks)
-    for col in ["partition", "offsets", "messages", "ticks", "rejects", *(f"{n} rows" for n in names)] + (
-            ["postgres rejects"] if "postgres" in names else []):
+    for col in ["partition", "offsets", "messages", "ticks", "rejects", *names] + (
+            ["rejected"] if "postgres" in names else []):
         t.add_column(col, justify="right")
     for c in verdict.partitions:
-        t.add_row(str(c.partition), f"{c.start:,}-{c.end:,}", f"{c.messages:,}", f"{c.ticks:,}", f"{c.rejects:,}",
+        t.add_row(str(c.partition), f"{c.start}-{c.end}", f"{c.messages:,}", f"{c.ticks:,}", f"{c.rejects:,}",
                   *(f"{c.rows[n]:,}" for n in names), *([f"{c.rejected:,}"] if "postgres" in names else []))
-    out.print(t)
+    _print_table(t)
     for name, check in verdict.sinks.items():
         n = check.counts
         pending = f" ({check.pending:,} at or above the sink's position: not ingested yet)" if check.pending else ""

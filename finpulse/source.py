@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable
+import time
+import uuid
+from typing import Callable, Iterator
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from finpulse.config import Settings
 from finpulse.errors import ConfigError, ServiceUnavailable
+from finpulse.normalize import Messages
 
 log = logging.getLogger(__name__)
 
@@ -102,4 +105,124 @@ def consumer(settings: Settings, on_assign: Callable, on_revoke: Callable, on_lo
     return c
 
 
-__all__ = ["OFFSET_BEGINNING", "TopicPartition", "admin", "consumer", "create_topic", "partitions", "watermarks"]
+# ---------------------------------------------------------------------------- bounded reads
+# replay, verify and status read the topic outside the consumer group: assign() with explicit
+# offsets, a throwaway group id, nothing ever committed, so the live ingester never notices them.
+
+# Messages per consume() call of a bounded read: a replay batch, and one Delta commit or PostgreSQL
+# transaction per sink; ~100k canonical ticks are ~20 MB of Arrow rows, a few hundred ms to write.
+RANGE_TAKE = 100_000
+RANGE_POLL_S = 1.0  # one consume() call waits at most this long
+# A bounded read that gets nothing (no message, no end-of-partition) for this long gives up:
+# the broker is unreachable or the range lies in data it no longer has.
+RANGE_IDLE_S = 30.0
+
+
+def _outsider(settings: Settings, purpose: str) -> Consumer:
+    """A consumer that never joins or commits to a group (its group id is unique and unused)."""
+    return Consumer({
+        **_base(settings),
+        "group.id": f"{settings.kafka_group_id}.{purpose}-{uuid.uuid4().hex[:12]}",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",  # a start that retention deleted meanwhile: the oldest left
+        "queued.max.messages.kbytes": PREFETCH_KBYTES,
+        # A new range is assigned only after the broker answers the fetch in flight; its long-poll
+        # default (500 ms) would then stall every window of `verify`. Reads are short-lived, so a
+        # 20 ms poll at the end of a partition costs little.
+        "fetch.wait.max.ms": 20,
+        "client.id": f"finpulse-{purpose}",
+    })
+
+
+def offsets_for_time(settings: Settings, parts: list[int], timestamp_ms: int) -> dict[int, int]:
+    """Per partition, the first offset whose record timestamp is >= timestamp_ms (the broker's
+    offsets_for_times); the high watermark when every record is older."""
+    c = _outsider(settings, "probe")
+    try:
+        found = c.offsets_for_times([TopicPartition(settings.kafka_topic, p, timestamp_ms) for p in parts],
+                                    timeout=METADATA_TIMEOUT_S)
+        out = {}
+        for tp in found:
+            if tp.error is not None:
+                raise ServiceUnavailable(f"Kafka offsets for time, partition {tp.partition}: {tp.error.str()}")
+            if tp.offset < 0:  # nothing at or after that time
+                _, tp.offset = c.get_watermark_offsets(tp, timeout=METADATA_TIMEOUT_S)
+            out[tp.partition] = tp.offset
+        return out
+    except KafkaException as exc:
+        raise ServiceUnavailable(f"Kafka offsets for time: {exc.args[0].str()}") from None
+    finally:
+        c.close()
+
+
+def committed(settings: Settings, parts: list[int]) -> dict[int, int | None]:
+    """KAFKA_GROUP_ID's committed offset per partition (None: never committed). Only asks the group
+    coordinator; it does not join the group."""
+    c = Consumer({**_base(settings), "group.id": settings.kafka_group_id, "enable.auto.commit": False})
+    try:
+        found = c.committed([TopicPartition(settings.kafka_topic, p) for p in parts], timeout=METADATA_TIMEOUT_S)
+    except KafkaException as exc:
+        raise ServiceUnavailable(f"Kafka committed offsets of {settings.kafka_group_id}: {exc.args[0].str()}") from None
+    finally:
+        c.close()
+    return {tp.partition: tp.offset if tp.offset >= 0 else None for tp in found}
+
+
+class RangeReader:
+    """Reads offset ranges [start, end) of single partitions; one consumer for many ranges."""
+
+    def __init__(self, settings: Settings, take: int = RANGE_TAKE):
+        self.topic, self.take = settings.kafka_topic, take
+        self._consumer = _outsider(settings, "replay")
+
+    def read(self, partition: int, start: int, end: int) -> Iterator[Messages]:
+        """Messages of offsets start <= offset < end in order, in batches of up to `take`. Stops
+        early at the end of the partition (records removed by compaction are simply absent)."""
+        if start >= end:
+            return
+        c = self._consumer
+        c.assign([TopicPartition(self.topic, partition, start)])
+        try:
+            quiet_since = time.monotonic()
+            at, done = start, False
+            while not done:
+                records = c.consume(max(1, min(self.take, end - at)), RANGE_POLL_S)
+                good = []
+                for m in records:
+                    err = m.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            done = True
+                        elif err.fatal() or err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                            raise ServiceUnavailable(f"Kafka read of partition {partition}: {err.str()}")
+                        else:
+                            log.warning("Kafka: %s", err.str())
+                        continue
+                    if m.offset() < end:
+                        good.append(m)
+                    done = done or m.offset() >= end - 1
+                if good:
+                    at = good[-1].offset() + 1
+                    yield Messages.from_kafka(good)
+                if records:
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since > RANGE_IDLE_S:
+                    raise ServiceUnavailable(f"Kafka returned nothing for {RANGE_IDLE_S:.0f}s while reading "
+                                             f"partition {partition} of {self.topic} from offset {start}")
+        finally:
+            c.unassign()
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __enter__(self) -> "RangeReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+__all__ = ["OFFSET_BEGINNING", "RangeReader", "TopicPartition", "admin", "committed", "consumer", "create_topic",
+           "offsets_for_time", "partitions", "watermarks"]

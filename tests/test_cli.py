@@ -7,7 +7,7 @@ import pytest
 from conftest import env_for, finpulse
 from finpulse import source
 
-COMMANDS = ["init", "produce", "ingest", "show"]
+COMMANDS = ["init", "produce", "ingest", "show", "replay", "status", "verify"]
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol
+from typing import Iterable, NamedTuple, Protocol
 
 from finpulse.batch import Offsets, TickBatch
+
+
+class Filled(NamedTuple):
+    """What `insert_missing` added, and the positions it saw: it only ever writes below them."""
+
+    rows: int
+    rejects: int
+    held: Offsets
 
 
 class Sink(Protocol):
@@ -17,5 +25,9 @@ class Sink(Protocol):
         """Write the rows and advance the positions atomically, skipping what the sink already
         holds; return the positions afterwards. Raises ServiceUnavailable (retry later) or
         SinkRejected (give up)."""
+
+    def insert_missing(self, batch: TickBatch) -> Filled:
+        """Replay: add the rows of `batch` below the sink's positions that it lacks, never
+        touching the positions (rows at or above them are left to `write`)."""
 
     def close(self) -> None: ...

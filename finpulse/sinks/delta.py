@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Iterable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
@@ -12,7 +13,8 @@ from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchEr
 
 from finpulse.batch import Offsets, TickBatch
 from finpulse.errors import ServiceUnavailable, SinkRejected
-from finpulse.schema import DELTA, DELTA_PARTITION
+from finpulse.schema import DELTA, DELTA_PARTITION, LINEAGE
+from finpulse.sinks.base import Filled
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,12 @@ def create_table(uri: str, storage_options: dict[str, str]) -> bool:
 def with_partition_column(ticks: pa.Table) -> pa.Table:
     table = ticks.append_column(DELTA_PARTITION, pc.cast(ticks.column("trade_time"), pa.date32()))
     return table.cast(DELTA)
+
+
+# Replay's merge: a row matches on its lineage; trade_date is a function of the row, so adding it
+# to the condition changes no match, but lets delta-rs read only the date partitions (and, from the
+# source's min/max, only the files) that the source touches instead of the whole table.
+_MERGE_ON = " AND ".join(f"t.{c} = s.{c}" for c in (*LINEAGE, DELTA_PARTITION))
 
 
 class DeltaSink:
@@ -127,3 +135,36 @@ class DeltaSink:
 
     def close(self) -> None:
         self._table = None
+
+    def insert_missing(self, batch: TickBatch) -> Filled:
+        """Merge in the rows of `batch` that lie below this sink's positions and that the table lacks
+        (same partition, offset, tick_index). The app transactions (positions) are not touched, and
+        rows at or above a position are left out: they belong to `write`, which advances it. Delta
+        keeps no rejects, so none are counted."""
+        held = self.positions(batch.next_offsets)
+        ticks = batch.ticks
+        if ticks.num_rows:
+            parts = ticks.column("kafka_partition").to_numpy()
+            floor = np.zeros(int(parts.max()) + 1, dtype=np.int64)  # absent position: nothing below it
+            for p, h in held.items():
+                if p < len(floor):
+                    floor[p] = h
+            ticks = ticks.filter(pa.array(ticks.column("kafka_offset").to_numpy() < floor[parts]))
+        if not ticks.num_rows:
+            return Filled(0, 0, held)
+        table = self._latest()
+        try:
+            merged = (
+                table.merge(with_partition_column(ticks), _MERGE_ON, source_alias="s", target_alias="t",
+                            streamed_exec=False,  # a materialised source lets delta-rs prune target files
+                            commit_properties=CommitProperties(max_commit_retries=MAX_COMMIT_RETRIES))
+                .when_not_matched_insert_all()
+                .execute()
+            )
+        except CommitFailedError as exc:
+            self._table = None  # a concurrent commit touched what the merge read; re-read and retry
+            raise ServiceUnavailable(f"Delta commit conflict while merging missing rows: {exc}") from None
+        except (DeltaError, OSError) as exc:
+            self._table = None
+            raise ServiceUnavailable(f"Delta merge into {self.uri} failed: {exc}") from None
+        return Filled(int(merged["num_target_rows_inserted"]), 0, held)

@@ -13,6 +13,7 @@ from finpulse.batch import Offsets, TickBatch
 from finpulse.errors import ServiceUnavailable, SinkRejected
 from finpulse.schema import OFFSETS_TABLE, PG_DDL, PG_INDEXES, PRICES_TABLE, REJECTS_TABLE, TICKS, pg_type
 from finpulse.sinks import pgcopy
+from finpulse.sinks.base import Filled
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,34 @@ def _check_columns(have: dict[str, str], table: str) -> None:
                            "migrate it or set POSTGRES_SCHEMA to a new schema")
 
 
+# --------------------------------------------------------------------- replay: insert what is missing
+_REJECT_COLUMNS = "kafka_partition, kafka_offset, tick_index, feed, reason, raw, kafka_timestamp_ms"
+_TICK_COLUMNS = ", ".join(pgcopy.copy_columns(TICKS))
+# Session-private staging tables, emptied by every commit; created once per connection.
+_STAGE_TICKS, _STAGE_REJECTS = "finpulse_stage_ticks", "finpulse_stage_rejects"
+_CREATE_STAGES = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE_TICKS} ON COMMIT DELETE ROWS AS "
+    f"SELECT {_TICK_COLUMNS} FROM {PRICES_TABLE} WITH NO DATA",
+    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE_REJECTS} ON COMMIT DELETE ROWS AS "
+    f"SELECT {_REJECT_COLUMNS} FROM {REJECTS_TABLE} WITH NO DATA",
+)
+
+
+def _fill_sql(table: str, stage: str, columns: str) -> str:
+    """Staged rows below their partition's (locked) position that the table lacks; the join with
+    the offsets is the guard: nothing at or above a position is ever inserted here."""
+    picked = ", ".join(f"s.{c.strip()}" for c in columns.split(","))
+    return (
+        f"INSERT INTO {table} ({columns}) SELECT {picked} FROM {stage} s "
+        f"JOIN {OFFSETS_TABLE} o ON o.topic = %s AND o.kafka_partition = s.kafka_partition "
+        "WHERE s.kafka_offset < o.next_offset ON CONFLICT DO NOTHING"
+    )
+
+
+_FILL_TICKS = _fill_sql(PRICES_TABLE, _STAGE_TICKS, _TICK_COLUMNS)
+_FILL_REJECTS = _fill_sql(REJECTS_TABLE, _STAGE_REJECTS, _REJECT_COLUMNS)
+
+
 class PostgresSink:
     name = "postgres"
 
@@ -139,3 +168,34 @@ class PostgresSink:
 
     def close(self) -> None:
         self.pool.close()
+
+    def insert_missing(self, batch: TickBatch) -> Filled:
+        """Insert the rows and rejects of `batch` that lie below this sink's positions and are absent
+        (same partition, offset, tick_index); positions stay as they are. The offsets rows stay locked
+        (FOR UPDATE) until commit, so a live ingest of the same partitions waits for this transaction.
+        Rows at or above a position are left out: they belong to `write`, which advances it."""
+        parts = sorted(batch.next_offsets)
+        try:
+            with self.pool.connection(timeout=10) as conn, conn.transaction():
+                held = {p: n for p, n in conn.execute(_HELD + " FOR UPDATE", (self.topic, parts)).fetchall()}
+                if batch.after(held).size == batch.size:  # nothing below any position
+                    return Filled(0, 0, held)
+                with conn.cursor() as cur:
+                    for ddl in _CREATE_STAGES:
+                        cur.execute(ddl)
+                    rows = rejects = 0
+                    if batch.ticks.num_rows:
+                        with cur.copy(f"COPY {_STAGE_TICKS} ({_TICK_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+                            copy.write(pgcopy.encode(batch.ticks))
+                        cur.execute(_FILL_TICKS, (self.topic,))
+                        rows = cur.rowcount
+                    if batch.rejects:
+                        with cur.copy(f"COPY {_STAGE_REJECTS} ({_REJECT_COLUMNS}) FROM STDIN") as copy:
+                            for r in batch.rejects:
+                                copy.write_row((r.partition, r.offset, r.tick_index, r.feed, r.reason, r.raw,
+                                                r.kafka_timestamp_ms))
+                        cur.execute(_FILL_REJECTS, (self.topic,))
+                        rejects = cur.rowcount
+                return Filled(rows, rejects, held)
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise _classify(exc, f"inserting missing rows of {batch.ticks.num_rows}") from None

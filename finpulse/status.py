@@ -1,0 +1,128 @@
+"""Status: where the topic is, where each sink is, and how far behind; read-only.
+
+`collect` asks the broker (watermarks, the group's committed offsets), each sink (its positions)
+and the tables (Delta version, files and bytes; rejects per partition). A sink that cannot be read
+is reported in `errors` with nulls in its columns, so one outage does not hide the rest.
+`as_json` is the stable shape that docs/operations.md documents key by key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import psycopg
+
+from finpulse import source
+from finpulse.config import Settings
+from finpulse.errors import FinpulseError, ServiceUnavailable, SinkRejected
+from finpulse.schema import REJECTS_TABLE
+from finpulse.sinks.delta import DeltaSink
+from finpulse.sinks.postgres import PostgresSink
+
+SINKS = ("postgres", "delta")
+
+
+@dataclass(frozen=True)
+class PartitionStatus:
+    partition: int
+    low: int  # broker's low watermark: the oldest offset still retained
+    high: int  # broker's high watermark: one past the newest message
+    committed: int | None  # KAFKA_GROUP_ID's committed offset (None: never committed)
+    positions: dict[str, int | None]  # sink -> next offset it will write (None: holds nothing / unread)
+    rejected: int | None  # rejects PostgreSQL holds for this partition (None: unread)
+
+    def lag(self, position: int | None, readable: bool = True) -> int | None:
+        """Messages from `position` to the high watermark; a sink that holds nothing of the
+        partition lags by everything retained; None when the sink could not be read."""
+        if not readable:
+            return None
+        return self.high - (self.low if position is None else position)
+
+
+@dataclass
+class Status:
+    topic: str
+    group_id: str
+    partitions: list[PartitionStatus]
+    delta: dict[str, object]  # uri, version, files, bytes (None when unreadable)
+    postgres: dict[str, object]  # server (no password), schema
+    errors: dict[str, FinpulseError] = field(default_factory=dict)  # what could not be read
+
+    def as_json(self) -> dict:
+        parts = []
+        for p in self.partitions:
+            row: dict[str, object] = {"partition": p.partition, "low": p.low, "high": p.high,
+                                      "committed": p.committed, "committed_lag": p.lag(p.committed)}
+            for sink in SINKS:
+                row[f"{sink}_position"] = p.positions.get(sink)
+                row[f"{sink}_lag"] = p.lag(p.positions.get(sink), sink not in self.errors)
+            row["rejected"] = p.rejected
+            parts.append(row)
+        totals: dict[str, object] = {"messages": sum(p.high - p.low for p in self.partitions)}
+        for key in ("committed_lag", *(f"{s}_lag" for s in SINKS), "rejected"):
+            values = [row[key] for row in parts]
+            totals[key] = None if None in values else sum(values)  # type: ignore[arg-type]
+        return {"topic": self.topic, "group_id": self.group_id, "partitions": parts, "totals": totals,
+                "delta": self.delta, "postgres": self.postgres,
+                "errors": {sink: str(exc) for sink, exc in self.errors.items()}}
+
+
+def collect(settings: Settings) -> Status:
+    """Everything `finpulse status` shows. Kafka must answer; a sink may not (see `errors`)."""
+    parts = source.partitions(settings)
+    marks = source.watermarks(settings, parts)
+    committed = source.committed(settings, parts)
+    errors: dict[str, FinpulseError] = {}
+    positions: dict[str, dict[int, int]] = {}
+    for name, open_sink in (
+        ("postgres", lambda: PostgresSink(settings.postgres_conninfo(), settings.kafka_topic)),
+        ("delta", lambda: DeltaSink(settings.delta_uri, settings.delta_storage_options, settings.kafka_topic)),
+    ):
+        try:
+            sink = open_sink()
+            try:
+                positions[name] = sink.positions(parts)
+            finally:
+                sink.close()
+        except (ServiceUnavailable, SinkRejected) as exc:
+            errors[name], positions[name] = exc, {}
+    rejected = _rejected(settings, errors)
+    delta = {"uri": settings.delta_uri, **_delta_table(settings, errors)}
+    return Status(
+        settings.kafka_topic, settings.kafka_group_id,
+        [PartitionStatus(p, low, high, committed.get(p), {s: positions[s].get(p) for s in SINKS},
+                         None if rejected is None else rejected.get(p, 0))
+         for p, (low, high) in sorted(marks.items())],
+        delta, {"server": settings.postgres_display(), "schema": settings.postgres_schema}, errors)
+
+
+def _rejected(settings: Settings, errors: dict[str, FinpulseError]) -> dict[int, int] | None:
+    if "postgres" in errors:
+        return None
+    try:
+        with psycopg.connect(settings.postgres_conninfo()) as conn:
+            rows = conn.execute(f"SELECT kafka_partition, count(*) FROM {REJECTS_TABLE} GROUP BY 1").fetchall()
+    except psycopg.Error as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        errors["postgres"] = ServiceUnavailable(f"PostgreSQL: cannot count rejects: {reason}")
+        return None
+    return dict(rows)
+
+
+def _delta_table(settings: Settings, errors: dict[str, FinpulseError]) -> dict[str, object]:
+    unknown: dict[str, object] = {"version": None, "files": None, "bytes": None}
+    if "delta" in errors:
+        return unknown
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from deltalake import DeltaTable
+    from deltalake.exceptions import DeltaError
+
+    try:
+        table = DeltaTable(settings.delta_uri, storage_options=settings.delta_storage_options)
+        files = pa.table(table.get_add_actions(flatten=True)).column("size_bytes")
+    except (DeltaError, OSError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        errors["delta"] = ServiceUnavailable(f"Delta table {settings.delta_uri}: {reason}")
+        return unknown
+    return {"version": table.version(), "files": len(files), "bytes": int(pc.sum(files).as_py() or 0)}
