@@ -31,7 +31,7 @@ def rows(path: str) -> tuple[list[list[str]], list[str]]:
             "stage": f"stage {i.get('stage', i.get('feed', ''))}" + (f" ({i['indexes']})" if "indexes" in i else "")
                      + (f" feed {i['feed']}" if "feed" in i else ""),
             "limit": f"limit {i.get('stage')}",
-        }.get(kind, i["name"])
+        }.get(kind, _decode_label(i) if "feed" in i else i["name"])
         if kind == "freshness":
             table.append([f"freshness at {i['rate']:,} ticks/s, batch {i['batch_size']}", "", "", "",
                           f"pg {i['freshness_p50_ms_postgres']:.0f}/{i['freshness_p99_ms_postgres']:.0f} ms, "
@@ -45,6 +45,13 @@ def rows(path: str) -> tuple[list[list[str]], list[str]]:
         table.append([what, f"{tps:,}" if tps else "", ratio, frac, "", rss])
     header = ["benchmark", "ticks/s", "vs naive", "of slowest limit", "freshness p50/p99", "peak worker RSS"]
     return table, header
+
+
+def _decode_label(i: dict) -> str:
+    if i.get("shape") == "baseline":
+        return "stage decode: bare orjson.loads + Arrow (baseline)"
+    ratio = f", {i['vs_baseline']:.2f}x baseline time" if "vs_baseline" in i else ""
+    return f"stage decode: {i.get('shape', i['feed'])}{ratio}"
 
 
 def render(table: list[list[str]], header: list[str], markdown: bool) -> str:
