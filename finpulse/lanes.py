@@ -50,10 +50,6 @@ class Lane:
             self.waiting += batch.size
             self._cond.notify_all()
 
-    def idle(self) -> bool:
-        with self._cond:
-            return not self._queue and not self._busy
-
     def wait_idle(self, timeout: float | None) -> bool:
         """Block until everything submitted is durable (True) or the timeout passes (False)."""
         deadline = None if timeout is None else time.monotonic() + timeout
