@@ -38,18 +38,23 @@ class TickBatch:
         if not any(held.get(p, -1) > 0 for p in self.next_offsets):
             return self
         todo = {p: n for p, n in self.next_offsets.items() if n > held.get(p, 0)}
-        if self.ticks.num_rows:
-            parts = self.ticks.column("kafka_partition").to_numpy()
-            offs = self.ticks.column("kafka_offset").to_numpy()
-            floor = np.zeros(int(parts.max()) + 1, dtype=np.int64)
-            for p, h in held.items():
-                if p < len(floor):
-                    floor[p] = h
-            ticks = self.ticks.filter(pa.array(offs >= floor[parts]))
-        else:
-            ticks = self.ticks
+        ticks = self.ticks.filter(pa.array(~self._held_mask(held))) if self.ticks.num_rows else self.ticks
         rejects = tuple(r for r in self.rejects if r.offset >= held.get(r.partition, 0))
         return TickBatch(ticks, rejects, todo)
+
+    def below(self, held: Offsets) -> pa.Table:
+        """The tick rows a sink has already gone past (offset < held[partition]): what a replay
+        may add where they are missing, without touching the sink's position."""
+        return self.ticks.filter(pa.array(self._held_mask(held))) if self.ticks.num_rows else self.ticks
+
+    def _held_mask(self, held: Offsets) -> np.ndarray:
+        """Per tick row: is its offset below what the sink holds for its partition?"""
+        parts = self.ticks.column("kafka_partition").to_numpy()
+        floor = np.zeros(int(parts.max()) + 1, dtype=np.int64)  # absent position: nothing held
+        for p, h in held.items():
+            if p < len(floor):
+                floor[p] = h
+        return self.ticks.column("kafka_offset").to_numpy() < floor[parts]
 
     @staticmethod
     def merge(batches: list["TickBatch"]) -> "TickBatch":

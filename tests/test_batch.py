@@ -49,3 +49,12 @@ def test_accumulator_take_resets_and_drop_forgets_revoked_partitions():
     batch = acc.take()
     assert batch.ticks.column("kafka_partition").to_pylist() == [1]
     assert acc.size == 0 and acc.next_offsets == {} and isinstance(batch.ticks, pa.Table)
+
+
+def test_below_is_exactly_what_after_leaves_out():
+    b = _batch()
+    held = {0: 2, 1: 11}
+    kept = b.after(held).ticks.column("kafka_offset").to_pylist()
+    passed = b.below(held).column("kafka_offset").to_pylist()
+    assert passed == [0, 1, 10] and kept == [2, 3, 11]
+    assert b.below({}).num_rows == 0

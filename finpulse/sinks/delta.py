@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Iterable
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
@@ -97,7 +96,9 @@ class DeltaSink:
             raise ServiceUnavailable(f"Delta table {self.uri} unavailable: {exc}") from None
 
     def positions(self, partitions: Iterable[int]) -> Offsets:
-        table = self._latest()
+        return self._held(self._latest(), partitions)
+
+    def _held(self, table: DeltaTable, partitions: Iterable[int]) -> Offsets:
         held = {}
         for p in partitions:
             version = table.transaction_version(app_id(self.topic, p))
@@ -106,11 +107,11 @@ class DeltaSink:
         return held
 
     def write(self, batch: TickBatch) -> Offsets:
-        held = self.positions(batch.next_offsets)
+        table = self._latest()  # one log refresh serves the guard and the commit's read version
+        held = self._held(table, batch.next_offsets)
         todo = batch.after(held)
         if todo.empty:
             return held
-        table = self._latest()
         commit = CommitProperties(
             app_transactions=[Transaction(app_id(self.topic, p), n) for p, n in todo.next_offsets.items()],
             max_commit_retries=MAX_COMMIT_RETRIES,
@@ -141,18 +142,11 @@ class DeltaSink:
         (same partition, offset, tick_index). The app transactions (positions) are not touched, and
         rows at or above a position are left out: they belong to `write`, which advances it. Delta
         keeps no rejects, so none are counted."""
-        held = self.positions(batch.next_offsets)
-        ticks = batch.ticks
-        if ticks.num_rows:
-            parts = ticks.column("kafka_partition").to_numpy()
-            floor = np.zeros(int(parts.max()) + 1, dtype=np.int64)  # absent position: nothing below it
-            for p, h in held.items():
-                if p < len(floor):
-                    floor[p] = h
-            ticks = ticks.filter(pa.array(ticks.column("kafka_offset").to_numpy() < floor[parts]))
+        table = self._latest()
+        held = self._held(table, batch.next_offsets)
+        ticks = batch.below(held)
         if not ticks.num_rows:
             return Filled(0, 0, held)
-        table = self._latest()
         try:
             merged = (
                 table.merge(with_partition_column(ticks), _MERGE_ON, source_alias="s", target_alias="t",
