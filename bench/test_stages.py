@@ -13,7 +13,7 @@ from conftest import STAGE_TICKS
 from finpulse import produce, source
 from finpulse.batch import TickBatch
 from finpulse.normalize import Decoder, Messages
-from finpulse.schema import PG_INDEXES, PRICES_TABLE
+from finpulse.schema import PRICES_TABLE
 from finpulse.sinks.delta import DeltaSink
 from finpulse.sinks.postgres import PostgresSink
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from finpulse.feeds.fields import keys_seen, not_this, number, symbol, trade_time
-from finpulse.feeds.model import Feed, Invalid, Parsed, Trade
+from finpulse.feeds.model import Feed, Invalid, Parsed, Trade, frame
 
 NAME = "binance"
 EXCHANGE = "BINANCE"
@@ -40,10 +40,7 @@ def _event(event: Any, where: str) -> Parsed:
     kind = event["e"]
     if kind not in TRADE_EVENTS:
         return Parsed(NAME, None, EXCHANGE, f"binance {kind} event")
-    try:
-        return Parsed(NAME, [_trade(event)], EXCHANGE)
-    except Invalid as exc:
-        return Parsed(NAME, [exc], EXCHANGE)
+    return frame(FEED, [event], _trade, "binance trade event")
 
 
 def parse(obj: Any) -> Parsed:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from finpulse.feeds.fields import epoch_us, kind, keys_seen, number, side_word, symbol, text
-from finpulse.feeds.model import Feed, Invalid, Parsed, Trade
+from finpulse.feeds.model import Feed, Invalid, Parsed, Trade, frame
 
 NAME = "canonical"
 
@@ -37,13 +37,7 @@ def parse(obj: Any) -> Parsed:
         items = [obj]
     else:
         raise Invalid(f"not a canonical message: {keys_seen(obj)}", NAME)
-    trades: list = []
-    for item in items:
-        try:
-            trades.append(_trade(item))
-        except Invalid as exc:
-            trades.append(exc)
-    return Parsed(NAME, trades)
+    return frame(FEED, items, _trade, "canonical frame")
 
 
 def matches(obj: Any) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from finpulse.feeds.fields import OPPOSITE, not_this, number, side_word, symbol, trade_time
-from finpulse.feeds.model import Feed, Invalid, Parsed, Trade
+from finpulse.feeds.model import Feed, Parsed, Trade, frame
 
 NAME = "coinbase"
 EXCHANGE = "COINBASE"
@@ -33,10 +33,7 @@ def parse(obj: Any) -> Parsed:
     kind = obj["type"]
     if kind not in TRADE_TYPES:
         return Parsed(NAME, None, EXCHANGE, f"coinbase {kind} message")
-    try:
-        return Parsed(NAME, [_trade(obj)], EXCHANGE)
-    except Invalid as exc:
-        return Parsed(NAME, [exc], EXCHANGE)
+    return frame(FEED, [obj], _trade, "coinbase trade message")
 
 
 def matches(obj: Any) -> bool:
