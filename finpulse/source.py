@@ -72,7 +72,7 @@ def create_topic(settings: Settings, num_partitions: int) -> bool:
 def watermarks(settings: Settings, parts: list[int] | None = None) -> dict[int, tuple[int, int]]:
     """(low, high) watermark per partition, straight from the broker."""
     parts = partitions(settings) if parts is None else parts
-    c = Consumer({**_base(settings), "group.id": f"{settings.kafka_group_id}.probe", "enable.auto.commit": False})
+    c = _outsider(settings, "probe")
     try:
         out = {}
         for p in parts:
