@@ -46,3 +46,9 @@ class WorkerFailed(FinpulseError):
     """A worker process died with an error the supervisor could not heal by restarting it."""
 
     exit_code = 5
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a driver's error message (libpq and delta-rs add detail lines)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+

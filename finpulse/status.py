@@ -14,7 +14,7 @@ import psycopg
 
 from finpulse import source
 from finpulse.config import Settings
-from finpulse.errors import FinpulseError, ServiceUnavailable, SinkRejected
+from finpulse.errors import FinpulseError, ServiceUnavailable, SinkRejected, first_line
 from finpulse.schema import REJECTS_TABLE
 from finpulse.sinks.delta import DeltaSink
 from finpulse.sinks.postgres import PostgresSink
@@ -103,7 +103,7 @@ def _rejected(settings: Settings, errors: dict[str, FinpulseError]) -> dict[int,
         with psycopg.connect(settings.postgres_conninfo()) as conn:
             rows = conn.execute(f"SELECT kafka_partition, count(*) FROM {REJECTS_TABLE} GROUP BY 1").fetchall()
     except psycopg.Error as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = first_line(exc)
         errors["postgres"] = ServiceUnavailable(f"PostgreSQL: cannot count rejects: {reason}")
         return None
     return dict(rows)
@@ -122,7 +122,7 @@ def _delta_table(settings: Settings, errors: dict[str, FinpulseError]) -> dict[s
         table = DeltaTable(settings.delta_uri, storage_options=settings.delta_storage_options)
         files = pa.table(table.get_add_actions(flatten=True)).column("size_bytes")
     except (DeltaError, OSError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = first_line(exc)
         errors["delta"] = ServiceUnavailable(f"Delta table {settings.delta_uri}: {reason}")
         return unknown
     return {"version": table.version(), "files": len(files), "bytes": int(pc.sum(files).as_py() or 0)}

@@ -18,7 +18,7 @@ from psycopg import sql
 
 from finpulse import source
 from finpulse.config import Settings
-from finpulse.errors import ServiceUnavailable, SinkRejected
+from finpulse.errors import ServiceUnavailable, SinkRejected, first_line
 from finpulse.normalize import Decoder
 from finpulse import replay
 from finpulse.replay import Meter, Report, Span
@@ -87,16 +87,13 @@ class Verdict:
         return all(check.exact for check in self.sinks.values())
 
 
-def _line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
 
 class _Postgres:
     def __init__(self, settings: Settings):
         try:
             self.conn = psycopg.connect(settings.postgres_conninfo(), autocommit=True)
         except psycopg.OperationalError as exc:
-            raise ServiceUnavailable(f"PostgreSQL at {settings.postgres_display()}: {_line(exc)}") from None
+            raise ServiceUnavailable(f"PostgreSQL at {settings.postgres_display()}: {first_line(exc)}") from None
 
     def keys(self, table: str, partition: int, start: int, end: int) -> np.ndarray:
         query = sql.SQL("COPY (SELECT kafka_offset, tick_index FROM {} WHERE kafka_partition = {} "
@@ -106,9 +103,9 @@ class _Postgres:
             with self.conn.cursor().copy(query) as copy:
                 data = b"".join(bytes(chunk) for chunk in copy)
         except psycopg.OperationalError as exc:
-            raise ServiceUnavailable(f"PostgreSQL while reading {table}: {_line(exc)}") from None
+            raise ServiceUnavailable(f"PostgreSQL while reading {table}: {first_line(exc)}") from None
         except psycopg.Error as exc:
-            raise SinkRejected(f"PostgreSQL refused reading {table}: {_line(exc)}; run `finpulse init`") from None
+            raise SinkRejected(f"PostgreSQL refused reading {table}: {first_line(exc)}; run `finpulse init`") from None
         if not data:
             return np.empty(0, dtype=np.int64)
         body = len(data) - len(pgcopy.HEADER) - len(pgcopy.TRAILER)
@@ -129,7 +126,7 @@ class _Delta:
         except TableNotFoundError:
             raise SinkRejected(f"no Delta table at {settings.delta_uri}: run `finpulse init`") from None
         except (DeltaError, OSError) as exc:
-            raise ServiceUnavailable(f"Delta table {settings.delta_uri} unavailable: {_line(exc)}") from None
+            raise ServiceUnavailable(f"Delta table {settings.delta_uri} unavailable: {first_line(exc)}") from None
 
     def keys(self, partition: int, start: int, end: int) -> np.ndarray:
         where = f"kafka_partition = {partition} AND kafka_offset >= {start} AND kafka_offset < {end}"

@@ -10,7 +10,7 @@ from psycopg import errors as pgerr
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from finpulse.batch import Offsets, TickBatch
-from finpulse.errors import ServiceUnavailable, SinkRejected
+from finpulse.errors import ServiceUnavailable, SinkRejected, first_line
 from finpulse.schema import OFFSETS_TABLE, PG_DDL, PG_INDEXES, PRICES_TABLE, REJECTS_TABLE, TICKS, pg_type
 from finpulse.sinks import pgcopy
 from finpulse.sinks.base import Filled
@@ -38,19 +38,16 @@ _TRANSIENT_CLASSES = ("08", "53", "57", "40", "58")
 def _classify(exc: Exception, what: str) -> Exception:
     state = getattr(exc, "sqlstate", None) or ""
     if isinstance(exc, (PoolTimeout, psycopg.OperationalError)) and not state.startswith("28"):
-        return ServiceUnavailable(f"PostgreSQL connection failed while {what}: {_first_line(exc)} "
+        return ServiceUnavailable(f"PostgreSQL connection failed while {what}: {first_line(exc)} "
                                   "(check that it runs and the POSTGRES_* settings)")
     if state.startswith(_TRANSIENT_CLASSES) or isinstance(exc, pgerr.UniqueViolation):
-        return ServiceUnavailable(f"PostgreSQL busy while {what} ({state}): {_first_line(exc)}")
+        return ServiceUnavailable(f"PostgreSQL busy while {what} ({state}): {first_line(exc)}")
     hint = {
         "28": "check POSTGRES_USER and POSTGRES_PASSWORD",
         "42": "run `finpulse init`, or fix the table so it has the columns of the canonical schema",
     }.get(state[:2], "see the PostgreSQL log")
-    return SinkRejected(f"PostgreSQL refused {what} ({state or type(exc).__name__}): {_first_line(exc)}; {hint}")
+    return SinkRejected(f"PostgreSQL refused {what} ({state or type(exc).__name__}): {first_line(exc)}; {hint}")
 
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def create_tables(conninfo: str, schema: str) -> list[str]:
