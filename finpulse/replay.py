@@ -26,10 +26,8 @@ from finpulse.config import Settings
 from finpulse.errors import ConfigError, ServiceUnavailable
 from finpulse.normalize import Decoder
 from finpulse.progress import LOG_EVERY_S
-from finpulse.sinks import open_sinks
-from finpulse.sinks.delta import create_table
+from finpulse.sinks import open_sinks, prepare_sinks
 from finpulse.sinks.base import Sink
-from finpulse.sinks.postgres import create_tables
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -142,10 +140,7 @@ def positions(settings: Settings, partitions: list[int]) -> dict[str, Offsets]:
 def run(settings: Settings, spans: list[Span], feed: str | None = None, strict: bool = False,
         console: Console | None = None) -> Report:
     """Replay `spans` into the sinks `settings.sinks` names, creating their tables if absent."""
-    if "postgres" in settings.sink_names:
-        create_tables(settings.postgres_conninfo(), settings.postgres_schema)
-    if "delta" in settings.sink_names:
-        create_table(settings.delta_uri, settings.delta_storage_options)
+    prepare_sinks(settings)
     decoder = Decoder(settings.max_message_bytes, feed=feed, strict=strict)
     sinks: list[Sink] = open_sinks(settings)
     try:

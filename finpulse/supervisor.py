@@ -18,9 +18,7 @@ from finpulse.config import Settings
 from finpulse.errors import FinpulseError, ServiceUnavailable, WorkerFailed
 from finpulse.progress import Progress, Totals
 from finpulse.batch import Offsets
-from finpulse.sinks import open_sinks
-from finpulse.sinks.delta import create_table as create_delta_table
-from finpulse.sinks.postgres import create_tables as create_pg_tables
+from finpulse.sinks import open_sinks, prepare_sinks
 from finpulse.worker import WorkerSpec, main as worker_main
 
 log = logging.getLogger("finpulse.supervisor")
@@ -40,11 +38,8 @@ class Summary:
 
 
 def prepare(settings: Settings) -> None:
-    """Tables of the chosen sinks exist (idempotent), so `ingest` works without a separate `init`."""
-    if "postgres" in settings.sink_names:
-        create_pg_tables(settings.postgres_conninfo(), settings.postgres_schema)
-    if "delta" in settings.sink_names:
-        create_delta_table(settings.delta_uri, settings.delta_storage_options)
+    """Tables of the chosen sinks (and the DLQ topic) exist, so `ingest` works without `init`."""
+    prepare_sinks(settings)
     deadletter.create_topic(settings)
 
 

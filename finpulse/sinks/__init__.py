@@ -19,4 +19,15 @@ def open_sinks(settings: Settings) -> list[Sink]:
     return sinks
 
 
-__all__ = ["Sink", "open_sinks"]
+def prepare_sinks(settings: Settings) -> None:
+    """Tables of the chosen sinks exist (idempotent) and can take our rows (SinkRejected if not)."""
+    from finpulse.sinks.delta import create_table
+    from finpulse.sinks.postgres import create_tables
+
+    if "postgres" in settings.sink_names:
+        create_tables(settings.postgres_conninfo(), settings.postgres_schema)
+    if "delta" in settings.sink_names:
+        create_table(settings.delta_uri, settings.delta_storage_options)
+
+
+__all__ = ["Sink", "open_sinks", "prepare_sinks"]
