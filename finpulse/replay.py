@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 from finpulse import source
 from finpulse.batch import Accumulator, Offsets, TickBatch
 from finpulse.config import Settings
-from finpulse.errors import ConfigError, ServiceUnavailable
+from finpulse.errors import ConfigError, ServiceUnavailable, first_line
+from finpulse.lanes import RETRY_FIRST_S, RETRY_MAX_S
 from finpulse.normalize import Decoder
 from finpulse.progress import LOG_EVERY_S
 from finpulse.sinks import open_sinks, prepare_sinks
@@ -35,10 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("finpulse.replay")
 progress_log = logging.getLogger("finpulse.progress")
 
-# A sink that is down or losing commit races to a live ingester is retried: quickly at first,
-# then every 10 s at most, for up to two minutes before the replay gives up.
-RETRY_FIRST_S = 0.25
-RETRY_MAX_S = 10.0
+# A sink that is down or losing commit races to a live ingester is retried with the lanes'
+# backoff, for up to two minutes before the replay gives up (a replay is a job, not a service).
 RETRY_FOR_S = 120.0
 
 
@@ -199,7 +198,7 @@ def _retrying(step, batch: TickBatch):
         except ServiceUnavailable as exc:
             if time.monotonic() + delay > deadline:
                 raise
-            log.warning("%s; retrying in %.1fs", (str(exc).splitlines() or ["?"])[0], delay)
+            log.warning("%s; retrying in %.1fs", first_line(exc), delay)
             time.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
 
