@@ -62,6 +62,24 @@ class Settings(BaseSettings):
     max_inflight_ticks: int = Field(
         250_000, ge=1_000, validation_alias=AliasChoices("FINPULSE_MAX_INFLIGHT_TICKS", "max_inflight_ticks")
     )
+    # The same bound in bytes: raw rejects carry their message (up to FINPULSE_MAX_MESSAGE_BYTES
+    # each), so a topic of large bad messages is bounded too. 256 MiB keeps a worker well inside
+    # a container's memory while a backlog of canonical ticks is still limited by the tick count.
+    max_inflight_bytes: int = Field(
+        256 << 20, ge=1 << 20, validation_alias=AliasChoices("FINPULSE_MAX_INFLIGHT_BYTES", "max_inflight_bytes")
+    )
+    # A rebalance waits this long for writes already handed to the sinks before it lets the
+    # partitions go. 30 s rides out a sink blip; past it the new owner re-reads, and each sink's
+    # guard skips whatever the old owner still lands.
+    rebalance_grace_ms: int = Field(
+        30_000, ge=0, le=600_000, validation_alias=AliasChoices("FINPULSE_REBALANCE_GRACE_MS", "rebalance_grace_ms")
+    )
+    # Spark's failOnDataLoss, inverted: off by default, so a recreated topic or a retention gap
+    # stops ingest and replay with one line instead of skipping messages silently. On: carry on
+    # from the earliest offset still held and record the gap (status and verify report it).
+    allow_data_loss: bool = Field(
+        False, validation_alias=AliasChoices("FINPULSE_ALLOW_DATA_LOSS", "allow_data_loss")
+    )
     # Which sinks ingest writes to. Both by default: that is the product; one alone serves a
     # back-fill or a deployment that needs only one of them.
     sinks: Literal["all", "postgres", "delta"] = Field(

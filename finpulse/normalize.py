@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,10 +25,21 @@ from finpulse import feeds
 from finpulse.schema import TICKS
 
 # Trades before 1990 are certainly a unit mistake (seconds read as ms, say); so is anything more
-# than a day ahead of this machine's clock.
+# than a day ahead of the Kafka record that carried it. The record's time, not this machine's
+# clock, is the reference: live ingest, replay, verify and a new owner after a rebalance then
+# decode the same bytes the same way, whenever they run.
 MIN_TIMESTAMP_US = 631_152_000_000_000  # 1990-01-01T00:00:00Z
 MAX_FUTURE_US = 86_400_000_000
+# A record without a usable time of its own (none, or before 1990) is judged against the end of
+# year 9999: every sink's timestamp type holds it, and the rule still does not move with the clock.
+MAX_TIMESTAMP_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
+# Free text. The symbol is required; exchange is optional (blank = none). Both must be printable
+# (str.isprintable: no NUL, control, format or separator characters but the space), which also
+# keeps them storable in PostgreSQL text, which cannot hold NUL.
 MAX_SYMBOL_CHARS = 64
+MAX_EXCHANGE_CHARS = 64
+# A reject's reason is one line of at most this many characters, whatever it quotes.
+MAX_REASON_CHARS = 500
 # Control characters an ASCII string can hold: only through escapes (\n, \u0007) or a raw DEL.
 _ASCII_CONTROL = r"[\x00-\x1f\x7f]"
 _QUOTE = 0x22  # '"'
@@ -181,11 +191,10 @@ class Decoder:
                 return None
 
         stamps_ms = stamp_ms.to_numpy()
-        now_us = time.time_ns() // 1000
         ok = (
             np.isfinite(p) & (p > 0) & np.isfinite(s) & (s >= 0)
             # compared in ms, before scaling, so a huge value cannot wrap around into range
-            & (stamps_ms >= MIN_TIMESTAMP_US // 1000) & (stamps_ms <= (now_us + MAX_FUTURE_US) // 1000)
+            & (stamps_ms >= MIN_TIMESTAMP_US // 1000) & (stamps_ms <= _ceilings_us(msgs.timestamps) // 1000)
         )
         symbol = pc.ascii_upper(pc.ascii_trim_whitespace(symbol))
         sym_len = pc.binary_length(symbol).to_numpy()  # ASCII: bytes are characters
@@ -197,8 +206,11 @@ class Decoder:
 
         if n_exchange:
             exchange = pc.ascii_upper(pc.ascii_trim_whitespace(exchange))
-            if pc.min(pc.binary_length(exchange)).as_py() == 0:
-                return None  # a blank exchange is no exchange: the careful path writes null
+            lengths = pc.binary_length(exchange)
+            if pc.min(lengths).as_py() == 0 or pc.max(lengths).as_py() > MAX_EXCHANGE_CHARS:
+                return None  # blank (the careful path writes null) or too long (a reject)
+            if may_hold_control and pc.any(pc.match_substring_regex(exchange, _ASCII_CONTROL)).as_py():
+                return None
         if n_side:
             side = pc.ascii_lower(pc.ascii_trim_whitespace(side))
             if pc.sum(pc.is_in(side, value_set=_SIDES)).as_py() != n_side:
@@ -227,54 +239,65 @@ class Decoder:
         rows: list[tuple] = []
         rejects: list[Reject] = []
         skipped = 0
-        strict = self.strict
-        now_us = time.time_ns() // 1000
         for i in indexes:
             value, partition, offset, kts = msgs.values[i], msgs.partitions[i], msgs.offsets[i], msgs.timestamps[i]
             kafka_ms = kts if kts is not None and kts >= 0 else None
+            mark = len(rows), len(rejects)
+            try:
+                skipped += self._one(value, partition, offset, kafka_ms, rows, rejects)
+            except Exception as exc:  # a bug of ours must cost one message, never the worker
+                del rows[mark[0]:], rejects[mark[1]:]
+                rejects.append(_reject(partition, offset, -1, "unknown",
+                                       f"internal error while decoding: {type(exc).__name__}: {exc}", value, kafka_ms))
+        return Decoded(_rows_to_batch(rows, rejects, msgs), rejects, skipped)
 
-            obj, feed_name, reason = self._read(value)
-            if reason is None:
-                try:
-                    result = feeds.parse(obj, self.feed)
-                except feeds.Invalid as exc:
-                    feed_name, reason = exc.feed, str(exc)
-            if reason is not None:
-                rejects.append(Reject(partition, offset, -1, feed_name, reason, value, kafka_ms))
-                continue
-            feed_name = result.feed
-            if not result.trades:  # a non-trade event sharing the topic
-                if strict:
-                    rejects.append(Reject(partition, offset, -1, feed_name,
-                                          f"not a trade event ({result.note}) and --strict is set", value, kafka_ms))
-                else:
+    def _one(self, value: bytes | None, partition: int, offset: int, kafka_ms: int | None,
+             rows: list[tuple], rejects: list[Reject]) -> int:
+        """Decode one message into `rows` and `rejects`; return how many events it skipped."""
+        strict = self.strict
+        obj, feed_name, reason = self._read(value)
+        if reason is None:
+            try:
+                result = feeds.parse(obj, self.feed)
+            except feeds.Invalid as exc:
+                feed_name, reason = exc.feed, str(exc)
+        if reason is not None:
+            rejects.append(_reject(partition, offset, -1, feed_name, reason, value, kafka_ms))
+            return 0
+        feed_name = result.feed
+        if not result.trades:  # a non-trade event sharing the topic
+            if not strict:
+                return 1
+            rejects.append(_reject(partition, offset, -1, feed_name,
+                                   f"not a trade event ({result.note}) and --strict is set", value, kafka_ms))
+            return 0
+        ceiling_us = _ceiling_us(kafka_ms)
+        skipped = 0
+        for tick_index, trade in enumerate(result.trades):
+            kind = type(trade)
+            if kind is feeds.Trade:
+                problem = _check(trade, ceiling_us)
+                ts_us = trade.ts_us
+                broker_time = ts_us is None
+                if broker_time and problem is None:  # the Kafka record's time stands in
+                    problem = _broker_time_problem(kafka_ms)
+                    ts_us = None if problem else kafka_ms * 1000
+                if problem is None:
+                    rows.append((
+                        trade.symbol, trade.price, trade.size, ts_us // 1000, ts_us,
+                        trade.exchange or result.default_exchange, trade.side, broker_time,
+                        partition, offset, tick_index,
+                    ))
+                    continue
+            elif kind is feeds.Skip:  # a quote or status beside trades in one frame
+                if not strict:
                     skipped += 1
-                continue
-            for tick_index, trade in enumerate(result.trades):
-                kind = type(trade)
-                if kind is feeds.Trade:
-                    problem = _check(trade, now_us)
-                    ts_us = trade.ts_us
-                    broker_time = ts_us is None
-                    if broker_time and problem is None:  # the Kafka record's time stands in
-                        problem = _broker_time_problem(kafka_ms, now_us)
-                        ts_us = None if problem else kafka_ms * 1000
-                    if problem is None:
-                        rows.append((
-                            trade.symbol, trade.price, trade.size, ts_us // 1000, ts_us,
-                            trade.exchange or result.default_exchange, trade.side, broker_time,
-                            partition, offset, tick_index,
-                        ))
-                        continue
-                elif kind is feeds.Skip:  # a quote or status beside trades in one frame
-                    if not strict:
-                        skipped += 1
-                        continue
-                    problem = f"not a trade event ({trade.note}) and --strict is set"
-                else:
-                    problem = str(trade)
-                rejects.append(Reject(partition, offset, tick_index, feed_name, problem, value, kafka_ms))
-        return Decoded(_rows_to_batch(rows), rejects, skipped)
+                    continue
+                problem = f"not a trade event ({trade.note}) and --strict is set"
+            else:
+                problem = str(trade)
+            rejects.append(_reject(partition, offset, tick_index, feed_name, problem, value, kafka_ms))
+        return skipped
 
     def _read(self, value: bytes | None) -> tuple[object, str, str | None]:
         """(decoded JSON, feed name, None), or (None, feed name, why the message is unusable)."""
@@ -304,15 +327,21 @@ def _merge(parts: list[Decoded]) -> Decoded:
     )
 
 
-def _check(trade: "feeds.Trade", now_us: int) -> str | None:
-    """Why a parsed trade cannot be a row, or None."""
+def _check(trade: "feeds.Trade", ceiling_us: int) -> str | None:
+    """Why a parsed trade cannot be a row, or None. `ceiling_us`: the latest acceptable trade time."""
     sym = trade.symbol
     if not sym:
         return "symbol is empty"
     if len(sym) > MAX_SYMBOL_CHARS:
-        return f"symbol is {len(sym)} characters, over {MAX_SYMBOL_CHARS}"
+        return f"symbol is {len(sym):,} characters, over {MAX_SYMBOL_CHARS}"
     if not sym.isprintable():
-        return f"symbol {sym!r} contains control characters"
+        return f"symbol {feeds.quote(sym)} contains control or other non-printable characters"
+    venue = trade.exchange
+    if venue is not None:
+        if len(venue) > MAX_EXCHANGE_CHARS:
+            return f"exchange is {len(venue):,} characters, over {MAX_EXCHANGE_CHARS}"
+        if not venue.isprintable():
+            return f"exchange {feeds.quote(venue)} contains control or other non-printable characters"
     if not math.isfinite(trade.price):
         return f"price {trade.price} is not finite"
     if trade.price <= 0:
@@ -324,17 +353,47 @@ def _check(trade: "feeds.Trade", now_us: int) -> str | None:
     if trade.ts_us is not None:
         if trade.ts_us < MIN_TIMESTAMP_US:
             return f"trade time {_iso(trade.ts_us)} is before 1990: wrong unit?"
-        if trade.ts_us > now_us + MAX_FUTURE_US:
-            return f"trade time {_iso(trade.ts_us)} is more than a day in the future"
+        if trade.ts_us > ceiling_us:
+            return f"trade time {_iso(trade.ts_us)} is more than a day after its Kafka record time"
     return None
 
 
-def _broker_time_problem(kafka_ms: int | None, now_us: int) -> str | None:
+def _ceiling_us(kafka_ms: int | None) -> int:
+    """The latest trade time a record stamped `kafka_ms` may carry (see MAX_FUTURE_US)."""
+    if kafka_ms is None or not MIN_TIMESTAMP_US // 1000 <= kafka_ms <= MAX_TIMESTAMP_US // 1000:
+        return MAX_TIMESTAMP_US
+    return min(kafka_ms * 1000 + MAX_FUTURE_US, MAX_TIMESTAMP_US)
+
+
+def _ceilings_us(timestamps: list[int]) -> np.ndarray:
+    """`_ceiling_us` of a whole batch of record times (epoch ms, -1 for none)."""
+    ms = np.array(timestamps, dtype=np.float64)  # float: a wild record time cannot wrap around
+    usable = (ms >= MIN_TIMESTAMP_US // 1000) & (ms <= MAX_TIMESTAMP_US // 1000)
+    ceiling = np.minimum(np.where(usable, ms, 0).astype(np.int64) * 1000 + MAX_FUTURE_US, MAX_TIMESTAMP_US)
+    return np.where(usable, ceiling, MAX_TIMESTAMP_US)
+
+
+def _broker_time_problem(kafka_ms: int | None) -> str | None:
     if kafka_ms is None:
         return "the trade has no time and the Kafka record has no timestamp"
-    if not MIN_TIMESTAMP_US <= kafka_ms * 1000 <= now_us + MAX_FUTURE_US:
+    if not MIN_TIMESTAMP_US <= kafka_ms * 1000 <= MAX_TIMESTAMP_US:
         return f"the trade has no time and the Kafka record time {_iso(kafka_ms * 1000)} is out of range"
     return None
+
+
+def _reject(partition: int, offset: int, tick_index: int, feed: str, reason: str, raw: bytes | None,
+            kafka_ms: int | None) -> Reject:
+    return Reject(partition, offset, tick_index, feed, clean_reason(reason), raw, kafka_ms)
+
+
+def clean_reason(reason: str) -> str:
+    """A reason both sinks can store and a person can read: one line, no NUL or control characters
+    (escaped, not dropped, so the reason still says what was there), at most MAX_REASON_CHARS."""
+    if not reason.isprintable():
+        reason = "".join(c if c.isprintable() else repr(c)[1:-1] for c in reason)
+    if len(reason) > MAX_REASON_CHARS:
+        reason = reason[:MAX_REASON_CHARS - 3] + "..."
+    return reason
 
 
 def _iso(ts_us: int) -> str:
@@ -403,11 +462,31 @@ def _no_repeats(pairs: list[tuple[str, object]]) -> None:
         seen.add(key)
 
 
-def _rows_to_batch(rows: list[tuple]) -> pa.RecordBatch:
+def _rows_to_batch(rows: list[tuple], rejects: list[Reject] | None = None,
+                   msgs: Messages | None = None) -> pa.RecordBatch:
+    """Row tuples -> a record batch. A row Arrow cannot take (a value `_check` let through by
+    mistake) becomes a reject of its own instead of failing the whole batch."""
     if not rows:
         return pa.RecordBatch.from_pylist([], schema=TICKS)
-    # One conversion of the row tuples into a struct array: ~3x faster than transposing them in Python
-    return pa.RecordBatch.from_struct_array(pa.array(rows, type=_TICK_ROW))
+    try:
+        # One conversion of the row tuples into a struct array: ~3x faster than transposing them in Python
+        return pa.RecordBatch.from_struct_array(pa.array(rows, type=_TICK_ROW))
+    except Exception:
+        if rejects is None:
+            raise
+    good = []
+    raw = {} if msgs is None else dict(zip(zip(msgs.partitions, msgs.offsets), zip(msgs.values, msgs.timestamps)))
+    for row in rows:
+        try:
+            pa.array([row], type=_TICK_ROW)
+            good.append(row)
+        except Exception as exc:
+            partition, offset, tick_index = row[-3:]
+            value, kts = raw.get((partition, offset), (None, -1))
+            rejects.append(_reject(partition, offset, tick_index, "unknown",
+                                   f"internal error: the tick cannot be stored: {type(exc).__name__}: {exc}",
+                                   value, kts if kts is not None and kts >= 0 else None))
+    return _rows_to_batch(good)
 
 
 _TICK_ROW = pa.struct(TICKS)

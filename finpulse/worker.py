@@ -35,7 +35,6 @@ log = logging.getLogger("finpulse.worker")
 MAX_TAKE = 20_000
 IDLE_POLL_S = 0.2  # how often an idle worker looks at its stop flag
 REPORT_EVERY_S = 1.0  # stats to the supervisor and the Kafka group commit
-REVOKE_GRACE_S = 30.0  # a rebalance waits this long for in-flight writes before moving on
 STOP_GRACE_S = 30.0  # Ctrl+C / SIGTERM waits this long for buffered rows to become durable
 
 
@@ -115,9 +114,10 @@ class Worker:
 
     def _on_revoke(self, consumer, tps: list[TopicPartition]) -> None:
         self._flush()
-        if not all(lane.wait_idle(REVOKE_GRACE_S) for lane in self.lanes):
-            log.warning("rebalance: writes still pending after %.0fs; the sinks will skip what they hold",
-                        REVOKE_GRACE_S)
+        grace = self.settings.rebalance_grace_ms / 1000
+        if not all(lane.wait_idle(grace) for lane in self.lanes):
+            log.warning("rebalance: writes still pending after %.1fs (FINPULSE_REBALANCE_GRACE_MS); "
+                        "the sinks will skip what they hold", grace)
         self._commit_kafka(asynchronous=False)
         self.assigned = set()
 

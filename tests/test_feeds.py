@@ -319,13 +319,13 @@ def test_a_frame_element_that_is_not_an_object_is_rejected_in_its_slot():
 
 # ----------------------------------------------------------------------------------- unknown shapes
 @pytest.mark.parametrize("value,reason", [
-    (b'{"foo": 1, "bar": {"baz": 2}}', "no known feed shape has these keys: bar, foo"),
-    (b'[{"x": 1}]', "JSON array of no known feed shape (first element: keys x)"),
+    (b'{"foo": 1, "bar": {"baz": 2}}', "no known feed shape has these keys: 'bar', 'foo'"),
+    (b'[{"x": 1}]', "JSON array of no known feed shape (first element: keys 'x')"),
     (b'[1, 2]', "JSON array of no known feed shape (first element: int 1)"),
     (b'[]', "empty JSON array"),
-    (b'{"e": "trade"}', "no known feed shape has these keys: e"),  # a Binance event has E too
-    (b'{"type": "match"}', "no known feed shape has these keys: type"),
-    (b'[{"T": "zz", "S": "AAPL"}]', "first element: keys S, T"),  # not a type Alpaca documents
+    (b'{"e": "trade"}', "no known feed shape has these keys: 'e'"),  # a Binance event has E too
+    (b'{"type": "match"}', "no known feed shape has these keys: 'type'"),
+    (b'[{"T": "zz", "S": "AAPL"}]', "first element: keys 'S', 'T'"),  # not a type Alpaca documents
 ])
 def test_unknown_shapes_name_what_was_seen(value, reason):
     [rej] = decode(value).rejects

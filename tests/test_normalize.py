@@ -55,7 +55,7 @@ BAD = {
     "tombstone": (None, "tombstone"),
     "missing symbol": (tick(symbol=...), "no known feed shape"),
     "missing price": (tick(price=...), "missing price"),
-    "missing time": (tick(timestamp_ms=...), "no known feed shape"),
+    "missing symbol and time": (tick(symbol=..., timestamp_ms=...), "no known feed shape"),
     "price is text": (tick(price="abc"), "price 'abc' is not a number"),
     "price is an object": (tick(price={"v": 1}), "price is an object"),
     "price is a boolean": (tick(price=True), "boolean"),
@@ -65,10 +65,22 @@ BAD = {
     "negative price": (tick(price=-3), "not positive"),
     "negative size": (tick(size=-1), "negative"),
     "before 1990": (tick(timestamp_ms=600_000_000_000), "before 1990"),
-    "far future": (tick(timestamp_ms=NOW_MS * 10), "future"),
+    "far future": (tick(timestamp_ms=NOW_MS * 10), "more than a day after its Kafka record time"),
+    "a day and a bit ahead of its record": (tick(timestamp_ms=NOW_MS + 86_400_001), "after its Kafka record time"),
+    "time overflows once scaled": (tick(timestamp_ms=1e306), "out of range for a time"),
+    "time beyond 64 bits as text": (tick(timestamp_ms="9" * 30), "out of range for a time"),
+    "time beyond 64 bits": (tick(timestamp_ms=2**64 - 1), "out of range for a time"),
+    "price overflows as text": (tick(price="1e400"), "not finite"),
+    "NUL in a key": (b'{"\\u0000": 1}', "no known feed shape has these keys: '\\x00'"),
+    "NUL in the symbol": (tick(symbol="AA\u0000PL"), "'AA\\x00PL' contains control"),
+    "NUL in the exchange": (tick(exchange="NY\u0000SE"), "exchange 'NY\\x00SE' contains control"),
+    "escaped control char in the exchange": (b'{"symbol":"A","price":1,"size":1,"timestamp_ms":1700000000000,'
+                                            b'"exchange":"N\\u0007"}', "exchange 'N\\x07' contains control"),
+    "long exchange": (tick(exchange="X" * 65), "exchange is 65 characters, over 64"),
+    "direction mark in the symbol": (tick(symbol="AAPL\u200f"), "non-printable"),
     "empty symbol": (tick(symbol="  "), "symbol is empty"),
     "long symbol": (tick(symbol="X" * 65), "over 64"),
-    "control chars": (tick(symbol="AB\u0007"), "control characters"),
+    "control chars": (tick(symbol="AB\u0007"), "control or other non-printable characters"),
     "deep nesting": (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
 }
 
@@ -81,6 +93,51 @@ def test_malformed_input_is_rejected_with_its_reason_and_bytes(name):
     [rej] = out.rejects
     assert reason in rej.reason
     assert rej.raw == value and rej.offset == 1 and rej.partition == 0
+
+
+@pytest.mark.parametrize("value", [tick(timestamp_ms=...), tick(timestamp_ms=None)], ids=["absent", "null"])
+def test_a_canonical_tick_without_time_lands_with_the_record_time(value):
+    out = Decoder().decode(msgs(value, timestamps=[NOW_MS + 5]))
+    [row] = out.ticks.to_pylist()
+    assert row["broker_time"] is True and row["timestamp_ms"] == NOW_MS + 5 and out.rejects == []
+
+
+def test_decoding_depends_on_the_record_time_not_the_clock():
+    """A tick stamped 2040 is fine in a record of 2040, and a day ahead of a 2023 record it is not:
+    the verdict is the same whenever (and by whichever process) the bytes are decoded."""
+    later_ms = 2_220_000_000_000  # 2040
+    value = tick(timestamp_ms=later_ms)
+    d = Decoder()
+    assert d.decode(msgs(value, timestamps=[later_ms])).ticks.num_rows == 1
+    assert d._careful(msgs(value, timestamps=[later_ms]), range(1)).ticks.num_rows == 1
+    early = d.decode(msgs(value, timestamps=[NOW_MS]))
+    assert early.ticks.num_rows == 0 and "after its Kafka record time" in early.rejects[0].reason
+    # a record without a usable time of its own: only the absolute ceiling (year 9999) applies
+    assert d.decode(msgs(value, timestamps=[-1])).ticks.num_rows == 1
+    assert d.decode(msgs(tick(timestamp_ms=300_000_000_000_000), timestamps=[-1])).ticks.num_rows == 0
+
+
+def test_reasons_are_one_bounded_line_without_nul():
+    key = "\u0000\n" * 5000
+    out = Decoder().decode(msgs(orjson.dumps({key: 1}), orjson.dumps({"symbol": "A" * 100_000, "price": 1})))
+    for rej in out.rejects:
+        assert "\x00" not in rej.reason and "\n" not in rej.reason
+        assert len(rej.reason) <= 500 and rej.reason.isprintable()
+
+
+def test_an_unexpected_error_costs_one_message_and_names_the_exception(monkeypatch):
+    real = feeds.parse
+
+    def flaky(obj, forced=None):
+        if isinstance(obj, dict) and obj.get("symbol") == "BOOM":
+            raise ZeroDivisionError("a bug")
+        return real(obj, forced)
+
+    monkeypatch.setattr(feeds, "parse", flaky)
+    out = Decoder().decode(msgs(tick(), tick(symbol="BOOM", price="1"), tick(symbol="ok")))
+    assert out.ticks.num_rows == 2
+    [rej] = out.rejects
+    assert rej.offset == 1 and "ZeroDivisionError: a bug" in rej.reason and rej.raw is not None
 
 
 def test_oversized_message_is_rejected_unread():

@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from finpulse.feeds import alpaca, binance, canonical, coinbase, coinbase_advanced, finnhub, kraken, polygon
-from finpulse.feeds.fields import epoch_us, kind, number, text
+from finpulse.feeds.fields import epoch_us, kind, number, quote, text
 from finpulse.feeds.model import Feed, Invalid, Parsed, Skip, Trade
 
 __all__ = ["CANONICAL", "FEEDS", "Feed", "Invalid", "Parsed", "Skip", "Trade",
-           "detect", "epoch_us", "get", "names", "number", "parse", "text"]
+           "detect", "epoch_us", "get", "names", "number", "parse", "quote", "text"]
 
 CANONICAL = canonical.FEED
 
@@ -61,12 +61,12 @@ def _unrecognised(obj: Any) -> str:
     if isinstance(obj, dict):
         if not obj:
             return "empty JSON object"
-        keys = ", ".join(sorted(map(str, obj))[:8])
+        keys = ", ".join(quote(k) for k in sorted(obj)[:8])
         return f"no known feed shape has these keys: {keys}"
     if isinstance(obj, list):
         if not obj:
             return "empty JSON array"
         first = obj[0]
-        seen = ("keys " + ", ".join(sorted(map(str, first))[:8])) if isinstance(first, dict) else kind(first)
+        seen = ("keys " + ", ".join(quote(k) for k in sorted(first)[:8])) if isinstance(first, dict) else kind(first)
         return f"JSON array of no known feed shape (first element: {seen})"
     return f"JSON is {kind(obj)}, not a trade object"

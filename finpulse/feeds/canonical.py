@@ -1,4 +1,4 @@
-"""The canonical FinPulse tick: {"symbol", "price", "size", "timestamp_ms", "exchange"?, "side"?},
+"""The canonical FinPulse tick: {"symbol", "price", "size", "timestamp_ms"?, "exchange"?, "side"?},
 alone or as an array of ticks in one message.
 
 normalize.py decodes whole batches of single canonical ticks column by column; this per-message
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from finpulse.feeds.fields import epoch_us, kind, keys_seen, number, side_word, symbol, text
+from finpulse.feeds.fields import kind, keys_seen, number, side_word, symbol, text, trade_time
 from finpulse.feeds.model import Feed, Invalid, Parsed, Trade, frame
 
 NAME = "canonical"
@@ -21,9 +21,7 @@ def _trade(obj: Any) -> Trade:
     sym = symbol(obj, "symbol", NAME)
     price = number(obj, "price", NAME)
     size = number(obj, "size", NAME)
-    if "timestamp_ms" not in obj:
-        raise Invalid("missing timestamp_ms", NAME)
-    ts = epoch_us(obj["timestamp_ms"], "ms", NAME, "timestamp_ms")
+    ts = trade_time(obj, "timestamp_ms", "ms", NAME)  # absent or null: Kafka's record time stands in
     exchange = text(obj, "exchange", NAME, required=False)
     return Trade(sym, price, size, ts, exchange.upper() if exchange else None, side_word(obj.get("side")))
 
@@ -43,7 +41,8 @@ def parse(obj: Any) -> Parsed:
 def matches(obj: Any) -> bool:
     if isinstance(obj, list) and obj:  # a frame of several canonical ticks
         obj = obj[0]
-    return isinstance(obj, dict) and "symbol" in obj and "timestamp_ms" in obj
+    # A tick may lack its time (Kafka's record time stands in), so the price marks it as well.
+    return isinstance(obj, dict) and "symbol" in obj and ("timestamp_ms" in obj or "price" in obj)
 
 
 FEED = Feed(NAME, None, matches, parse)

@@ -27,7 +27,7 @@ def number(obj: dict, key: str, feed: str) -> float:
                 return float(s)
             except ValueError:
                 pass
-        raise Invalid(f"{key} {value[:40]!r} is not a number", feed)
+        raise Invalid(f"{key} {quote(value)} is not a number", feed)
     if kind_ is int:
         return float(value)
     if value is None and key not in obj:
@@ -90,6 +90,9 @@ _ISO = re.compile(
 # (1e11 s is the year 5138; 1e11 ms is 1973, before the 1990 floor normalize.py enforces).
 _S_BELOW, _MS_BELOW, _US_BELOW = 1e11, 1e14, 1e17
 _PER_US = {"s": 1_000_000, "ms": 1000, "us": 1}
+# Beyond this many µs from the epoch (~year 294,000) a time no longer fits an int64 column in
+# either sink; normalize.py's narrower window (1990 to a day past the record) rejects far less.
+_FAR_US = 1 << 63
 
 
 def epoch_us(value: Any, unit: str, feed: str, key: str) -> int:
@@ -104,7 +107,7 @@ def epoch_us(value: Any, unit: str, feed: str, key: str) -> int:
         try:
             value = float(s) if any(c in s for c in ".eE") else int(s)
         except ValueError:
-            raise Invalid(f"{key} {value[:40]!r} is neither a number nor ISO-8601 time", feed) from None
+            raise Invalid(f"{key} {quote(value)} is neither a number nor ISO-8601 time", feed) from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise Invalid(f"{key} is {kind(value)}, not a time", feed)
     if isinstance(value, float) and not math.isfinite(value):
@@ -113,8 +116,15 @@ def epoch_us(value: Any, unit: str, feed: str, key: str) -> int:
         a = abs(value)
         unit = "s" if a < _S_BELOW else "ms" if a < _MS_BELOW else "us" if a < _US_BELOW else "ns"
     if isinstance(value, int):
-        return value // 1000 if unit == "ns" else value * _PER_US[unit]
-    return int(round(value / 1000 if unit == "ns" else value * _PER_US[unit]))
+        us = value // 1000 if unit == "ns" else value * _PER_US[unit]
+    else:
+        scaled = value / 1000 if unit == "ns" else value * _PER_US[unit]
+        if not math.isfinite(scaled) or abs(scaled) >= _FAR_US:  # 1e306 ms overflows once scaled
+            raise Invalid(f"{key} {value!r} is out of range for a time", feed)
+        us = int(round(scaled))
+    if abs(us) >= _FAR_US:  # a Python int can be any size; int64 columns cannot
+        raise Invalid(f"{key} {quote(str(value))} is out of range for a time", feed)
+    return us
 
 
 def _iso_us(m: re.Match, feed: str, key: str) -> int:
@@ -122,7 +132,7 @@ def _iso_us(m: re.Match, feed: str, key: str) -> int:
     try:
         us = _utc_seconds(m.string[:19]) * 1_000_000  # the pattern fixes where each field sits
     except ValueError as exc:
-        raise Invalid(f"{key} {m.group(0)!r} is not a valid time: {exc}", feed) from None
+        raise Invalid(f"{key} {quote(m.group(0))} is not a valid time: {exc}", feed) from None
     if frac:
         us += int(frac[:6].ljust(6, "0"))  # digits past the microsecond do not fit the schema
     if zone and zone.upper() != "Z":
@@ -147,6 +157,18 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _ONE_SECOND = dt.timedelta(seconds=1)
 
 
+# A reason quotes at most this much of a value: enough to recognise it, never a megabyte.
+QUOTE_CHARS = 40
+
+
+def quote(value: str, limit: int = QUOTE_CHARS) -> str:
+    """`value` as an escaped Python literal (NUL and control characters spelled out), cut to `limit`
+    characters with a marker, so a reason can quote any input and stay one short, storable line."""
+    if len(value) <= limit:
+        return repr(value)
+    return repr(value[:limit]) + f"... ({len(value):,} characters)"
+
+
 def kind(value: Any) -> str:
     """How a reason names a value of the wrong type."""
     if value is None:
@@ -158,8 +180,8 @@ def kind(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
     if isinstance(value, str):
-        return f"text {value[:40]!r}"
-    return f"{type(value).__name__} {value!r}"
+        return f"text {quote(value)}"
+    return f"{type(value).__name__} {quote(repr(value))[1:-1]}"
 
 
 def keys_seen(obj: Any) -> str:
@@ -175,7 +197,7 @@ def keys_seen(obj: Any) -> str:
 
 
 def _object(obj: dict) -> str:
-    return "an object with keys " + ", ".join(sorted(obj)[:8]) if obj else "an empty object"
+    return "an object with keys " + ", ".join(quote(k) for k in sorted(obj)[:8]) if obj else "an empty object"
 
 
 def not_this(feed: str, obj: Any, expected: str) -> Invalid:
