@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +33,11 @@ class TickBatch:
     @property
     def size(self) -> int:
         return self.ticks.num_rows + len(self.rejects)
+
+    @cached_property
+    def nbytes(self) -> int:
+        """Estimated memory held: the Arrow rows plus each reject's raw bytes and reason."""
+        return self.ticks.nbytes + sum(reject_nbytes(r) for r in self.rejects)
 
     def after(self, held: Offsets) -> "TickBatch":
         """This batch without the messages a sink already holds (offset < held[partition])."""
@@ -58,16 +64,24 @@ class TickBatch:
 
     @staticmethod
     def merge(batches: list["TickBatch"]) -> "TickBatch":
-        """Batches in arrival order -> one batch (the group commit of a sink lane)."""
+        """Batches in arrival order -> one batch (the group commit of a sink lane).
+
+        Batches queued in a lane may overlap: after a rebalance whose grace ran out, or a lost
+        assignment, the worker re-reads offsets that an earlier batch still waiting here covers.
+        Each batch keeps only what lies past everything before it, so the merged batch never
+        holds a key twice (concatenated, the copies would fail the write forever)."""
         if len(batches) == 1:
             return batches[0]
         offsets: Offsets = {}
+        kept = []
         for b in batches:
+            b = b.after(offsets)
+            kept.append(b)
             for p, n in b.next_offsets.items():
                 offsets[p] = max(n, offsets.get(p, 0))
         return TickBatch(
-            pa.concat_tables([b.ticks for b in batches]),
-            tuple(r for b in batches for r in b.rejects),
+            pa.concat_tables([b.ticks for b in kept]),
+            tuple(r for b in kept for r in b.rejects),
             offsets,
         )
 
@@ -80,6 +94,7 @@ class Accumulator:
     rejects: list[Reject] = field(default_factory=list)
     next_offsets: Offsets = field(default_factory=dict)
     ticks: int = 0
+    nbytes: int = 0  # estimated, as TickBatch.nbytes: Arrow rows + raw bytes and reasons of rejects
     skipped: int = 0
     since: float | None = None  # monotonic time of the oldest waiting message
 
@@ -87,7 +102,9 @@ class Accumulator:
         if decoded.ticks.num_rows:
             self.pieces.append(decoded.ticks)
             self.ticks += decoded.ticks.num_rows
+            self.nbytes += decoded.ticks.nbytes
         self.rejects.extend(decoded.rejects)
+        self.nbytes += sum(reject_nbytes(r) for r in decoded.rejects)
         self.skipped += decoded.skipped
         for p, o in zip(partitions, offsets):  # per message: cheap, and covers skipped ones too
             if o >= self.next_offsets.get(p, 0):
@@ -106,7 +123,7 @@ class Accumulator:
         table = pa.Table.from_batches(self.pieces, schema=TICKS) if self.pieces else TICKS.empty_table()
         batch = TickBatch(table, tuple(self.rejects), dict(self.next_offsets))
         self.pieces, self.rejects, self.next_offsets = [], [], {}
-        self.ticks, self.since = 0, None
+        self.ticks, self.nbytes, self.since = 0, 0, None
         return batch
 
     def drop(self, partitions) -> None:
@@ -121,6 +138,12 @@ class Accumulator:
         self.pieces = table.to_batches()
         self.ticks = table.num_rows
         self.rejects = [r for r in batch.rejects if r.partition not in gone]
+        self.nbytes = table.nbytes + sum(reject_nbytes(r) for r in self.rejects)
         self.next_offsets = keep
         if keep:
             self.since = time.monotonic()
+
+
+def reject_nbytes(r: Reject) -> int:
+    """What a reject keeps in memory, roughly: its raw message and its reason."""
+    return len(r.raw or b"") + len(r.reason)

@@ -31,6 +31,7 @@ class Lane:
         self.rows = 0  # rows this lane wrote (ticks, not rejects)
         self.rejects = 0
         self.waiting = 0  # ticks and rejects handed over but not yet durable
+        self.waiting_bytes = 0  # their estimated size (TickBatch.nbytes)
         self.down: str | None = None  # why the sink is unavailable right now
         self.failure: BaseException | None = None
         self._queue: list[TickBatch] = []
@@ -48,6 +49,7 @@ class Lane:
         with self._cond:
             self._queue.append(batch)
             self.waiting += batch.size
+            self.waiting_bytes += batch.nbytes
             self._cond.notify_all()
 
     def wait_idle(self, timeout: float | None) -> bool:
@@ -76,7 +78,12 @@ class Lane:
                 if not self._queue:
                     return
                 batches, self._queue, self._busy = self._queue, [], True
+            # what submit() counted, not the merged batch: merging may drop overlapping rows
+            size, nbytes = sum(b.size for b in batches), sum(b.nbytes for b in batches)
             batch = TickBatch.merge(batches)
+            # What this write adds beyond what the sink held after the last one (a re-read after a
+            # rebalance is skipped by the sink's guard; counting it would inflate the totals).
+            fresh = batch.after(self.positions)
             try:
                 held = self._write(batch)
             except BaseException as exc:  # a sink that will not heal: the worker re-raises it
@@ -86,9 +93,10 @@ class Lane:
                 return
             with self._cond:
                 self.positions.update(held)
-                self.rows += batch.ticks.num_rows
-                self.rejects += len(batch.rejects)
-                self.waiting -= batch.size
+                self.rows += fresh.ticks.num_rows
+                self.rejects += len(fresh.rejects)
+                self.waiting -= size
+                self.waiting_bytes -= nbytes
                 self._busy = False
                 self._cond.notify_all()
 

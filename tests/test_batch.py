@@ -30,12 +30,30 @@ def test_after_drops_exactly_what_a_sink_holds():
     assert b.after({0: 5, 1: 12}).empty
 
 
+def _span(partition: int, start: int, end: int) -> TickBatch:
+    acc = Accumulator()
+    d, m = _decoded(partition, list(range(start, end)))
+    acc.add(d, m.partitions, m.offsets)
+    return acc.take()
+
+
 def test_merge_keeps_order_and_highest_offsets():
-    a, b = _batch(), _batch().after({0: 3})
-    m = TickBatch.merge([a, b])
-    assert m.ticks.num_rows == a.ticks.num_rows + b.ticks.num_rows
-    assert m.next_offsets == {0: 5, 1: 12}
-    assert len(m.rejects) == 2
+    a, b = _span(0, 0, 5), _span(1, 10, 12)
+    m = TickBatch.merge([a, b, _span(0, 5, 8)])
+    assert m.ticks.column("kafka_offset").to_pylist() == [0, 1, 2, 3, 4, 10, 11, 5, 6, 7]
+    assert m.next_offsets == {0: 8, 1: 12}
+
+
+def test_merge_cuts_a_re_read_overlap_instead_of_concatenating_it():
+    """After a rebalance a worker may re-read offsets that a batch still queued in a lane covers."""
+    first, again = _batch(), _span(0, 2, 9)  # first covers partition 0 up to 5 (4 is a reject)
+    m = TickBatch.merge([first, again])
+    keys = list(zip(m.ticks.column("kafka_partition").to_pylist(), m.ticks.column("kafka_offset").to_pylist()))
+    assert len(keys) == len(set(keys))
+    assert sorted(o for p, o in keys if p == 0) == [0, 1, 2, 3, 5, 6, 7, 8]
+    assert [r.offset for r in m.rejects] == [4]
+    assert m.next_offsets == {0: 9, 1: 12}
+    assert TickBatch.merge([first, _span(0, 0, 3)]).ticks.num_rows == first.ticks.num_rows
 
 
 def test_accumulator_take_resets_and_drop_forgets_revoked_partitions():

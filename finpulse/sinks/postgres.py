@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 from typing import Iterable
 
+import orjson
 import psycopg
+import pyarrow as pa
 from psycopg import errors as pgerr
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from finpulse.batch import Offsets, TickBatch
 from finpulse.errors import ServiceUnavailable, SinkRejected, first_line
+from finpulse.normalize import Reject, clean_reason
 from finpulse.schema import OFFSETS_TABLE, PG_DDL, PG_INDEXES, PRICES_TABLE, REJECTS_TABLE, TICKS, pg_type
 from finpulse.sinks import pgcopy
 from finpulse.sinks.base import Filled
@@ -23,10 +26,16 @@ _COPY_REJECTS = (
     "FROM STDIN"
 )
 _HELD = f"SELECT kafka_partition, next_offset FROM {OFFSETS_TABLE} WHERE topic = %s AND kafka_partition = ANY(%s)"
+# Every write and replay of a partition takes this lock first, in partition order (no deadlock).
+# A row lock (FOR UPDATE) cannot serialise a partition's first write, when there is no row yet to
+# lock; a transaction-scoped advisory lock on (topic, partition) can, and is released at commit.
+_LOCK = "SELECT pg_advisory_xact_lock(hashtext(%s), p) FROM unnest(%s::int[]) AS t(p) ORDER BY p"
+# GREATEST: whatever a caller passes, a position can only move forward.
 _ADVANCE = (
-    f"INSERT INTO {OFFSETS_TABLE} (topic, kafka_partition, next_offset) "
+    f"INSERT INTO {OFFSETS_TABLE} AS o (topic, kafka_partition, next_offset) "
     "SELECT %s, p, n FROM unnest(%s::int[], %s::bigint[]) AS t(p, n) "
-    "ON CONFLICT (topic, kafka_partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+    "ON CONFLICT (topic, kafka_partition) DO UPDATE "
+    "SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset), updated_at = now()"
 )
 
 # SQLSTATE classes that heal by themselves: connection trouble (08), the server shutting down or
@@ -140,41 +149,59 @@ class PostgresSink:
         return {p: n for p, n in rows}
 
     def write(self, batch: TickBatch) -> Offsets:
-        parts = sorted(batch.next_offsets)
         try:
-            with self.pool.connection(timeout=10) as conn, conn.transaction():
-                held = {p: n for p, n in conn.execute(_HELD + " FOR UPDATE", (self.topic, parts)).fetchall()}
-                todo = batch.after(held)
-                if todo.empty:
-                    return held
-                with conn.cursor() as cur:
-                    if todo.ticks.num_rows:
-                        with cur.copy(_COPY_TICKS) as copy:
-                            copy.write(pgcopy.encode(todo.ticks))
-                    if todo.rejects:
-                        with cur.copy(_COPY_REJECTS) as copy:
-                            for r in todo.rejects:
-                                copy.write_row(
-                                    (r.partition, r.offset, r.tick_index, r.feed, r.reason, r.raw, r.kafka_timestamp_ms)
-                                )
-                    cur.execute(_ADVANCE, (self.topic, list(todo.next_offsets), list(todo.next_offsets.values())))
-                held.update(todo.next_offsets)
-                return held
+            return self._write(batch, narrow=False)
+        except pgerr.DataError as exc:  # SQLSTATE class 22: some value of ours it cannot store
+            log.warning("PostgreSQL refused a batch of %d rows (%s: %s); finding the rows it refuses",
+                        batch.ticks.num_rows, exc.sqlstate, first_line(exc))
         except (psycopg.Error, PoolTimeout) as exc:
             raise _classify(exc, f"writing {batch.ticks.num_rows} rows") from None
+        try:
+            return self._write(batch, narrow=True)
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise _classify(exc, f"writing {batch.ticks.num_rows} rows") from None
+
+    def _write(self, batch: TickBatch, narrow: bool) -> Offsets:
+        """One transaction: lock the partitions, skip what is held, COPY rows and rejects, advance.
+        `narrow`: COPY the rows in savepoints, halving on a data error down to single rows, each
+        of which becomes a reject; the rest of the batch lands."""
+        parts = sorted(batch.next_offsets)
+        with self.pool.connection(timeout=10) as conn, conn.transaction():
+            conn.execute(_LOCK, (self.topic, parts))
+            held = {p: n for p, n in conn.execute(_HELD, (self.topic, parts)).fetchall()}
+            todo = batch.after(held)
+            if todo.empty:
+                return held
+            rejects = list(todo.rejects)
+            with conn.cursor() as cur:
+                if todo.ticks.num_rows and not narrow:
+                    with cur.copy(_COPY_TICKS) as copy:
+                        copy.write(pgcopy.encode(todo.ticks))
+                elif todo.ticks.num_rows:
+                    rejects += _copy_narrowing(conn, cur, todo.ticks)
+                if rejects:
+                    with cur.copy(_COPY_REJECTS) as copy:
+                        for r in rejects:
+                            copy.write_row(
+                                (r.partition, r.offset, r.tick_index, r.feed, r.reason, r.raw, r.kafka_timestamp_ms)
+                            )
+                cur.execute(_ADVANCE, (self.topic, list(todo.next_offsets), list(todo.next_offsets.values())))
+            held.update(todo.next_offsets)
+            return held
 
     def close(self) -> None:
         self.pool.close()
 
     def insert_missing(self, batch: TickBatch) -> Filled:
         """Insert the rows and rejects of `batch` that lie below this sink's positions and are absent
-        (same partition, offset, tick_index); positions stay as they are. The offsets rows stay locked
-        (FOR UPDATE) until commit, so a live ingest of the same partitions waits for this transaction.
+        (same partition, offset, tick_index); positions stay as they are. The partitions stay locked
+        (_LOCK) until commit, so a live ingest of the same partitions waits for this transaction.
         Rows at or above a position are left out: they belong to `write`, which advances it."""
         parts = sorted(batch.next_offsets)
         try:
             with self.pool.connection(timeout=10) as conn, conn.transaction():
-                held = {p: n for p, n in conn.execute(_HELD + " FOR UPDATE", (self.topic, parts)).fetchall()}
+                conn.execute(_LOCK, (self.topic, parts))
+                held = {p: n for p, n in conn.execute(_HELD, (self.topic, parts)).fetchall()}
                 if batch.after(held).size == batch.size:  # nothing below any position
                     return Filled(0, 0, held)
                 with conn.cursor() as cur:
@@ -196,3 +223,24 @@ class PostgresSink:
                 return Filled(rows, rejects, held)
         except (psycopg.Error, PoolTimeout) as exc:
             raise _classify(exc, f"inserting missing rows of {batch.ticks.num_rows}") from None
+
+
+def _copy_narrowing(conn: psycopg.Connection, cur: psycopg.Cursor, ticks: pa.Table) -> list[Reject]:
+    """COPY `ticks` in savepoints, halving any part PostgreSQL refuses for a data reason (SQLSTATE
+    class 22) down to single rows; return those rows as rejects. A last line of defence: decoding
+    already rejects what neither sink can store, so this runs only for what it did not foresee
+    (a sink-side rule such as a trigger or a domain)."""
+    try:
+        with conn.transaction(), cur.copy(_COPY_TICKS) as copy:
+            copy.write(pgcopy.encode(ticks))
+        return []
+    except pgerr.DataError as exc:
+        if ticks.num_rows > 1:
+            half = ticks.num_rows // 2
+            return _copy_narrowing(conn, cur, ticks.slice(0, half)) + _copy_narrowing(conn, cur, ticks.slice(half))
+        row = ticks.to_pylist()[0]
+        log.warning("PostgreSQL refused tick (%s, %s, %s): %s", row["kafka_partition"], row["kafka_offset"],
+                    row["tick_index"], first_line(exc))
+        return [Reject(row["kafka_partition"], row["kafka_offset"], row["tick_index"], "postgres",
+                       clean_reason(f"PostgreSQL refused the tick ({exc.sqlstate}): {first_line(exc)}"),
+                       orjson.dumps(row, default=str), None)]

@@ -1,0 +1,130 @@
+"""The lane's own logic with a fake sink: group commit, retry on an outage, failure propagation,
+and queued batches that overlap after a rebalance."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from finpulse.batch import Accumulator, Offsets, TickBatch
+from finpulse.errors import ServiceUnavailable, SinkRejected
+from finpulse.lanes import Lane
+from finpulse.normalize import Decoder, Messages
+
+
+def span(partition: int, start: int, end: int) -> TickBatch:
+    offsets = list(range(start, end))
+    values = [b'{"symbol":"A","price":1,"size":1,"timestamp_ms":1700000000000}'] * len(offsets)
+    msgs = Messages(values, [partition] * len(offsets), offsets, [1_700_000_000_000] * len(offsets))
+    acc = Accumulator()
+    acc.add(Decoder().decode(msgs), msgs.partitions, msgs.offsets)
+    return acc.take()
+
+
+class FakeSink:
+    """Holds keys like a table with a primary key: a key written twice is an error, as in the sinks."""
+
+    name = "fake"
+
+    def __init__(self, failures: list[BaseException] | None = None):
+        self.keys: set[tuple[int, int, int]] = set()
+        self.held: Offsets = {}
+        self.writes: list[int] = []  # rows per write call
+        self.failures = list(failures or [])
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()  # set once a write has started (and waits at the gate)
+
+    def positions(self, partitions) -> Offsets:
+        return {p: self.held[p] for p in partitions if p in self.held}
+
+    def write(self, batch: TickBatch) -> Offsets:
+        self.entered.set()
+        self.gate.wait(10)
+        if self.failures:
+            raise self.failures.pop(0)
+        todo = batch.after(self.held)
+        cols = [todo.ticks.column(c).to_pylist() for c in ("kafka_partition", "kafka_offset", "tick_index")]
+        keys = list(zip(*cols))
+        assert len(set(keys)) == len(keys) and not self.keys & set(keys), "a key written twice"
+        self.keys.update(keys)
+        self.writes.append(len(keys))
+        for p, n in todo.next_offsets.items():
+            assert n >= self.held.get(p, 0), "a position went backwards"
+            self.held[p] = n
+        return dict(self.held)
+
+    def close(self) -> None:
+        pass
+
+
+def test_batches_piled_up_behind_a_write_go_out_as_one():
+    sink = FakeSink()
+    sink.gate.clear()
+    lane = Lane(sink)
+    try:
+        lane.submit(span(0, 0, 5))  # taken at once; the write waits at the gate
+        assert sink.entered.wait(10)
+        for start in range(5, 50, 5):
+            lane.submit(span(0, start, start + 5))
+        sink.gate.set()
+        assert lane.wait_idle(10)
+        assert sink.writes[0] == 5 and sum(sink.writes) == 50 and len(sink.writes) <= 3
+        assert lane.positions == {0: 50} and lane.rows == 50 and lane.waiting == 0
+    finally:
+        lane.close()
+
+
+def test_overlapping_batches_queued_after_a_rebalance_are_cut_not_doubled():
+    sink = FakeSink()
+    sink.gate.clear()
+    lane = Lane(sink)
+    try:
+        lane.submit(span(1, 0, 2))  # in flight
+        assert sink.entered.wait(10)
+        lane.submit(span(1, 2, 10))  # queued
+        lane.submit(span(1, 2, 14))  # the new owner's re-read of the same offsets, and more
+        lane.submit(span(1, 0, 6))  # and a re-read from before everything queued
+        sink.gate.set()
+        assert lane.wait_idle(10), lane.failure
+        assert sink.keys == {(1, o, 0) for o in range(14)} and sink.held == {1: 14}
+        assert lane.rows == 14
+    finally:
+        lane.close()
+
+
+def test_an_outage_is_retried_and_nothing_is_lost(monkeypatch):
+    monkeypatch.setattr("finpulse.lanes.RETRY_FIRST_S", 0.01)
+    sink = FakeSink([ServiceUnavailable("down"), ServiceUnavailable("still down")])
+    lane = Lane(sink)
+    try:
+        lane.submit(span(0, 0, 7))
+        assert lane.wait_idle(10)
+        assert sink.held == {0: 7} and len(sink.keys) == 7 and lane.down is None
+    finally:
+        lane.close()
+
+
+def test_a_failure_that_will_not_heal_stops_the_lane_and_is_kept_for_the_worker():
+    sink = FakeSink([SinkRejected("permission denied")])
+    lane = Lane(sink)
+    try:
+        lane.submit(span(0, 0, 3))
+        assert lane.wait_idle(10) is False
+        assert isinstance(lane.failure, SinkRejected) and sink.keys == set()
+    finally:
+        lane.close()
+
+
+@pytest.mark.parametrize("order", [[(0, 10), (5, 12)], [(0, 4), (0, 4), (4, 8)]])
+def test_positions_never_go_backwards_whatever_is_queued(order):
+    sink = FakeSink()
+    lane = Lane(sink)
+    try:
+        for start, end in order:
+            lane.submit(span(2, start, end))
+        assert lane.wait_idle(10), lane.failure
+        assert sink.held[2] == max(end for _, end in order)
+    finally:
+        lane.close()
