@@ -196,6 +196,9 @@ class Decoder:
             # compared in ms, before scaling, so a huge value cannot wrap around into range
             & (stamps_ms >= MIN_TIMESTAMP_US // 1000) & (stamps_ms <= _ceilings_us(msgs.timestamps) // 1000)
         )
+        if may_hold_control and not all(pc.all(pc.string_is_ascii(col)).as_py() is not False
+                                        for col in (symbol, exchange, side)):
+            return None  # a \u escape spelled non-ASCII text: Unicode rules, the careful path
         symbol = pc.ascii_upper(pc.ascii_trim_whitespace(symbol))
         sym_len = pc.binary_length(symbol).to_numpy()  # ASCII: bytes are characters
         ok &= (sym_len > 0) & (sym_len <= MAX_SYMBOL_CHARS)
