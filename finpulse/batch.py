@@ -112,6 +112,14 @@ class Accumulator:
         if self.since is None and partitions:
             self.since = time.monotonic()
 
+    def advance(self, partition: int, next_offset: int) -> None:
+        """Offsets below `next_offset` that carried no message (transaction markers, aborted records)
+        are covered too: the next batch moves the sinks' positions past them."""
+        if next_offset > self.next_offsets.get(partition, 0):
+            self.next_offsets[partition] = next_offset
+            if self.since is None:
+                self.since = time.monotonic()
+
     @property
     def size(self) -> int:
         return self.ticks + len(self.rejects)

@@ -27,6 +27,10 @@ out = Console(soft_wrap=True)
 Topic = Annotated[Optional[str], typer.Option("--topic", help="Kafka topic (env KAFKA_TOPIC, default raw_prices)")]
 Bootstrap = Annotated[Optional[str], typer.Option(
     "--bootstrap-servers", help="Kafka brokers (env KAFKA_BOOTSTRAP_SERVERS, default localhost:29092)")]
+AllowDataLoss = Annotated[bool, typer.Option(
+    "--allow-data-loss", help="When a sink's position lies outside the topic (a recreated topic, or messages "
+    "retention deleted before they were ingested), go on from the earliest offset still held and record the "
+    "gap instead of stopping (env FINPULSE_ALLOW_DATA_LOSS).", show_default=False)]
 DeltaUri = Annotated[Optional[str], typer.Option(
     "--delta-uri", help="Delta table: a path or abfss:// URI (env DELTA_TABLE_URI)")]
 
@@ -114,11 +118,13 @@ def ingest(
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Ticks that trigger a flush; more that piled up join it (env FINPULSE_BATCH_SIZE, default 5).")] = None,
     linger_ms: Annotated[Optional[int], typer.Option(min=0, help="Flush a partial batch after this long (env FINPULSE_LINGER_MS, default 100).")] = None,
     max_inflight_ticks: Annotated[Optional[int], typer.Option(min=1000, help="Pause consuming when this many ticks wait for the sinks (env FINPULSE_MAX_INFLIGHT_TICKS).")] = None,
+    max_inflight_bytes: Annotated[Optional[int], typer.Option(min=1 << 20, help="Pause consuming when this many bytes (estimated) wait for the sinks (env FINPULSE_MAX_INFLIGHT_BYTES, default 256 MiB).")] = None,
     sinks: Annotated[Optional[str], typer.Option(help="Write to all, postgres or delta (env FINPULSE_SINKS, default all).")] = None,
     drain: Annotated[bool, typer.Option("--drain", help="Stop after reaching the high watermarks seen at start.")] = False,
     format: Annotated[Optional[str], typer.Option("--format", help="Force one feed shape instead of detecting it per message: canonical, binance, coinbase, coinbase-advanced, alpaca, polygon, finnhub or kraken.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Reject non-trade events instead of skipping them.")] = False,
     dlq_topic: Annotated[Optional[str], typer.Option(help="Also send rejected messages to this Kafka topic, created if absent (env FINPULSE_DLQ_TOPIC).")] = None,
+    allow_data_loss: AllowDataLoss = False,
     topic: Topic = None,
     bootstrap_servers: Bootstrap = None,
     delta_uri: DeltaUri = None,
@@ -130,6 +136,7 @@ def ingest(
         raise typer.BadParameter(f"unknown feed {format!r}; choose one of: {', '.join(feeds.names())}",
                                  param_hint="--format")
     s = settings(dlq_topic=dlq_topic, sinks=sinks, workers=workers, batch_size=batch_size, linger_ms=linger_ms, max_inflight_ticks=max_inflight_ticks,
+                 max_inflight_bytes=max_inflight_bytes, allow_data_loss=allow_data_loss or None,
                  kafka_topic=topic, kafka_bootstrap_servers=bootstrap_servers, delta_table_uri=delta_uri)
     result = supervisor.run(s, drain=drain, feed=format, strict=strict, console=err)
     t = result.totals
@@ -227,6 +234,7 @@ def replay(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say how many messages each partition would read.")] = False,
     format: Feed = None,
     strict: Strict = False,
+    allow_data_loss: AllowDataLoss = False,
     topic: Topic = None,
     bootstrap_servers: Bootstrap = None,
     delta_uri: DeltaUri = None,
@@ -237,7 +245,8 @@ def replay(
     """
     from finpulse import replay as replaying
 
-    s = settings(sinks=sink, kafka_topic=topic, kafka_bootstrap_servers=bootstrap_servers, delta_table_uri=delta_uri)
+    s = settings(sinks=sink, kafka_topic=topic, kafka_bootstrap_servers=bootstrap_servers, delta_table_uri=delta_uri,
+                 allow_data_loss=allow_data_loss or None)
     spans = _spans(s, partition, from_offset, to_offset, from_timestamp, to_timestamp, format, start_required=True)
     total = sum(sp.size for sp in spans)
     if dry_run:
@@ -300,6 +309,9 @@ def status(
         for row in [*data["partitions"], {"partition": "total", **data["totals"]}]:
             t.add_row(*(str(row[k]) if k == "partition" else num(row.get(k)) for k in keys))
         _print_table(t)
+        for g in data["gaps"]:
+            out.print(f"gap accepted with --allow-data-loss: partition {g['partition']} offsets "
+                      f"{g['from_offset']:,} up to {g['to_offset']:,} ({g['reason']})", highlight=False)
     if st.errors:  # shown above as far as possible; each reason on stderr, the first sets the exit code
         first, *others = st.errors.values()
         for exc in others:
@@ -360,6 +372,9 @@ def _print_verdict(s: Settings, verdict) -> None:
         t.add_row(str(c.partition), f"{c.start}-{c.end}", f"{c.messages:,}", f"{c.ticks:,}", f"{c.rejects:,}",
                   *(f"{c.rows[n]:,}" for n in names), *([f"{c.rejected:,}"] if "postgres" in names else []))
     _print_table(t)
+    for p, start, end, reason in verdict.gaps:
+        out.print(f"gap accepted with --allow-data-loss: partition {p} offsets {start:,} up to {end:,} ({reason}); "
+                  "those messages were never ingested", highlight=False)
     for name, check in verdict.sinks.items():
         n = check.counts
         pending = f" ({check.pending:,} at or above the sink's position: not ingested yet)" if check.pending else ""

@@ -6,7 +6,9 @@
     │                             the worker loop waits and retries, the CLI says what to start
     ├── SinkRejected              a sink refused our rows for a reason that will not heal
     │                             (credentials, permissions, a table whose schema cannot take them)
-    └── WorkerFailed              a worker process ended with an error; the supervisor reports it
+    ├── WorkerFailed              a worker process ended with an error; the supervisor reports it
+    └── DataLoss                  a sink's position lies outside what the topic holds (a recreated
+                                  topic, or retention deleted messages never ingested); exit code 6
 
 All of them pickle by their arguments, so a worker can send one to its parent unchanged.
 Anything else that escapes is a bug and should crash loudly.
@@ -46,6 +48,13 @@ class WorkerFailed(FinpulseError):
     """A worker process died with an error the supervisor could not heal by restarting it."""
 
     exit_code = 5
+
+
+class DataLoss(FinpulseError):
+    """Messages a sink never ingested are gone from the topic, or the topic is not the one the
+    sink's positions belong to. Stops ingest and replay unless --allow-data-loss is given."""
+
+    exit_code = 6
 
 
 def first_line(exc: BaseException) -> str:

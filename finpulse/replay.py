@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from finpulse import source
+from finpulse import resume, source
 from finpulse.batch import Accumulator, Offsets, TickBatch
 from finpulse.config import Settings
 from finpulse.errors import ConfigError, ServiceUnavailable, first_line
@@ -141,8 +141,11 @@ def run(settings: Settings, spans: list[Span], feed: str | None = None, strict: 
     """Replay `spans` into the sinks `settings.sinks` names, creating their tables if absent."""
     prepare_sinks(settings)
     decoder = Decoder(settings.max_message_bytes, feed=feed, strict=strict)
-    sinks: list[Sink] = open_sinks(settings)
+    topic_id = source.topic_id(settings)
+    sinks: list[Sink] = open_sinks(settings, topic_id)
     try:
+        marks = source.watermarks(settings, [s.partition for s in spans])
+        resume.settle(settings.kafka_topic, sinks, marks, topic_id, settings.allow_data_loss)
         with source.RangeReader(settings) as reader, Meter("replaying", sum(s.size for s in spans), console) as meter:
             return replay(spans, sinks, reader, decoder, meter)
     finally:

@@ -35,6 +35,7 @@ DELTA = TICKS.append(pa.field(DELTA_PARTITION, pa.date32(), nullable=False))
 PRICES_TABLE = "prices_raw"
 OFFSETS_TABLE = "finpulse_offsets"
 REJECTS_TABLE = "prices_rejected"
+GAPS_TABLE = "finpulse_gaps"
 
 _PG_TYPES = {
     pa.string(): "text",
@@ -71,6 +72,19 @@ PG_DDL = [
     next_offset bigint NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (topic, kafka_partition)
+)""",
+    # Kafka's id of the topic the position belongs to: a recreated topic has a new one.
+    f"ALTER TABLE {OFFSETS_TABLE} ADD COLUMN IF NOT EXISTS topic_id text",
+    # Offsets that were never ingested and never will be, accepted with --allow-data-loss.
+    f"""CREATE TABLE IF NOT EXISTS {GAPS_TABLE} (
+    topic text NOT NULL,
+    kafka_partition integer NOT NULL,
+    from_offset bigint NOT NULL,
+    to_offset bigint NOT NULL,
+    reason text NOT NULL,
+    topic_id text,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (topic, kafka_partition, from_offset, to_offset)
 )""",
     # Messages (or single trades of a frame) that yielded no valid tick, with the bytes as read.
     f"""CREATE TABLE IF NOT EXISTS {REJECTS_TABLE} (

@@ -32,11 +32,12 @@ def admin(settings: Settings) -> AdminClient:
     return AdminClient(_base(settings))
 
 
-def partitions(settings: Settings, topic: str | None = None) -> list[int]:
-    """Partition ids of the topic; ServiceUnavailable when the broker does not answer."""
+def partitions(settings: Settings, topic: str | None = None, timeout: float = METADATA_TIMEOUT_S) -> list[int]:
+    """Partition ids of the topic; ServiceUnavailable when the broker does not answer within
+    `timeout` seconds."""
     topic = topic or settings.kafka_topic
     try:
-        md = admin(settings).list_topics(topic=topic, timeout=METADATA_TIMEOUT_S)
+        md = admin(settings).list_topics(topic=topic, timeout=timeout)
     except KafkaException as exc:
         raise ServiceUnavailable(
             f"Kafka at {settings.kafka_bootstrap_servers} did not answer: {exc.args[0].str()}; "
@@ -49,6 +50,24 @@ def partitions(settings: Settings, topic: str | None = None) -> list[int]:
         raise ConfigError(f"topic {topic!r} does not exist on {settings.kafka_bootstrap_servers}: "
                           "run `finpulse init` (or set KAFKA_TOPIC)")
     return sorted(meta.partitions)
+
+
+def topic_id(settings: Settings) -> str | None:
+    """Kafka's id of the topic (a recreated topic gets a new one); None when the broker does not
+    report ids (before Kafka 2.8)."""
+    from confluent_kafka import TopicCollection
+
+    client = admin(settings)  # keep a reference: the futures die with their client
+    try:
+        futures = client.describe_topics(TopicCollection([settings.kafka_topic]), request_timeout=METADATA_TIMEOUT_S)
+        described = futures[settings.kafka_topic].result(timeout=METADATA_TIMEOUT_S)
+    except KafkaException as exc:
+        if exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            raise ConfigError(f"topic {settings.kafka_topic!r} does not exist on {settings.kafka_bootstrap_servers}: "
+                              "run `finpulse init` (or set KAFKA_TOPIC)") from None
+        raise ServiceUnavailable(f"Kafka could not describe topic {settings.kafka_topic}: {exc.args[0].str()}") from None
+    tid = str(described.topic_id) if described.topic_id is not None else ""
+    return tid if tid and tid != "AAAAAAAAAAAAAAAAAAAAAA" else None  # the all-zero id means "unknown"
 
 
 def create_topic(settings: Settings, num_partitions: int) -> bool:
@@ -93,7 +112,13 @@ def consumer(settings: Settings, on_assign: Callable, on_revoke: Callable, on_lo
             "group.id": settings.kafka_group_id,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
+            # Positions come from the sinks, and resume.settle checks them against the watermarks at
+            # every assignment. A position that falls below the low watermark while we read (retention
+            # outran us) must not be skipped silently: librdkafka reports it as an error instead.
+            "auto.offset.reset": "error",
+            # End-of-partition events tell the worker where a partition ends even when its last
+            # offsets hold no message (transaction markers), so the sinks' positions reach it.
+            "enable.partition.eof": True,
             "session.timeout.ms": SESSION_TIMEOUT_MS,
             "heartbeat.interval.ms": SESSION_TIMEOUT_MS // 3,
             "queued.max.messages.kbytes": PREFETCH_KBYTES,
@@ -225,4 +250,4 @@ class RangeReader:
 
 
 __all__ = ["OFFSET_BEGINNING", "RangeReader", "TopicPartition", "admin", "committed", "consumer", "create_topic",
-           "offsets_for_time", "partitions", "watermarks"]
+           "offsets_for_time", "partitions", "topic_id", "watermarks"]

@@ -47,6 +47,7 @@ class Status:
     delta: dict[str, object]  # uri, version, files, bytes (None when unreadable)
     postgres: dict[str, object]  # server (no password), schema
     errors: dict[str, FinpulseError] = field(default_factory=dict)  # what could not be read
+    gaps: list[tuple[int, int, int, str]] = field(default_factory=list)  # accepted with --allow-data-loss
 
     def as_json(self) -> dict:
         parts = []
@@ -64,6 +65,7 @@ class Status:
             totals[key] = None if None in values else sum(values)  # type: ignore[arg-type]
         return {"topic": self.topic, "group_id": self.group_id, "partitions": parts, "totals": totals,
                 "delta": self.delta, "postgres": self.postgres,
+                "gaps": [{"partition": p, "from_offset": a, "to_offset": b, "reason": r} for p, a, b, r in self.gaps],
                 "errors": {sink: str(exc) for sink, exc in self.errors.items()}}
 
 
@@ -74,6 +76,7 @@ def collect(settings: Settings) -> Status:
     committed = source.committed(settings, parts)
     errors: dict[str, FinpulseError] = {}
     positions: dict[str, dict[int, int]] = {}
+    gaps: list[tuple[int, int, int, str]] = []
     for name, open_sink in (
         ("postgres", lambda: PostgresSink(settings.postgres_conninfo(), settings.kafka_topic)),
         ("delta", lambda: DeltaSink(settings.delta_uri, settings.delta_storage_options, settings.kafka_topic)),
@@ -82,6 +85,8 @@ def collect(settings: Settings) -> Status:
             sink = open_sink()
             try:
                 positions[name] = sink.positions(parts)
+                if name == "postgres":
+                    gaps = sink.gaps()
             finally:
                 sink.close()
         except (ServiceUnavailable, SinkRejected) as exc:
@@ -93,7 +98,7 @@ def collect(settings: Settings) -> Status:
         [PartitionStatus(p, low, high, committed.get(p), {s: positions[s].get(p) for s in SINKS},
                          None if rejected is None else rejected.get(p, 0))
          for p, (low, high) in sorted(marks.items())],
-        delta, {"server": settings.postgres_display(), "schema": settings.postgres_schema}, errors)
+        delta, {"server": settings.postgres_display(), "schema": settings.postgres_schema}, errors, gaps)
 
 
 def _rejected(settings: Settings, errors: dict[str, FinpulseError]) -> dict[int, int] | None:

@@ -9,11 +9,15 @@ import os
 import queue
 import signal
 import time
+from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
+from confluent_kafka import KafkaException
 from rich.console import Console
 
-from finpulse import deadletter, source
+from finpulse import deadletter, resume, source
+from finpulse.backoff import Backoff
 from finpulse.config import Settings
 from finpulse.errors import FinpulseError, ServiceUnavailable, WorkerFailed
 from finpulse.progress import Progress, Totals
@@ -28,6 +32,18 @@ RESTART_MAX_S = 30.0
 HEALTHY_AFTER_S = 60.0  # a worker that ran this long starts its backoff afresh when it dies
 STOP_TIMEOUT_S = 45.0  # after SIGTERM a worker gets this long (its own grace is 30 s) before SIGKILL
 DRAIN_CHECK_S = 1.0  # how often --drain asks the sinks whether they hold everything yet
+# Restart budget: more than RESTART_BUDGET crashes within any RESTART_WINDOW_S stops the run.
+# A worker that crashes at once every time is restarted after 1, 2, 4, 8, 16, then every 30 s,
+# so it spends the budget in about 9 minutes and the run ends with its error; crashes older
+# than the window no longer count, so a run that has a crash now and then lives for ever.
+RESTART_BUDGET = 20
+RESTART_WINDOW_S = 600.0
+# Kafka unreachable at start: retry after 0.5 s, doubling to 10 s, as sinks do when they are down.
+KAFKA_WAIT_FIRST_S = 0.5
+KAFKA_WAIT_MAX_S = 10.0
+# One metadata request while waiting: a running broker answers in milliseconds; short enough
+# that the first progress line and a Ctrl+C / SIGTERM come within a couple of seconds.
+KAFKA_PROBE_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -47,9 +63,14 @@ def run(settings: Settings, workers: int | None = None, drain: bool = False, fee
         strict: bool = False, console: Console | None = None) -> Summary:
     """Run the workers until stopped (or drained). Progress goes to `console` when it is a
     terminal, to the log otherwise."""
-    parts = source.partitions(settings)
+    parts = wait_for_kafka(settings)
+    if parts is None:  # stopped before Kafka answered: nothing started, nothing to flush
+        return Summary(Totals(), 0, 0)
     prepare(settings)
-    targets = {p: high for p, (_, high) in source.watermarks(settings, parts).items()} if drain else None
+    topic_id = source.topic_id(settings)
+    marks = source.watermarks(settings, parts)
+    _settle(settings, marks, topic_id)  # a recreated topic or a retention gap: DataLoss, or recorded
+    targets = {p: high for p, (_, high) in marks.items()} if drain else None
     n = workers or settings.workers or len(parts)
     ctx = mp.get_context("spawn")
     events, logs = ctx.Queue(), ctx.Queue()
@@ -63,10 +84,11 @@ def run(settings: Settings, workers: int | None = None, drain: bool = False, fee
     due: dict[int, float] = {}  # worker -> when to restart it
     done: set[int] = set()
     fatal: list[FinpulseError] = []
+    budget = RestartBudget()
     stopping = False
 
     def spawn(i: int) -> None:
-        spec = WorkerSpec(i, settings, os.getpid(), feed=feed, strict=strict)
+        spec = WorkerSpec(i, settings, os.getpid(), feed=feed, strict=strict, topic_id=topic_id)
         p = ctx.Process(target=worker_main, args=(spec, events, logs), name=f"finpulse-worker-{i}", daemon=False)
         p.start()
         procs[i], started[i] = p, time.monotonic()
@@ -107,6 +129,14 @@ def run(settings: Settings, workers: int | None = None, drain: bool = False, fee
                     if p.exitcode == 0 or stopping:
                         done.add(i)
                         continue
+                    # An outage (exit code of ServiceUnavailable) heals by waiting; anything else
+                    # spends the restart budget.
+                    if p.exitcode != ServiceUnavailable.exit_code and not budget.spend():
+                        fatal.append(WorkerFailed(
+                            f"worker {i} keeps crashing: {budget.recent} crashes within "
+                            f"{budget.window_s / 60:.0f} minutes (last exit code {p.exitcode}); last error above"))
+                        done.add(i)
+                        continue
                     ran = now - started[i]
                     backoff[i] = RESTART_FIRST_S if ran > HEALTHY_AFTER_S else min(
                         backoff.get(i, RESTART_FIRST_S / 2) * 2, RESTART_MAX_S)
@@ -138,6 +168,72 @@ def run(settings: Settings, workers: int | None = None, drain: bool = False, fee
     if fatal:
         raise fatal[0]
     return Summary(totals, n, len(parts))
+
+
+class RestartBudget:
+    """At most `limit` worker crashes within any `window_s` seconds (a sliding window): crashes
+    older than the window are forgotten, so only a worker that keeps crashing ends the run."""
+
+    def __init__(self, limit: int = RESTART_BUDGET, window_s: float = RESTART_WINDOW_S,
+                 clock: Callable[[], float] = time.monotonic):
+        self.limit, self.window_s, self.clock = limit, window_s, clock
+        self._crashes: deque[float] = deque()
+
+    def spend(self) -> bool:
+        """Count one crash now; False once more than `limit` fall within the window."""
+        now = self.clock()
+        self._crashes.append(now)
+        while self._crashes[0] <= now - self.window_s:
+            self._crashes.popleft()
+        return len(self._crashes) <= self.limit
+
+    @property
+    def recent(self) -> int:
+        """Crashes within the window, as of the last spend()."""
+        return len(self._crashes)
+
+
+def wait_for_kafka(settings: Settings) -> list[int] | None:
+    """The topic's partitions, waiting with backoff while Kafka does not answer; None when
+    Ctrl+C / SIGTERM comes first. A missing topic (ConfigError) is raised at once."""
+    stop: list[int] = []
+    old = {sig: signal.signal(sig, lambda signum, _frame: stop.append(signum))
+           for sig in (signal.SIGINT, signal.SIGTERM)}
+    backoff = Backoff(KAFKA_WAIT_FIRST_S, KAFKA_WAIT_MAX_S)
+    try:
+        while not stop:
+            try:
+                return source.partitions(settings, timeout=KAFKA_PROBE_TIMEOUT_S)
+            except ServiceUnavailable as exc:
+                if stop:
+                    break
+                delay = backoff.next_delay()
+                log.warning("Kafka at %s not reachable yet (%s); retrying in %g s — is the broker running?",
+                            settings.kafka_bootstrap_servers, _kafka_reason(exc), delay)
+                deadline = time.monotonic() + delay
+                while not stop and time.monotonic() < deadline:  # short sleeps: a signal ends the wait
+                    time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    log.info("stopped while waiting for Kafka at %s; nothing was ingested", settings.kafka_bootstrap_servers)
+    return None
+
+
+def _kafka_reason(exc: ServiceUnavailable) -> str:
+    """librdkafka's own words when the metadata request failed, else the whole message."""
+    cause = exc.__cause__ or exc.__context__
+    return cause.args[0].str() if isinstance(cause, KafkaException) else str(exc)
+
+
+def _settle(settings: Settings, marks: resume.Marks, topic_id: str | None) -> None:
+    """Every chosen sink's positions held against the topic before any worker starts."""
+    sinks = open_sinks(settings, topic_id)
+    try:
+        resume.settle(settings.kafka_topic, sinks, marks, topic_id, settings.allow_data_loss)
+    finally:
+        for sink in sinks:
+            sink.close()
 
 
 class _DrainCheck:
@@ -178,10 +274,8 @@ def _pump(events, totals: Totals, fatal: list[FinpulseError]) -> None:
             totals.add(worker, pid, payload)
         elif kind == "error" and not isinstance(payload, ServiceUnavailable):
             fatal.append(payload)
-        elif kind == "crash":
+        elif kind == "crash":  # the restart budget (RestartBudget) decides when crashes are fatal
             log.error("worker %d (pid %d) crashed:\n%s", worker, pid, payload)
-            if totals.restarts > 20:
-                fatal.append(WorkerFailed(f"worker {worker} keeps crashing; last error above"))
 
 
 def _reap(procs: dict[int, mp.Process], done: set[int]) -> None:

@@ -81,6 +81,7 @@ class PartitionCount:
 class Verdict:
     partitions: list[PartitionCount]
     sinks: dict[str, SinkCheck]
+    gaps: list[tuple[int, int, int, str]] = field(default_factory=list)  # accepted data loss (PostgreSQL's record)
 
     @property
     def exact(self) -> bool:
@@ -185,7 +186,17 @@ def verify(settings: Settings, spans: list[Span], sink_names: tuple[str, ...], d
     finally:
         if pg is not None:
             pg.close()
-    return Verdict(counts, checks)
+    return Verdict(counts, checks, _gaps(settings) if "postgres" in sink_names else [])
+
+
+def _gaps(settings: Settings) -> list[tuple[int, int, int, str]]:
+    from finpulse.sinks.postgres import PostgresSink
+
+    sink = PostgresSink(settings.postgres_conninfo(), settings.kafka_topic)
+    try:
+        return sink.gaps()
+    finally:
+        sink.close()
 
 
 def _topic_keys(reader: source.RangeReader, decoder: Decoder, partition: int, lo: int, hi: int,

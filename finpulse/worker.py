@@ -17,9 +17,9 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
-from finpulse import source
+from finpulse import resume, source
 from finpulse.batch import Accumulator, Offsets
 from finpulse.config import Settings
 from finpulse.deadletter import DeadLetters
@@ -45,6 +45,7 @@ class WorkerSpec:
     parent_pid: int
     feed: str | None = None
     strict: bool = False
+    topic_id: str | None = None  # Kafka's id of the topic, stored with every position
 
 
 def main(spec: WorkerSpec, events, logs) -> None:
@@ -84,9 +85,8 @@ class Worker:
         self.settings = s
         self.stop = threading.Event()
         self.decoder = Decoder(s.max_message_bytes, feed=spec.feed, strict=spec.strict)
-        self.lanes = [Lane(sink) for sink in open_sinks(s)]
-        self.dead_letters = (DeadLetters(s.kafka_bootstrap_servers, s.dlq_topic, s.kafka_topic)
-                             if s.dlq_topic else None)
+        self.lanes = [Lane(sink) for sink in open_sinks(s, spec.topic_id)]
+        self.dead_letters = DeadLetters(s) if s.dlq_topic else None
         self.acc = Accumulator()
         self.assigned: set[int] = set()
         self.consumed: Offsets = {}  # next offset per assigned partition, as read
@@ -100,9 +100,13 @@ class Worker:
     # ------------------------------------------------------------------ rebalance callbacks
     def _on_assign(self, consumer, tps: list[TopicPartition]) -> None:
         parts = [tp.partition for tp in tps]
+        marks = self._settle(parts)
         starts = self._start_positions(parts)
         for tp in tps:
-            tp.offset = starts.get(tp.partition, OFFSET_BEGINNING)
+            start = starts.get(tp.partition, OFFSET_BEGINNING)
+            # Past the end: a recreated topic whose gap was accepted. Read it from its start; each
+            # sink's guard skips what lies below its position.
+            tp.offset = OFFSET_BEGINNING if start != OFFSET_BEGINNING and start > marks[tp.partition][1] else start
         consumer.assign(tps)
         # librdkafka keeps a partition's pause across assignments: one paused for backpressure
         # before this rebalance would stay paused for good. Backpressure pauses again if needed.
@@ -124,6 +128,26 @@ class Worker:
     def _on_lost(self, consumer, tps: list[TopicPartition]) -> None:
         self.acc.drop(tp.partition for tp in tps)  # another member owns them now
         self.assigned = set()
+
+    def _settle(self, parts: list[int]) -> dict[int, tuple[int, int]]:
+        """Hold the sinks' positions against the partitions as they are now (resume.settle): a
+        recreated topic or a retention gap raises DataLoss unless --allow-data-loss."""
+        topic = self.settings.kafka_topic
+        delay = 0.5
+        while True:
+            try:
+                marks = {p: self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                         for p in parts}
+                resume.settle(topic, [lane.sink for lane in self.lanes], marks, self.spec.topic_id,
+                              self.settings.allow_data_loss)
+                return marks
+            except (ServiceUnavailable, KafkaException) as exc:
+                if self.stop.is_set():
+                    raise ServiceUnavailable(f"stopping while checking positions: {exc}") from None
+                log.warning("cannot check sink positions against the topic yet (%s); retrying in %.1fs",
+                            exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     def _start_positions(self, parts: list[int]) -> Offsets:
         """Lowest position any sink holds per partition; absent = a sink holds nothing: earliest."""
@@ -182,11 +206,37 @@ class Worker:
             err = m.error()
             if err is None:
                 good.append(m)
-            elif err.code() != KafkaError._PARTITION_EOF:
+            elif err.code() == KafkaError._AUTO_OFFSET_RESET:
+                self._on_reset(m.partition(), err.str())
+            elif err.code() == KafkaError._PARTITION_EOF:
+                self._at_end(m.partition(), m.offset())
+            else:
                 if err.fatal():
                     raise ServiceUnavailable(f"Kafka consumer failed: {err.str()}")
                 log.warning("Kafka: %s", err.str())
         return good
+
+    def _at_end(self, partition: int, end: int) -> None:
+        """The consumer reached the end of a partition at offset `end`. Offsets it passed without a
+        message (transaction markers, aborted records, or a partition retention emptied) are done:
+        hand them to the sinks as positions, so `--drain` and lag see the partition as complete."""
+        if partition in self.assigned and end > self.consumed.get(partition, -1):
+            self.acc.advance(partition, end)
+            self.consumed[partition] = end
+
+    def _on_reset(self, partition: int, why: str) -> None:
+        """Retention deleted messages of an assigned partition before we read them: hold the sinks
+        against the topic again (DataLoss, or the gap recorded), then seek where they now start."""
+        log.warning("partition %d: Kafka cannot serve the next offset (%s); checking for data loss", partition, why)
+        self._flush()
+        for lane in self.lanes:
+            lane.wait_idle(STOP_GRACE_S)
+        self._raise_lane_failure()
+        parts = sorted(self.assigned)
+        self._settle(parts)
+        starts = self._start_positions(parts)
+        for p in parts:
+            self.consumer.seek(TopicPartition(self.settings.kafka_topic, p, starts.get(p, OFFSET_BEGINNING)))
 
     def _decode(self, records) -> None:
         msgs = Messages.from_kafka(records)
@@ -210,18 +260,22 @@ class Worker:
         if self.dead_letters is not None and batch.rejects:
             self.dead_letters.send(batch.rejects)
 
-    def _inflight(self) -> int:
-        return self.acc.size + max(lane.waiting for lane in self.lanes)
+    def _inflight(self) -> tuple[int, int]:
+        """Ticks and rejects, and their estimated bytes, not yet durable in the slowest sink."""
+        return (self.acc.size + max(lane.waiting for lane in self.lanes),
+                self.acc.nbytes + max(lane.waiting_bytes for lane in self.lanes))
 
     def _backpressure(self) -> None:
-        """Pause fetching while too much is waiting for the sinks; resume at half."""
-        limit = self.settings.max_inflight_ticks
-        inflight = self._inflight()
-        if not self.paused and inflight >= limit and self.assigned:
+        """Pause fetching when the ticks or the bytes waiting for the sinks reach their limit;
+        resume once both are below half of theirs."""
+        limit, byte_limit = self.settings.max_inflight_ticks, self.settings.max_inflight_bytes
+        inflight, nbytes = self._inflight()
+        if not self.paused and (inflight >= limit or nbytes >= byte_limit) and self.assigned:
             self.consumer.pause([TopicPartition(self.settings.kafka_topic, p) for p in self.assigned])
             self.paused = True
-            log.debug("backpressure: %d ticks waiting for the sinks; pausing consumption", inflight)
-        elif self.paused and inflight < limit // 2:
+            log.debug("backpressure: %d ticks (%d bytes) waiting for the sinks; pausing consumption",
+                      inflight, nbytes)
+        elif self.paused and inflight < limit // 2 and nbytes < byte_limit // 2:
             self.consumer.resume([TopicPartition(self.settings.kafka_topic, p) for p in self.assigned])
             self.paused = False
             log.debug("backpressure released; resuming consumption")

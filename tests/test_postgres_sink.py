@@ -35,7 +35,7 @@ def test_the_offsets_upsert_never_lowers_a_position(isolated):
     try:
         assert sink.write(span(0, 0, 10)) == {0: 10}
         with psycopg.connect(isolated.postgres_conninfo()) as conn:
-            conn.execute(_ADVANCE, (isolated.kafka_topic, [0], [3]))
+            conn.execute(_ADVANCE, (isolated.kafka_topic, None, [0], [3]))
         assert sink.positions([0]) == {0: 10}
     finally:
         sink.close()

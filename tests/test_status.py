@@ -27,7 +27,8 @@ def test_status_json_before_and_after_a_drain(isolated):
     marks = source.watermarks(isolated)
 
     _, before = status(env)
-    assert set(before) == {"topic", "group_id", "partitions", "totals", "delta", "postgres", "errors"}
+    assert set(before) == {"topic", "group_id", "partitions", "totals", "delta", "postgres", "errors", "gaps"}
+    assert before["gaps"] == []
     assert before["topic"] == isolated.kafka_topic and before["group_id"] == isolated.kafka_group_id
     assert before["errors"] == {}
     assert [p["partition"] for p in before["partitions"]] == sorted(marks)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -75,3 +77,56 @@ def test_killing_the_supervisor_outright_leaves_no_orphans(isolated):
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=10)
     wait_for(lambda: not any(alive(w) for w in workers), timeout=15, what="the workers to exit")
+
+
+class Output:
+    """Collects a subprocess's stdout on a thread, so a test can wait for a line without blocking."""
+
+    def __init__(self, proc):
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=lambda: self.lines.extend(proc.stdout), daemon=True)
+        self._thread.start()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, needle: str, timeout: float) -> None:
+        wait_for(lambda: needle in self.text, timeout=timeout, what=f"{needle!r} in the output")
+
+    def finish(self, proc, timeout: float = 10) -> str:
+        self._thread.join(timeout)
+        proc.stdout.close()
+        return self.text
+
+
+def test_ingest_waits_for_an_unreachable_kafka_and_stops_promptly_on_sigterm(base_settings):
+    with socket.socket() as hole:  # bound but never listening: every connection to it is refused
+        hole.bind(("127.0.0.1", 0))
+        where = f"127.0.0.1:{hole.getsockname()[1]}"
+        proc = start_ingest(env_for(base_settings, KAFKA_BOOTSTRAP_SERVERS=where), "--drain")
+        out = Output(proc)
+        try:
+            out.wait_for("retrying in 1 s", timeout=20)  # the second attempt: it keeps waiting
+            assert proc.poll() is None, out.text
+            assert children(proc.pid) == [], "no worker starts before Kafka answers"
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=15)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+    text = out.finish(proc)
+    assert f"Kafka at {where} not reachable yet (" in text
+    assert "retrying in 0.5 s — is the broker running?" in text
+    assert "stopped while waiting for Kafka" in text
+    assert proc.returncode == 0, text
+    assert "Traceback" not in text
+
+
+def test_ingest_of_a_missing_topic_still_stops_at_once(kafka):
+    proc = finpulse("ingest", "--drain", "--topic", "finpulse-no-such-topic", env=env_for(kafka), check=False,
+                    timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "'finpulse-no-such-topic' does not exist" in proc.stderr
+    assert "not reachable yet" not in proc.stdout + proc.stderr

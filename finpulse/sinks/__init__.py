@@ -6,16 +6,17 @@ from finpulse.config import Settings
 from finpulse.sinks.base import Sink
 
 
-def open_sinks(settings: Settings) -> list[Sink]:
-    """The sinks `settings.sinks` names, PostgreSQL first."""
+def open_sinks(settings: Settings, topic_id: str | None = None) -> list[Sink]:
+    """The sinks `settings.sinks` names, PostgreSQL first. `topic_id`: Kafka's id of the topic,
+    stored with every position they write (None: keep what is stored)."""
     from finpulse.sinks.delta import DeltaSink
     from finpulse.sinks.postgres import PostgresSink
 
     sinks: list[Sink] = []
     if "postgres" in settings.sink_names:
-        sinks.append(PostgresSink(settings.postgres_conninfo(), settings.kafka_topic))
+        sinks.append(PostgresSink(settings.postgres_conninfo(), settings.kafka_topic, topic_id))
     if "delta" in settings.sink_names:
-        sinks.append(DeltaSink(settings.delta_uri, settings.delta_storage_options, settings.kafka_topic))
+        sinks.append(DeltaSink(settings.delta_uri, settings.delta_storage_options, settings.kafka_topic, topic_id))
     return sinks
 
 

@@ -17,6 +17,14 @@ class Filled(NamedTuple):
 
 class Sink(Protocol):
     name: str
+    topic_id: str | None  # Kafka's id of the topic; stored with every position this sink writes
+
+    def topic_keys(self, partitions: Iterable[int]) -> dict[int, int]:
+        """Fingerprint (resume.fingerprint) of the topic id stored with each partition's position."""
+
+    def accept_gaps(self, gaps: list, topic_id: str | None) -> None:
+        """Record `gaps` (resume.Gap) and move each partition's position to its gap's target,
+        never lower, in one atomic step, storing `topic_id` with the positions."""
 
     def positions(self, partitions: Iterable[int]) -> Offsets:
         """Next offset to read for each partition the sink holds anything of (absent: nothing)."""

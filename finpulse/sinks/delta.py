@@ -75,11 +75,16 @@ def with_partition_column(ticks: pa.Table) -> pa.Table:
 _MERGE_ON = " AND ".join(f"t.{c} = s.{c}" for c in (*LINEAGE, DELTA_PARTITION))
 
 
+def topic_app_id(topic: str) -> str:
+    """The `txn` application id whose version is the fingerprint of the topic's Kafka id."""
+    return f"finpulse:{topic}:topic-id"
+
+
 class DeltaSink:
     name = "delta"
 
-    def __init__(self, uri: str, storage_options: dict[str, str], topic: str):
-        self.uri, self.storage_options, self.topic = uri, storage_options, topic
+    def __init__(self, uri: str, storage_options: dict[str, str], topic: str, topic_id: str | None = None):
+        self.uri, self.storage_options, self.topic, self.topic_id = uri, storage_options, topic, topic_id
         self._table: DeltaTable | None = None
 
     def _latest(self) -> DeltaTable:
@@ -106,6 +111,31 @@ class DeltaSink:
                 held[p] = version
         return held
 
+    def topic_keys(self, partitions: Iterable[int]) -> dict[int, int]:
+        stored = self._latest().transaction_version(topic_app_id(self.topic))
+        return {} if stored is None else {p: stored for p in partitions}
+
+    def _id_txn(self, topic_id: str | None) -> list[Transaction]:
+        from finpulse.resume import fingerprint
+
+        return [Transaction(topic_app_id(self.topic), fingerprint(topic_id))] if topic_id else []
+
+    def accept_gaps(self, gaps: list, topic_id: str | None) -> None:
+        import json
+
+        table = self._latest()
+        held = self._held(table, {g.partition for g in gaps})
+        txns = [Transaction(app_id(self.topic, g.partition), max(g.target, held.get(g.partition, 0))) for g in gaps]
+        record = [{"partition": g.partition, "from": g.start, "to": g.end, "reason": g.reason} for g in gaps]
+        commit = CommitProperties(app_transactions=txns + self._id_txn(topic_id), max_commit_retries=MAX_COMMIT_RETRIES,
+                                  custom_metadata={"finpulse.gaps": json.dumps(record)})
+        try:
+            table.create_write_transaction([], mode="append", schema=DELTA, partition_by=[DELTA_PARTITION],
+                                           commit_properties=commit)
+        except (DeltaError, OSError) as exc:
+            self._table = None
+            raise ServiceUnavailable(f"Delta commit of a gap record to {self.uri} failed: {exc}") from None
+
     def write(self, batch: TickBatch) -> Offsets:
         table = self._latest()  # one log refresh serves the guard and the commit's read version
         held = self._held(table, batch.next_offsets)
@@ -113,7 +143,8 @@ class DeltaSink:
         if todo.empty:
             return held
         commit = CommitProperties(
-            app_transactions=[Transaction(app_id(self.topic, p), n) for p, n in todo.next_offsets.items()],
+            app_transactions=[Transaction(app_id(self.topic, p), n) for p, n in todo.next_offsets.items()]
+            + self._id_txn(self.topic_id),
             max_commit_retries=MAX_COMMIT_RETRIES,
         )
         try:

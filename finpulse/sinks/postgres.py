@@ -14,7 +14,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from finpulse.batch import Offsets, TickBatch
 from finpulse.errors import ServiceUnavailable, SinkRejected, first_line
 from finpulse.normalize import Reject, clean_reason
-from finpulse.schema import OFFSETS_TABLE, PG_DDL, PG_INDEXES, PRICES_TABLE, REJECTS_TABLE, TICKS, pg_type
+from finpulse.schema import GAPS_TABLE, OFFSETS_TABLE, PG_DDL, PG_INDEXES, PRICES_TABLE, REJECTS_TABLE, TICKS, pg_type
 from finpulse.sinks import pgcopy
 from finpulse.sinks.base import Filled
 
@@ -32,11 +32,17 @@ _HELD = f"SELECT kafka_partition, next_offset FROM {OFFSETS_TABLE} WHERE topic =
 _LOCK = "SELECT pg_advisory_xact_lock(hashtext(%s), p) FROM unnest(%s::int[]) AS t(p) ORDER BY p"
 # GREATEST: whatever a caller passes, a position can only move forward.
 _ADVANCE = (
-    f"INSERT INTO {OFFSETS_TABLE} AS o (topic, kafka_partition, next_offset) "
-    "SELECT %s, p, n FROM unnest(%s::int[], %s::bigint[]) AS t(p, n) "
+    f"INSERT INTO {OFFSETS_TABLE} AS o (topic, kafka_partition, next_offset, topic_id) "
+    "SELECT %s, p, n, %s FROM unnest(%s::int[], %s::bigint[]) AS t(p, n) "
     "ON CONFLICT (topic, kafka_partition) DO UPDATE "
-    "SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset), updated_at = now()"
+    "SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset), "
+    "topic_id = COALESCE(EXCLUDED.topic_id, o.topic_id), updated_at = now()"
 )
+_TOPIC_IDS = (f"SELECT kafka_partition, topic_id FROM {OFFSETS_TABLE} "
+              "WHERE topic = %s AND kafka_partition = ANY(%s) AND topic_id IS NOT NULL")
+_RECORD_GAP = (f"INSERT INTO {GAPS_TABLE} (topic, kafka_partition, from_offset, to_offset, reason, topic_id) "
+               "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING")
+_GAPS = f"SELECT kafka_partition, from_offset, to_offset, reason FROM {GAPS_TABLE} WHERE topic = %s ORDER BY 1, 2"
 
 # SQLSTATE classes that heal by themselves: connection trouble (08), the server shutting down or
 # starting (57P), too many connections / out of resources (53), and conflicts with another writer
@@ -130,8 +136,8 @@ _FILL_REJECTS = _fill_sql(REJECTS_TABLE, _STAGE_REJECTS, _REJECT_COLUMNS)
 class PostgresSink:
     name = "postgres"
 
-    def __init__(self, conninfo: str, topic: str):
-        self.topic = topic
+    def __init__(self, conninfo: str, topic: str, topic_id: str | None = None):
+        self.topic, self.topic_id = topic, topic_id
         # One connection per worker is all a sequential writer needs; the pool gives us
         # reconnection after an outage and a health check before each use.
         self.pool = ConnectionPool(
@@ -147,6 +153,38 @@ class PostgresSink:
         except (psycopg.Error, PoolTimeout) as exc:
             raise _classify(exc, "reading offsets") from None
         return {p: n for p, n in rows}
+
+    def topic_keys(self, partitions: Iterable[int]) -> dict[int, int]:
+        from finpulse.resume import fingerprint
+
+        try:
+            with self.pool.connection(timeout=10) as conn:
+                rows = conn.execute(_TOPIC_IDS, (self.topic, list(partitions))).fetchall()
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise _classify(exc, "reading topic ids") from None
+        return {p: fingerprint(t) for p, t in rows}
+
+    def accept_gaps(self, gaps: list, topic_id: str | None) -> None:
+        parts = sorted({g.partition for g in gaps})
+        try:
+            with self.pool.connection(timeout=10) as conn, conn.transaction():
+                conn.execute(_LOCK, (self.topic, parts))
+                with conn.cursor() as cur:
+                    for g in gaps:
+                        cur.execute(_RECORD_GAP, (self.topic, g.partition, g.start, g.end, g.reason, topic_id))
+                    # Positions go to the targets (GREATEST: never lower); the stored id is replaced.
+                    cur.execute(_ADVANCE.replace("COALESCE(EXCLUDED.topic_id, o.topic_id)", "EXCLUDED.topic_id"),
+                                (self.topic, topic_id, [g.partition for g in gaps], [g.target for g in gaps]))
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise _classify(exc, "recording a gap") from None
+
+    def gaps(self) -> list[tuple[int, int, int, str]]:
+        """(partition, from_offset, to_offset, reason) of every gap accepted on this topic."""
+        try:
+            with self.pool.connection(timeout=10) as conn:
+                return [tuple(r) for r in conn.execute(_GAPS, (self.topic,)).fetchall()]
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise _classify(exc, "reading gaps") from None
 
     def write(self, batch: TickBatch) -> Offsets:
         try:
@@ -185,7 +223,8 @@ class PostgresSink:
                             copy.write_row(
                                 (r.partition, r.offset, r.tick_index, r.feed, r.reason, r.raw, r.kafka_timestamp_ms)
                             )
-                cur.execute(_ADVANCE, (self.topic, list(todo.next_offsets), list(todo.next_offsets.values())))
+                cur.execute(_ADVANCE, (self.topic, self.topic_id, list(todo.next_offsets),
+                                       list(todo.next_offsets.values())))
             held.update(todo.next_offsets)
             return held
 
