@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from finpulse.normalize import Decoded, Reject
+from finpulse.records import Decoded, Reject
 from finpulse.schema import TICKS
 
 Offsets = dict[int, int]  # partition -> next offset to read (everything below it is held)

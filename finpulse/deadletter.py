@@ -14,7 +14,7 @@ from confluent_kafka import KafkaException, Producer
 
 from finpulse import source
 from finpulse.config import Settings
-from finpulse.normalize import Reject
+from finpulse.records import Reject
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from finpulse.config import Settings
 from finpulse.errors import ConfigError, ServiceUnavailable
-from finpulse.normalize import Messages
+from finpulse.records import Messages
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,8 @@ from finpulse.config import Settings
 from finpulse.deadletter import DeadLetters
 from finpulse.errors import FinpulseError, ServiceUnavailable
 from finpulse.lanes import Lane
-from finpulse.normalize import Decoder, Messages
+from finpulse.normalize import Decoder
+from finpulse.records import Messages
 from finpulse.sinks import open_sinks
 
 log = logging.getLogger("finpulse.worker")

@@ -36,7 +36,7 @@ def test_canonical_batch_takes_the_fast_path_with_exact_values():
 def test_careful_path_gives_the_same_rows_as_the_fast_path():
     values = [tick(symbol=f"s{i}", price=1 + i / 7, size=i) for i in range(50)]
     d = Decoder()
-    assert d.decode(msgs(*values)).ticks.equals(d._careful(msgs(*values), range(50)).ticks)
+    assert d.decode(msgs(*values)).ticks.equals(d.careful(msgs(*values)).ticks)
 
 
 def test_numbers_as_strings_are_parsed_exactly():
@@ -108,7 +108,7 @@ def test_decoding_depends_on_the_record_time_not_the_clock():
     value = tick(timestamp_ms=later_ms)
     d = Decoder()
     assert d.decode(msgs(value, timestamps=[later_ms])).ticks.num_rows == 1
-    assert d._careful(msgs(value, timestamps=[later_ms]), range(1)).ticks.num_rows == 1
+    assert d.careful(msgs(value, timestamps=[later_ms])).ticks.num_rows == 1
     early = d.decode(msgs(value, timestamps=[NOW_MS]))
     assert early.ticks.num_rows == 0 and "after its Kafka record time" in early.rejects[0].reason
     edge = [tick(timestamp_ms=NOW_MS + 86_400_000), tick(timestamp_ms=NOW_MS + 86_400_001)]
@@ -219,8 +219,8 @@ canonical_ticks = st.fixed_dictionaries(
 @given(st.lists(canonical_ticks, min_size=1, max_size=5))
 def test_fast_path_commits_only_to_rows_the_careful_path_writes(ticks):
     m = msgs(*[orjson.dumps(t) for t in ticks])
-    fast = Decoder()._fast_canonical(m)
-    careful = Decoder()._careful(m, range(len(ticks)))
+    fast = Decoder().fast(m)
+    careful = Decoder().careful(m)
     if fast is not None:
         assert careful.rejects == [] and careful.skipped == 0
         assert fast.ticks.equals(careful.ticks)
@@ -230,7 +230,7 @@ def test_fast_path_commits_only_to_rows_the_careful_path_writes(ticks):
 
 def test_fast_path_takes_plain_batches():
     m = msgs(tick(), tick(symbol="btc-usd", side=" Sell "), tick(exchange=...))
-    assert Decoder()._fast_canonical(m) is not None
+    assert Decoder().fast(m) is not None
 
 
 # ------------------------------------------------------------------ duplicate keys, exactly

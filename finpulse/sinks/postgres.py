@@ -13,7 +13,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from finpulse.batch import Offsets, TickBatch
 from finpulse.errors import ServiceUnavailable, SinkRejected, first_line
-from finpulse.normalize import Reject, clean_reason
+from finpulse.checks import clean_reason
+from finpulse.records import Reject
 from finpulse.schema import GAPS_TABLE, OFFSETS_TABLE, PG_DDL, PG_INDEXES, PRICES_TABLE, REJECTS_TABLE, TICKS, pg_type
 from finpulse.sinks import pgcopy
 from finpulse.sinks.base import Filled

@@ -1,0 +1,141 @@
+"""The fast path: a batch of plain canonical ticks decoded column by column.
+
+It commits only to batches whose every row the careful path (decode_careful.py) would turn into
+the same row; anything else returns None and goes the careful way, which says what is wrong.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from finpulse.checks import MAX_EXCHANGE_CHARS, MAX_SYMBOL_CHARS, MIN_TIMESTAMP_US, ceilings_us
+from finpulse.records import Decoded, Messages
+from finpulse.schema import TICKS
+
+# Control characters an ASCII string can hold: only through escapes (\n, \u0007) or a raw DEL.
+_ASCII_CONTROL = r"[\x00-\x1f\x7f]"
+_QUOTE = 0x22  # '"'
+_SIDES = pa.array(["buy", "sell"])  # what the fast path passes; "B", "ask"... go the careful way
+# Messages joined per step of the byte scan: ~100 KB of typical ticks, small enough to stay in
+# the CPU cache for the parse that follows and for the allocator to reuse one buffer.
+_SCAN_CHUNK = 1024
+
+
+def fast_canonical(msgs: Messages, max_message_bytes: int) -> Decoded | None:
+    """Whole columns at once; None when the batch is not all plain canonical ticks.
+
+    It commits only to batches whose every row the careful path would turn into the same row:
+    single canonical objects with exactly the canonical keys, JSON numbers for price, size and
+    time, printable ASCII text. Anything else (rare) goes to the careful path, which says why.
+    """
+    values = msgs.values
+    n = len(values)
+    if not n:
+        return None
+    limit = max_message_bytes
+    loads, join, count, as_octets = orjson.loads, b"".join, np.count_nonzero, np.frombuffer
+    quotes = 0  # quote bytes in the whole batch
+    may_hold_control = False  # whether a string may hold a control character
+    symbols, prices, sizes, stamps, exchanges, sides = [], [], [], [], [], []
+    try:
+        # The raw bytes are scanned a chunk at a time just before that chunk is parsed: the scan
+        # then costs next to nothing, as it brings the bytes into the cache for orjson.
+        for chunk_start in range(0, n, _SCAN_CHUNK):
+            chunk = values[chunk_start:chunk_start + _SCAN_CHUNK]
+            raw = join(chunk)  # TypeError on a tombstone (None)
+            if len(raw) > limit and max(map(len, chunk)) > limit:
+                return None
+            if not raw.isascii():  # Unicode case mapping and printability: Python's rules, careful path
+                return None
+            quotes += int(count(as_octets(raw, np.uint8) == _QUOTE))
+            # ASCII inside a JSON string is printable, save a raw DEL; an escape may spell anything.
+            may_hold_control = may_hold_control or b"\\" in raw or b"\x7f" in raw
+            for value in chunk:
+                tick = loads(value)
+                symbols.append(tick["symbol"])
+                prices.append(tick["price"])
+                sizes.append(tick["size"])
+                stamps.append(tick["timestamp_ms"])
+                exchanges.append(tick.get("exchange"))
+                sides.append(tick.get("side"))
+        symbol = pa.array(symbols, pa.string())
+        price = pa.array(prices, pa.float64())
+        size = pa.array(sizes, pa.float64())
+        stamp_ms = pa.array(stamps)  # inferred: int64 only if every time is a JSON integer
+        exchange = pa.array(exchanges, pa.string())
+        side = pa.array(sides, pa.string())
+    except Exception:  # anything unusual: let the careful path say what it is
+        return None
+    if stamp_ms.type != pa.int64() or (symbol.null_count + price.null_count + size.null_count + stamp_ms.null_count):
+        return None
+    n_exchange, n_side = n - exchange.null_count, n - side.null_count
+    # Each JSON string (key or value) is two quote bytes, plus one per \" inside it. Here the
+    # strings are 4 keys + exchange and side keys where given, and the symbol, exchange and side
+    # values: any other count means another key or string, an escaped quote, or a duplicate key
+    # orjson silently dropped (it keeps the last). The careful path tells those apart.
+    if quotes != 2 * (5 * n + 2 * n_exchange + 2 * n_side):
+        return None
+
+    p, s = price.to_numpy(), size.to_numpy()
+    # A JSON true/false arrives as a bool, which Arrow reads as 1.0/0.0: look at those rows only.
+    for column, bool_like in ((prices, p == 1.0), (sizes, (s == 1.0) | (s == 0.0))):
+        if any(type(column[i]) is bool for i in np.flatnonzero(bool_like).tolist()):
+            return None
+
+    stamps_ms = stamp_ms.to_numpy()
+    ok = (
+        np.isfinite(p) & (p > 0) & np.isfinite(s) & (s >= 0)
+        # compared in ms, before scaling, so a huge value cannot wrap around into range
+        & (stamps_ms >= MIN_TIMESTAMP_US // 1000) & (stamps_ms <= ceilings_us(msgs.timestamps) // 1000)
+    )
+    if may_hold_control and not all(pc.all(pc.string_is_ascii(col)).as_py() is not False
+                                    for col in (symbol, exchange, side)):
+        return None  # a \u escape spelled non-ASCII text: Unicode rules, the careful path
+    symbol = pc.ascii_upper(pc.ascii_trim_whitespace(symbol))
+    sym_len = pc.binary_length(symbol).to_numpy()  # ASCII: bytes are characters
+    ok &= (sym_len > 0) & (sym_len <= MAX_SYMBOL_CHARS)
+    if may_hold_control:
+        ok &= ~pc.match_substring_regex(symbol, _ASCII_CONTROL).to_numpy(zero_copy_only=False)
+    if not ok.all():
+        return None  # rare: let the careful path name each problem
+
+    if n_exchange:
+        exchange = pc.ascii_upper(pc.ascii_trim_whitespace(exchange))
+        lengths = pc.binary_length(exchange)
+        if pc.min(lengths).as_py() == 0 or pc.max(lengths).as_py() > MAX_EXCHANGE_CHARS:
+            return None  # blank (the careful path writes null) or too long (a reject)
+        if may_hold_control and pc.any(pc.match_substring_regex(exchange, _ASCII_CONTROL)).as_py():
+            return None
+    if n_side:
+        side = pc.ascii_lower(pc.ascii_trim_whitespace(side))
+        if pc.sum(pc.is_in(side, value_set=_SIDES)).as_py() != n_side:
+            return None  # spellings such as "B" or "ask": the careful path maps them
+
+    batch = pa.RecordBatch.from_arrays(
+        [
+            symbol,
+            price,
+            size,
+            stamp_ms,
+            pa.array(stamps_ms * 1000, pa.timestamp("us", tz="UTC")),
+            exchange,
+            side,
+            pa.array(np.zeros(n, dtype=bool)),
+            int_column(msgs.partitions, np.int32),
+            int_column(msgs.offsets, np.int64),
+            pa.array(np.zeros(n, dtype=np.int32)),
+        ],
+        schema=TICKS,
+    )
+    return Decoded(batch)
+
+
+def int_column(values: list[int], dtype) -> pa.Array:
+    """A Kafka partition or offset column; a batch is mostly one partition."""
+    n = len(values)
+    if n and values.count(values[0]) == n:
+        return pa.array(np.full(n, values[0], dtype))
+    return pa.array(np.fromiter(values, dtype, n))

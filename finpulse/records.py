@@ -1,0 +1,54 @@
+"""The records that cross stages: raw Kafka messages in, decoded ticks and rejects out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Messages:
+    """A batch of raw Kafka records, column by column (cheap to build from a consume() call)."""
+
+    values: list[bytes | None]
+    partitions: list[int]
+    offsets: list[int]
+    timestamps: list[int]  # Kafka record timestamp, epoch ms; -1 when the broker gave none
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def halves(self) -> tuple["Messages", "Messages"]:
+        mid = len(self.values) // 2
+        return (
+            Messages(self.values[:mid], self.partitions[:mid], self.offsets[:mid], self.timestamps[:mid]),
+            Messages(self.values[mid:], self.partitions[mid:], self.offsets[mid:], self.timestamps[mid:]),
+        )
+
+    @classmethod
+    def from_kafka(cls, records) -> "Messages":
+        return cls(
+            [m.value() for m in records],
+            [m.partition() for m in records],
+            [m.offset() for m in records],
+            [m.timestamp()[1] for m in records],
+        )
+
+
+@dataclass(frozen=True)
+class Reject:
+    partition: int
+    offset: int
+    tick_index: int  # -1: the whole message; otherwise the bad trade's position in its frame
+    feed: str  # the shape that was tried
+    reason: str
+    raw: bytes | None
+    kafka_timestamp_ms: int | None
+
+
+@dataclass
+class Decoded:
+    ticks: pa.RecordBatch
+    rejects: list[Reject] = field(default_factory=list)
+    skipped: int = 0  # non-trade events (acks, heartbeats, quotes, book updates)
