@@ -127,6 +127,15 @@ class Accumulator:
     def waited(self) -> float:
         return 0.0 if self.since is None else time.monotonic() - self.since
 
+    def due(self, batch_size: int, linger_s: float) -> bool:
+        """The flush rule: `batch_size` ticks and rejects are waiting, or the oldest message has
+        waited `linger_s` (a partial batch on a trickle; also offsets that carried no message)."""
+        return self.size >= batch_size or (bool(self.next_offsets) and self.waited() >= linger_s)
+
+    def wait_left(self, linger_s: float, idle_s: float) -> float:
+        """How long the worker may wait for more messages before the flush rule fires by time."""
+        return max(0.0, linger_s - self.waited()) if self.next_offsets else idle_s
+
     def take(self) -> TickBatch:
         table = pa.Table.from_batches(self.pieces, schema=TICKS) if self.pieces else TICKS.empty_table()
         batch = TickBatch(table, tuple(self.rejects), dict(self.next_offsets))

@@ -7,9 +7,9 @@ have are prefixed `FINPULSE_`. Every default carries a comment saying why it is 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from finpulse.errors import ConfigError
@@ -80,10 +80,9 @@ class Settings(BaseSettings):
     allow_data_loss: bool = Field(
         False, validation_alias=AliasChoices("FINPULSE_ALLOW_DATA_LOSS", "allow_data_loss")
     )
-    # Which sinks ingest writes to. Both by default: that is the product; one alone serves a
-    # back-fill or a deployment that needs only one of them.
-    sinks: Literal["all", "postgres", "delta"] = Field(
-        "all", validation_alias=AliasChoices("FINPULSE_SINKS", "sinks"))
+    # Which sinks ingest writes to: "all" (the product), or one kind of finpulse.sinks.KINDS
+    # (postgres, delta) alone, for a back-fill or a deployment that needs only one of them.
+    sinks: str = Field("all", validation_alias=AliasChoices("FINPULSE_SINKS", "sinks"))
     # One worker process per partition by default (None = the topic's partition count).
     workers: int | None = Field(None, ge=1, le=256, validation_alias=AliasChoices("FINPULSE_WORKERS", "workers"))
     # Also send every rejected message to this Kafka topic (at least once), for tools that
@@ -93,6 +92,15 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         1 << 20, ge=1024, validation_alias=AliasChoices("FINPULSE_MAX_MESSAGE_BYTES", "max_message_bytes")
     )
+
+    @field_validator("sinks")
+    @classmethod
+    def _known_sink(cls, value: str) -> str:
+        from finpulse import sinks  # the registry imports this module: look it up when validating
+
+        if value != "all" and value not in sinks.names():
+            raise ValueError(f"{value!r} is not a sink: choose all, {', '.join(sinks.names())}")
+        return value
 
     # ------------------------------------------------------------------ derived values
     def postgres_conninfo(self) -> str:
@@ -121,7 +129,9 @@ class Settings(BaseSettings):
 
     @property
     def sink_names(self) -> tuple[str, ...]:
-        return ("postgres", "delta") if self.sinks == "all" else (self.sinks,)
+        from finpulse import sinks
+
+        return sinks.names() if self.sinks == "all" else (self.sinks,)
 
     @property
     def azure_configured(self) -> bool:

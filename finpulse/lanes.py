@@ -1,9 +1,12 @@
-"""A lane feeds one sink, in order, on its own thread.
+"""A lane feeds one sink, in order, on its own thread, and is the only thread that touches it.
 
 Batches handed to a lane while it is writing pile up and go out together as the next write (group
 commit): the batch size is a trigger, and a backlog still drains in large writes. A sink that is
 down (ServiceUnavailable) is retried with backoff; nothing is dropped, and the pile-up is what
 makes the worker pause consumption. Anything else stops the lane and is re-raised by the worker.
+
+Reads the worker needs (positions on an assignment) go through the lane as well (`call`, or the
+`remote` proxy), queued behind the writes already handed over, so they see what those wrote.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any, Callable
 
+from finpulse.backoff import Backoff
 from finpulse.batch import Offsets, TickBatch
 from finpulse.errors import ServiceUnavailable
 from finpulse.sinks import Sink
@@ -22,6 +27,25 @@ log = logging.getLogger(__name__)
 # so recovery is noticed within seconds without hammering a server that is restarting.
 RETRY_FIRST_S = 0.25
 RETRY_MAX_S = 10.0
+# A caller waiting on `call` looks at its cancel flag this often.
+CALL_POLL_S = 0.2
+
+
+class _Call:
+    """A function to run on the lane's thread with its sink, and where its outcome goes."""
+
+    def __init__(self, fn: Callable[[Sink], Any]):
+        self.fn = fn
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self, sink: Sink) -> None:
+        try:
+            self.result = self.fn(sink)
+        except BaseException as exc:  # handed to the caller, whatever it is
+            self.error = exc
+        self.done.set()
 
 
 class Lane:
@@ -34,7 +58,7 @@ class Lane:
         self.waiting_bytes = 0  # their estimated size (TickBatch.nbytes)
         self.down: str | None = None  # why the sink is unavailable right now
         self.failure: BaseException | None = None
-        self._queue: list[TickBatch] = []
+        self._queue: list[TickBatch | _Call] = []
         self._busy = False
         self._closing = threading.Event()
         self._cond = threading.Condition()
@@ -45,12 +69,36 @@ class Lane:
     def name(self) -> str:
         return self.sink.name
 
+    @property
+    def remote(self) -> "Remote":
+        """The sink, as seen from another thread: every method call runs on this lane's thread."""
+        return Remote(self)
+
     def submit(self, batch: TickBatch) -> None:
         with self._cond:
             self._queue.append(batch)
             self.waiting += batch.size
             self.waiting_bytes += batch.nbytes
             self._cond.notify_all()
+
+    def call(self, fn: Callable[[Sink], Any], cancel: threading.Event | None = None) -> Any:
+        """Run `fn(sink)` on the lane's thread after everything submitted before it, and return its
+        result (or raise its exception). A lane that failed raises its failure; `cancel` set while
+        waiting raises ServiceUnavailable."""
+        job = _Call(fn)
+        with self._cond:
+            if self.failure is not None:
+                raise self.failure
+            self._queue.append(job)
+            self._cond.notify_all()
+        while not job.done.wait(CALL_POLL_S):
+            if self.failure is not None:
+                raise self.failure
+            if cancel is not None and cancel.is_set():
+                raise ServiceUnavailable(f"stopped while waiting for {self.name}")
+        if job.error is not None:
+            raise job.error
+        return job.result
 
     def wait_idle(self, timeout: float | None) -> bool:
         """Block until everything submitted is durable (True) or the timeout passes (False)."""
@@ -77,31 +125,54 @@ class Lane:
                     self._cond.wait()
                 if not self._queue:
                     return
-                batches, self._queue, self._busy = self._queue, [], True
-            # what submit() counted, not the merged batch: merging may drop overlapping rows
-            size, nbytes = sum(b.size for b in batches), sum(b.nbytes for b in batches)
-            batch = TickBatch.merge(batches)
-            # What this write adds beyond what the sink held after the last one (a re-read after a
-            # rebalance is skipped by the sink's guard; counting it would inflate the totals).
-            fresh = batch.after(self.positions)
-            try:
-                held = self._write(batch)
-            except BaseException as exc:  # a sink that will not heal: the worker re-raises it
-                with self._cond:
-                    self.failure, self._busy = exc, False
-                    self._cond.notify_all()
-                return
+                items, self._queue, self._busy = self._queue, [], True
+            batches: list[TickBatch] = []
+            for item in [*items, None]:  # consecutive batches go out as one write; calls in between
+                if isinstance(item, TickBatch):
+                    batches.append(item)
+                    continue
+                if batches and not self._write_all(batches):
+                    self._abandon(items)
+                    return
+                batches = []
+                if item is not None:
+                    item.run(self.sink)
             with self._cond:
-                self.positions.update(held)
-                self.rows += fresh.ticks.num_rows
-                self.rejects += len(fresh.rejects)
-                self.waiting -= size
-                self.waiting_bytes -= nbytes
                 self._busy = False
                 self._cond.notify_all()
 
+    def _write_all(self, batches: list[TickBatch]) -> bool:
+        """Write `batches` as one; False when the lane failed (the failure is kept for the worker)."""
+        # what submit() counted, not the merged batch: merging may drop overlapping rows
+        size, nbytes = sum(b.size for b in batches), sum(b.nbytes for b in batches)
+        batch = TickBatch.merge(batches)
+        # What this write adds beyond what the sink held after the last one (a re-read after a
+        # rebalance is skipped by the sink's guard; counting it would inflate the totals).
+        fresh = batch.after(self.positions)
+        try:
+            held = self._write(batch)
+        except BaseException as exc:  # a sink that will not heal: the worker re-raises it
+            with self._cond:
+                self.failure, self._busy = exc, False
+                self._cond.notify_all()
+            return False
+        with self._cond:
+            self.positions.update(held)
+            self.rows += fresh.ticks.num_rows
+            self.rejects += len(fresh.rejects)
+            self.waiting -= size
+            self.waiting_bytes -= nbytes
+        return True
+
+    def _abandon(self, items: list) -> None:
+        """The lane failed: calls still queued get its failure instead of waiting for ever."""
+        for item in items:
+            if isinstance(item, _Call) and not item.done.is_set():
+                item.error = self.failure
+                item.done.set()
+
     def _write(self, batch: TickBatch) -> Offsets:
-        delay = RETRY_FIRST_S
+        backoff = Backoff(RETRY_FIRST_S, RETRY_MAX_S)
         while True:
             try:
                 held = self.sink.write(batch)
@@ -109,11 +180,24 @@ class Lane:
                 if self.down is None:
                     log.warning("%s unavailable, pausing its writes and retrying: %s", self.name, exc)
                 self.down = str(exc)
-                if self._closing.wait(delay):  # stopping: what is not durable is re-read next start
+                if self._closing.wait(backoff.next_delay()):  # stopping: what is not durable is re-read
                     raise
-                delay = min(delay * 2, RETRY_MAX_S)
                 continue
             if self.down is not None:
                 log.warning("%s is back; resuming with %d waiting", self.name, batch.size)
                 self.down = None
             return held
+
+
+class Remote:
+    """A sink's methods called from another thread, each run on its lane's thread (Lane.call)."""
+
+    def __init__(self, lane: Lane, cancel: threading.Event | None = None):
+        self._lane, self._cancel = lane, cancel
+        self.name = lane.name
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            return self._lane.call(lambda sink: getattr(sink, method)(*args, **kwargs), self._cancel)
+
+        return run

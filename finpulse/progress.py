@@ -17,6 +17,20 @@ LOG_EVERY_S = 5.0  # plain progress lines when output is not a terminal
 
 
 @dataclass
+class WorkerStats:
+    """What a worker reports every second: counts since its last report, and its state now."""
+
+    messages: int = 0
+    ticks: int = 0
+    rejected: int = 0
+    skipped: int = 0
+    rows: dict[str, int] = field(default_factory=dict)  # sink -> rows written since the last report
+    lag: dict[int, int] = field(default_factory=dict)  # partition -> messages behind the high watermark
+    paused: bool = False  # backpressure
+    down: dict[str, str] = field(default_factory=dict)  # sink -> why it is unavailable
+
+
+@dataclass
 class Totals:
     messages: int = 0
     ticks: int = 0
@@ -30,15 +44,17 @@ class Totals:
     restarts: int = 0
     started: float = field(default_factory=time.monotonic)
 
-    def add(self, worker: int, pid: int, stats: dict) -> None:
-        for key in ("messages", "ticks", "rejected", "skipped"):
-            setattr(self, key, getattr(self, key) + stats[key])
-        for sink, n in stats["rows"].items():
+    def add(self, worker: int, pid: int, stats: WorkerStats) -> None:
+        self.messages += stats.messages
+        self.ticks += stats.ticks
+        self.rejected += stats.rejected
+        self.skipped += stats.skipped
+        for sink, n in stats.rows.items():
             self.rows[sink] = self.rows.get(sink, 0) + n
-        self.lag[worker] = stats["lag"]
+        self.lag[worker] = stats.lag
         self.pids[worker] = pid
-        self.down[worker] = stats["down"]
-        self.paused[worker] = stats["paused"]
+        self.down[worker] = stats.down
+        self.paused[worker] = stats.paused
 
     @property
     def elapsed(self) -> float:

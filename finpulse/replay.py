@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from finpulse import resume, source
+from finpulse.backoff import Backoff
 from finpulse.batch import Accumulator, Offsets, TickBatch
 from finpulse.config import Settings
 from finpulse.errors import ConfigError, ServiceUnavailable, first_line
@@ -194,16 +195,16 @@ def _give(sink: Sink, batch: TickBatch, start: int, span: Span, tally: Tally) ->
 
 
 def _retrying(step, batch: TickBatch):
-    delay, deadline = RETRY_FIRST_S, time.monotonic() + RETRY_FOR_S
+    backoff, deadline = Backoff(RETRY_FIRST_S, RETRY_MAX_S), time.monotonic() + RETRY_FOR_S
     while True:
         try:
             return step(batch)
         except ServiceUnavailable as exc:
+            delay = backoff.next_delay()
             if time.monotonic() + delay > deadline:
                 raise
             log.warning("%s; retrying in %.1fs", first_line(exc), delay)
             time.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_S)
 
 
 class Meter:

@@ -130,6 +130,123 @@ def consumer(settings: Settings, on_assign: Callable, on_revoke: Callable, on_lo
     return c
 
 
+# Messages taken from librdkafka's local queue per consume() call during a backlog: large enough
+# that decoding works on whole columns, small enough that one call stays well under a second.
+MAX_TAKE = 20_000
+
+
+class GroupSource:
+    """A worker's side of the consumer group: what it reads, and the mechanics around it.
+
+    The worker supplies the decisions as callbacks: `on_assign(partitions)` returns where each
+    partition starts (from the sinks), `on_revoke`/`on_lost` hand partitions back, `on_end` is told
+    where a partition ends, `on_reset` that Kafka cannot serve a partition's next offset (retention
+    overtook it). Everything librdkafka-specific stays here: error filtering, pause/resume, the
+    informational group commit and lag from the cached watermarks.
+    """
+
+    def __init__(self, settings: Settings, on_assign: Callable[[list[int]], dict[int, int]],
+                 on_revoke: Callable[[list[int]], None], on_lost: Callable[[list[int]], None],
+                 on_end: Callable[[int, int], None], on_reset: Callable[[int, str], None]):
+        self.topic = settings.kafka_topic
+        self._on_assign, self._on_revoke, self._on_lost = on_assign, on_revoke, on_lost
+        self._on_end, self._on_reset = on_end, on_reset
+        self.assigned: set[int] = set()
+        self.paused = False
+        self.committed: dict[int, int] = {}
+        self._consumer = consumer(settings, self._assigned, self._revoked, self._lost)
+
+    # rebalance callbacks, on the consumer's poll
+    def _assigned(self, c: Consumer, tps: list[TopicPartition]) -> None:
+        starts = self._on_assign([tp.partition for tp in tps])
+        for tp in tps:
+            tp.offset = starts.get(tp.partition, OFFSET_BEGINNING)
+        c.assign(tps)
+        # librdkafka keeps a partition's pause across assignments: one paused for backpressure
+        # before this rebalance would stay paused for good. Backpressure pauses again if needed.
+        c.resume(tps)
+        self.assigned, self.paused = {tp.partition for tp in tps}, False
+
+    def _revoked(self, c: Consumer, tps: list[TopicPartition]) -> None:
+        self._on_revoke([tp.partition for tp in tps])
+        self.assigned = set()
+
+    def _lost(self, c: Consumer, tps: list[TopicPartition]) -> None:
+        self._on_lost([tp.partition for tp in tps])
+        self.assigned = set()
+
+    def take(self, want: int, wait_s: float) -> list:
+        """Messages already fetched (up to MAX_TAKE); when there are none, wait up to `wait_s` for
+        `want` more. Error events are filtered out: end of partition and offset resets go to their
+        callbacks, a fatal error raises ServiceUnavailable, the rest is logged (librdkafka retries)."""
+        records = self._consumer.consume(MAX_TAKE, 0)
+        if not records:
+            records = self._consumer.consume(max(1, min(want, MAX_TAKE)), wait_s)
+        good = []
+        for m in records:
+            err = m.error()
+            if err is None:
+                good.append(m)
+            elif err.code() == KafkaError._PARTITION_EOF:
+                self._on_end(m.partition(), m.offset())
+            elif err.code() == KafkaError._AUTO_OFFSET_RESET:
+                self._on_reset(m.partition(), err.str())
+            elif err.fatal():
+                raise ServiceUnavailable(f"Kafka consumer failed: {err.str()}")
+            else:
+                log.warning("Kafka: %s", err.str())
+        return good
+
+    def pause(self) -> None:
+        if not self.paused and self.assigned:
+            self._consumer.pause(self._tps(self.assigned))
+            self.paused = True
+
+    def resume(self) -> None:
+        if self.paused:
+            self._consumer.resume(self._tps(self.assigned))
+            self.paused = False
+
+    def seek(self, starts: dict[int, int]) -> None:
+        for p, offset in starts.items():
+            self._consumer.seek(TopicPartition(self.topic, p, offset))
+
+    def watermarks(self, parts: list[int]) -> dict[int, tuple[int, int]]:
+        """(low, high) per partition from the broker; KafkaException when it does not answer."""
+        return {p: self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=METADATA_TIMEOUT_S)
+                for p in parts}
+
+    def lag(self, consumed: dict[int, int]) -> dict[int, int]:
+        """Messages between what was read and the high watermark (cached: no broker round trip)."""
+        lag = {}
+        for p in sorted(self.assigned):
+            try:
+                _, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                lag[p] = max(0, high - consumed.get(p, 0))
+        return lag
+
+    def commit(self, held: dict[int, int], asynchronous: bool = True) -> None:
+        """Commit the offsets every sink holds, for lag tools. Never read back for correctness."""
+        offsets = [TopicPartition(self.topic, p, n) for p, n in held.items()
+                   if p in self.assigned and n > self.committed.get(p, -1)]
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=asynchronous)
+            self.committed.update({tp.partition: tp.offset for tp in offsets})
+        except KafkaException as exc:  # informational only; the sinks hold the truth
+            log.debug("Kafka commit skipped: %s", exc)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def _tps(self, parts) -> list[TopicPartition]:
+        return [TopicPartition(self.topic, p) for p in sorted(parts)]
+
+
 # ---------------------------------------------------------------------------- bounded reads
 # replay, verify and status read the topic outside the consumer group: assign() with explicit
 # offsets, a throwaway group id, nothing ever committed, so the live ingester never notices them.
@@ -249,5 +366,5 @@ class RangeReader:
         self.close()
 
 
-__all__ = ["OFFSET_BEGINNING", "RangeReader", "TopicPartition", "admin", "committed", "consumer", "create_topic",
+__all__ = ["MAX_TAKE", "OFFSET_BEGINNING", "GroupSource", "RangeReader", "TopicPartition", "admin", "committed", "consumer", "create_topic",
            "offsets_for_time", "partitions", "topic_id", "watermarks"]

@@ -1,7 +1,8 @@
 """Status: where the topic is, where each sink is, and how far behind; read-only.
 
-`collect` asks the broker (watermarks, the group's committed offsets), each sink (its positions)
-and the tables (Delta version, files and bytes; rejects per partition). A sink that cannot be read
+`collect` asks the broker (watermarks, the group's committed offsets) and each kind of sink in the
+registry (its positions, and what it describes of itself: Delta version, files and bytes;
+PostgreSQL's rejects per partition). A sink that cannot be read
 is reported in `errors` with nulls in its columns, so one outage does not hide the rest.
 `as_json` is the stable shape that docs/operations.md documents key by key.
 """
@@ -10,16 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import psycopg
-
-from finpulse import source
+from finpulse import sinks, source
 from finpulse.config import Settings
-from finpulse.errors import FinpulseError, ServiceUnavailable, SinkRejected, first_line
-from finpulse.schema import REJECTS_TABLE
-from finpulse.sinks.delta import DeltaSink
-from finpulse.sinks.postgres import PostgresSink
+from finpulse.errors import FinpulseError, ServiceUnavailable, SinkRejected
 
-SINKS = ("postgres", "delta")
+SINKS = sinks.names()
 
 
 @dataclass(frozen=True)
@@ -76,58 +72,25 @@ def collect(settings: Settings) -> Status:
     committed = source.committed(settings, parts)
     errors: dict[str, FinpulseError] = {}
     positions: dict[str, dict[int, int]] = {}
+    described: dict[str, dict[str, object]] = {}
     gaps: list[tuple[int, int, int, str]] = []
-    for name, open_sink in (
-        ("postgres", lambda: PostgresSink(settings.postgres_conninfo(), settings.kafka_topic)),
-        ("delta", lambda: DeltaSink(settings.delta_uri, settings.delta_storage_options, settings.kafka_topic)),
-    ):
+    for name, kind in sinks.KINDS.items():
+        positions[name], described[name] = {}, {}
         try:
-            sink = open_sink()
+            sink = kind.from_settings(settings)
             try:
                 positions[name] = sink.positions(parts)
-                if name == "postgres":
-                    gaps = sink.gaps()
+                described[name] = sink.describe(parts)
+                gaps += sink.gaps()
             finally:
                 sink.close()
         except (ServiceUnavailable, SinkRejected) as exc:
-            errors[name], positions[name] = exc, {}
-    rejected = _rejected(settings, errors)
-    delta = {"uri": settings.delta_uri, **_delta_table(settings, errors)}
+            errors[name] = exc
+    rejected = described["postgres"].get("rejected") if "postgres" in described else None
+    delta = {"uri": settings.delta_uri, "version": None, "files": None, "bytes": None, **described.get("delta", {})}
     return Status(
         settings.kafka_topic, settings.kafka_group_id,
         [PartitionStatus(p, low, high, committed.get(p), {s: positions[s].get(p) for s in SINKS},
-                         None if rejected is None else rejected.get(p, 0))
+                         None if rejected is None else rejected.get(p, 0))  # type: ignore[union-attr]
          for p, (low, high) in sorted(marks.items())],
-        delta, {"server": settings.postgres_display(), "schema": settings.postgres_schema}, errors, gaps)
-
-
-def _rejected(settings: Settings, errors: dict[str, FinpulseError]) -> dict[int, int] | None:
-    if "postgres" in errors:
-        return None
-    try:
-        with psycopg.connect(settings.postgres_conninfo()) as conn:
-            rows = conn.execute(f"SELECT kafka_partition, count(*) FROM {REJECTS_TABLE} GROUP BY 1").fetchall()
-    except psycopg.Error as exc:
-        reason = first_line(exc)
-        errors["postgres"] = ServiceUnavailable(f"PostgreSQL: cannot count rejects: {reason}")
-        return None
-    return dict(rows)
-
-
-def _delta_table(settings: Settings, errors: dict[str, FinpulseError]) -> dict[str, object]:
-    unknown: dict[str, object] = {"version": None, "files": None, "bytes": None}
-    if "delta" in errors:
-        return unknown
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    from deltalake import DeltaTable
-    from deltalake.exceptions import DeltaError
-
-    try:
-        table = DeltaTable(settings.delta_uri, storage_options=settings.delta_storage_options)
-        files = pa.table(table.get_add_actions(flatten=True)).column("size_bytes")
-    except (DeltaError, OSError) as exc:
-        reason = first_line(exc)
-        errors["delta"] = ServiceUnavailable(f"Delta table {settings.delta_uri}: {reason}")
-        return unknown
-    return {"version": table.version(), "files": len(files), "bytes": int(pc.sum(files).as_py() or 0)}
+        delta, {"server": settings.postgres_display(), "schema": settings.postgres_schema}, errors, sorted(set(gaps)))

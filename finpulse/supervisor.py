@@ -80,7 +80,7 @@ def run(settings: Settings, workers: int | None = None, drain: bool = False, fee
     totals = Totals()
     procs: dict[int, mp.Process] = {}
     started: dict[int, float] = {}
-    backoff: dict[int, float] = {}
+    backoff: dict[int, Backoff] = {}  # worker -> its restart delays
     due: dict[int, float] = {}  # worker -> when to restart it
     done: set[int] = set()
     fatal: list[FinpulseError] = []
@@ -138,12 +138,14 @@ def run(settings: Settings, workers: int | None = None, drain: bool = False, fee
                         done.add(i)
                         continue
                     ran = now - started[i]
-                    backoff[i] = RESTART_FIRST_S if ran > HEALTHY_AFTER_S else min(
-                        backoff.get(i, RESTART_FIRST_S / 2) * 2, RESTART_MAX_S)
-                    due[i] = now + backoff[i]
+                    delays = backoff.setdefault(i, Backoff(RESTART_FIRST_S, RESTART_MAX_S))
+                    if ran > HEALTHY_AFTER_S:
+                        delays.reset()
+                    delay = delays.next_delay()
+                    due[i] = now + delay
                     totals.restarts += 1
                     log.warning("worker %d (pid %d) exited with code %s; restarting in %.0fs",
-                                i, p.pid, p.exitcode, backoff[i])
+                                i, p.pid, p.exitcode, delay)
                 for i, when in list(due.items()):
                     if stopping:
                         del due[i]

@@ -1,8 +1,8 @@
 """Verify: reconcile each sink with the topic, key by key, without holding the table in memory.
 
 A key is (partition, offset, tick_index). The topic's keys come from decoding its messages with the
-ingest Decoder: PostgreSQL should hold each as a row or a reject, Delta (which keeps no rejects)
-each valid tick as a row. Work goes partition by partition in offset windows; within a window a
+ingest Decoder: a sink that keeps rejects (PostgreSQL) should hold each as a row or a reject, one
+that does not (Delta) each valid tick as a row. The keys come from each sink's own read side. Work goes partition by partition in offset windows; within a window a
 key is one int64, `offset << 20 | tick_index + 1`, so a comparison is a few numpy set operations.
 """
 
@@ -12,18 +12,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-import psycopg
-import pyarrow.compute as pc
-from psycopg import sql
 
-from finpulse import source
+from finpulse import replay, sinks, source
 from finpulse.config import Settings
-from finpulse.errors import ServiceUnavailable, SinkRejected, first_line
 from finpulse.normalize import Decoder
-from finpulse import replay
 from finpulse.replay import Meter, Report, Span
-from finpulse.schema import PRICES_TABLE, REJECTS_TABLE
-from finpulse.sinks import pgcopy
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -38,8 +31,6 @@ _INDEX_BITS = 20
 GAP_JOIN = 1_000
 KINDS = ("missing", "duplicated", "unexpected")
 
-# One row of a binary COPY of (bigint, integer): field count, then length + value per field.
-_PG_KEY = np.dtype([("n", ">i2"), ("len0", ">i4"), ("offset", ">i8"), ("len1", ">i4"), ("index", ">i4")])
 
 
 def keys(offsets: np.ndarray, indexes: np.ndarray) -> np.ndarray:
@@ -89,55 +80,6 @@ class Verdict:
 
 
 
-class _Postgres:
-    def __init__(self, settings: Settings):
-        try:
-            self.conn = psycopg.connect(settings.postgres_conninfo(), autocommit=True)
-        except psycopg.OperationalError as exc:
-            raise ServiceUnavailable(f"PostgreSQL at {settings.postgres_display()}: {first_line(exc)}") from None
-
-    def keys(self, table: str, partition: int, start: int, end: int) -> np.ndarray:
-        query = sql.SQL("COPY (SELECT kafka_offset, tick_index FROM {} WHERE kafka_partition = {} "
-                        "AND kafka_offset >= {} AND kafka_offset < {}) TO STDOUT (FORMAT BINARY)").format(
-            sql.Identifier(table), sql.Literal(partition), sql.Literal(start), sql.Literal(end))
-        try:
-            with self.conn.cursor().copy(query) as copy:
-                data = b"".join(bytes(chunk) for chunk in copy)
-        except psycopg.OperationalError as exc:
-            raise ServiceUnavailable(f"PostgreSQL while reading {table}: {first_line(exc)}") from None
-        except psycopg.Error as exc:
-            raise SinkRejected(f"PostgreSQL refused reading {table}: {first_line(exc)}; run `finpulse init`") from None
-        if not data:
-            return np.empty(0, dtype=np.int64)
-        body = len(data) - len(pgcopy.HEADER) - len(pgcopy.TRAILER)
-        rows = np.frombuffer(data, dtype=_PG_KEY, offset=len(pgcopy.HEADER), count=body // _PG_KEY.itemsize)
-        return keys(rows["offset"], rows["index"])
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-class _Delta:
-    def __init__(self, settings: Settings):
-        from deltalake import DeltaTable
-        from deltalake.exceptions import DeltaError, TableNotFoundError
-
-        try:
-            self.table = DeltaTable(settings.delta_uri, storage_options=settings.delta_storage_options)
-        except TableNotFoundError:
-            raise SinkRejected(f"no Delta table at {settings.delta_uri}: run `finpulse init`") from None
-        except (DeltaError, OSError) as exc:
-            raise ServiceUnavailable(f"Delta table {settings.delta_uri} unavailable: {first_line(exc)}") from None
-
-    def keys(self, partition: int, start: int, end: int) -> np.ndarray:
-        where = f"kafka_partition = {partition} AND kafka_offset >= {start} AND kafka_offset < {end}"
-        dataset = self.table.to_pyarrow_dataset(file_pruning_predicate=where)  # files by their min/max
-        rows = dataset.to_table(columns=["kafka_offset", "tick_index"], filter=(
-            (pc.field("kafka_partition") == partition) & (pc.field("kafka_offset") >= start)
-            & (pc.field("kafka_offset") < end)))
-        return keys(rows.column("kafka_offset").to_numpy(), rows.column("tick_index").to_numpy())
-
-
 def run(settings: Settings, spans: list[Span], feed: str | None = None, strict: bool = False,
         samples: int = 10, window: int = WINDOW, console: Console | None = None) -> Verdict:
     """Verify `spans` against the sinks `settings.sinks` names."""
@@ -161,9 +103,8 @@ def verify(settings: Settings, spans: list[Span], sink_names: tuple[str, ...], d
     -> next offset) tells a gap from what ingest has not reached yet."""
     checks = {name: SinkCheck() for name in sink_names}
     counts = []
-    pg = _Postgres(settings) if "postgres" in sink_names else None
+    chosen = [sinks.KINDS[name].from_settings(settings) for name in sink_names]
     try:
-        delta = _Delta(settings) if "delta" in sink_names else None
         with source.RangeReader(settings) as reader:
             for span in spans:
                 count = PartitionCount(span.partition, span.start, span.end, rows=dict.fromkeys(sink_names, 0))
@@ -171,32 +112,20 @@ def verify(settings: Settings, spans: list[Span], sink_names: tuple[str, ...], d
                 for lo in range(span.start, span.end, window):
                     hi = min(lo + window, span.end)
                     ticks, rejects = _topic_keys(reader, decoder, span.partition, lo, hi, count, meter)
-                    expected_pg = np.union1d(ticks, rejects)
-                    if pg is not None:
-                        rows = pg.keys(PRICES_TABLE, span.partition, lo, hi)
-                        rejected = pg.keys(REJECTS_TABLE, span.partition, lo, hi)
-                        count.rows["postgres"] += len(rows)
-                        count.rejected += len(rejected)
-                        _compare(checks["postgres"], span, expected_pg, np.concatenate([rows, rejected]),
-                                 positions["postgres"].get(span.partition), samples)
-                    if delta is not None:
-                        rows = delta.keys(span.partition, lo, hi)
-                        count.rows["delta"] += len(rows)
-                        _compare(checks["delta"], span, ticks, rows, positions["delta"].get(span.partition), samples)
+                    for sink in chosen:
+                        held = {what: keys(t.column("kafka_offset").to_numpy(), t.column("tick_index").to_numpy())
+                                for what, t in sink.keys(span.partition, lo, hi).items()}
+                        count.rows[sink.name] += len(held["rows"])
+                        if sink.keeps_rejects:
+                            count.rejected += len(held["rejects"])
+                        expected = np.union1d(ticks, rejects) if sink.keeps_rejects else ticks
+                        _compare(checks[sink.name], span, expected, np.concatenate(list(held.values())),
+                                 positions[sink.name].get(span.partition), samples)
+        gaps = sorted({g for sink in chosen for g in sink.gaps()})
     finally:
-        if pg is not None:
-            pg.close()
-    return Verdict(counts, checks, _gaps(settings) if "postgres" in sink_names else [])
-
-
-def _gaps(settings: Settings) -> list[tuple[int, int, int, str]]:
-    from finpulse.sinks.postgres import PostgresSink
-
-    sink = PostgresSink(settings.postgres_conninfo(), settings.kafka_topic)
-    try:
-        return sink.gaps()
-    finally:
-        sink.close()
+        for sink in chosen:
+            sink.close()
+    return Verdict(counts, checks, gaps)
 
 
 def _topic_keys(reader: source.RangeReader, decoder: Decoder, partition: int, lo: int, hi: int,

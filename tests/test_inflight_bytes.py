@@ -102,15 +102,20 @@ def test_lane_counts_waiting_bytes_and_returns_to_zero_even_when_merge_drops_an_
         lane.close()
 
 
-class _Consumer:
+class _Source:
+    """What _backpressure uses of source.GroupSource."""
+
     def __init__(self):
         self.calls: list[str] = []
+        self.paused = False
 
-    def pause(self, tps) -> None:
+    def pause(self) -> None:
         self.calls.append("pause")
+        self.paused = True
 
-    def resume(self, tps) -> None:
+    def resume(self) -> None:
         self.calls.append("resume")
+        self.paused = False
 
 
 def _worker(max_ticks: int, max_bytes: int) -> Worker:
@@ -119,7 +124,7 @@ def _worker(max_ticks: int, max_bytes: int) -> Worker:
     w.settings = load_settings(max_inflight_ticks=max_ticks, max_inflight_bytes=max_bytes)
     w.acc = Accumulator()
     w.lanes = [SimpleNamespace(waiting=0, waiting_bytes=0), SimpleNamespace(waiting=0, waiting_bytes=0)]
-    w.assigned, w.paused, w.consumer = {0}, False, _Consumer()
+    w.source = _Source()
     return w
 
 
@@ -129,26 +134,26 @@ def test_backpressure_pauses_on_bytes_alone_and_resumes_below_half_of_both():
     slow = w.lanes[1]
     slow.waiting, slow.waiting_bytes = 10, 4 * mib  # few ticks, many bytes (large rejects)
     w._backpressure()
-    assert w.paused and w.consumer.calls == ["pause"]
+    assert w.source.paused and w.source.calls == ["pause"]
 
     slow.waiting_bytes = 3 * mib  # below the limit, not below half
     w._backpressure()
-    assert w.paused and w.consumer.calls == ["pause"]
+    assert w.source.paused and w.source.calls == ["pause"]
 
     slow.waiting, slow.waiting_bytes = 600, mib  # bytes below half, ticks not
     w._backpressure()
-    assert w.paused and w.consumer.calls == ["pause"]
+    assert w.source.paused and w.source.calls == ["pause"]
 
     slow.waiting = 499  # both below half
     w._backpressure()
-    assert not w.paused and w.consumer.calls == ["pause", "resume"]
+    assert not w.source.paused and w.source.calls == ["pause", "resume"]
 
 
 def test_backpressure_still_pauses_on_the_tick_count():
     w = _worker(max_ticks=1000, max_bytes=256 << 20)
     w.lanes[0].waiting = 1000
     w._backpressure()
-    assert w.paused
+    assert w.source.paused
     w.lanes[0].waiting = 0
     w._backpressure()
-    assert not w.paused
+    assert not w.source.paused

@@ -128,3 +128,43 @@ def test_positions_never_go_backwards_whatever_is_queued(order):
         assert sink.held[2] == max(end for _, end in order)
     finally:
         lane.close()
+
+
+def test_a_call_runs_on_the_lane_thread_after_what_was_submitted_before_it():
+    sink = FakeSink()
+    sink.gate.clear()
+    lane = Lane(sink)
+    try:
+        lane.submit(span(0, 0, 4))
+        lane.submit(span(0, 4, 9))
+        sink.gate.set()
+        seen = lane.call(lambda s: (threading.current_thread().name, s.positions([0])))
+        assert seen == ("lane-fake", {0: 9})
+        assert lane.remote.positions([0]) == {0: 9}
+    finally:
+        lane.close()
+
+
+def test_a_call_raises_the_lane_failure_or_its_own_error_and_can_be_cancelled():
+    sink = FakeSink()
+    lane = Lane(sink)
+    try:
+        with pytest.raises(ZeroDivisionError):
+            lane.call(lambda s: 1 / 0)
+        sink.gate.clear()
+        lane.submit(span(0, 0, 3))  # blocks the lane at the gate
+        cancel = threading.Event()
+        cancel.set()
+        with pytest.raises(ServiceUnavailable, match="stopped while waiting"):
+            lane.call(lambda s: s.positions([0]), cancel)
+    finally:
+        sink.gate.set()
+        lane.close()
+    failing = FakeSink([SinkRejected("gone")])
+    lane = Lane(failing)
+    try:
+        lane.submit(span(0, 0, 3))
+        with pytest.raises(SinkRejected):
+            lane.call(lambda s: s.positions([0]))
+    finally:
+        lane.close()

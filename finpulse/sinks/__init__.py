@@ -1,34 +1,34 @@
-"""Where ticks land. Each sink writes rows and its own offsets in one atomic step."""
+"""Where ticks land. Each sink writes rows and its own offsets in one atomic step, and owns every
+byte of its I/O: preparing its tables, positions, and the read side that status, verify and show
+use. The rest of FinPulse asks this registry, never a driver; a third sink is a module here and a
+line in KINDS."""
 
 from __future__ import annotations
 
 from finpulse.config import Settings
-from finpulse.sinks.base import Sink
+from finpulse.sinks.base import Sink, SinkKind
+from finpulse.sinks.delta import DeltaSink
+from finpulse.sinks.postgres import PostgresSink
+
+#: Every kind of sink, in the order they are opened, written and shown.
+KINDS: dict[str, SinkKind] = {kind.name: kind for kind in (PostgresSink, DeltaSink)}
 
 
-def open_sinks(settings: Settings, topic_id: str | None = None) -> list[Sink]:
-    """The sinks `settings.sinks` names, PostgreSQL first. `topic_id`: Kafka's id of the topic,
+def names() -> tuple[str, ...]:
+    return tuple(KINDS)
+
+
+def open_sinks(settings: Settings, topic_id: str | None = None, every: bool = False) -> list[Sink]:
+    """The sinks `settings.sinks` names (`every`: all kinds). `topic_id`: Kafka's id of the topic,
     stored with every position they write (None: keep what is stored)."""
-    from finpulse.sinks.delta import DeltaSink
-    from finpulse.sinks.postgres import PostgresSink
-
-    sinks: list[Sink] = []
-    if "postgres" in settings.sink_names:
-        sinks.append(PostgresSink(settings.postgres_conninfo(), settings.kafka_topic, topic_id))
-    if "delta" in settings.sink_names:
-        sinks.append(DeltaSink(settings.delta_uri, settings.delta_storage_options, settings.kafka_topic, topic_id))
-    return sinks
+    chosen = names() if every else settings.sink_names
+    return [KINDS[name].from_settings(settings, topic_id) for name in chosen]
 
 
-def prepare_sinks(settings: Settings) -> None:
-    """Tables of the chosen sinks exist (idempotent) and can take our rows (SinkRejected if not)."""
-    from finpulse.sinks.delta import create_table
-    from finpulse.sinks.postgres import create_tables
-
-    if "postgres" in settings.sink_names:
-        create_tables(settings.postgres_conninfo(), settings.postgres_schema)
-    if "delta" in settings.sink_names:
-        create_table(settings.delta_uri, settings.delta_storage_options)
+def prepare_sinks(settings: Settings) -> dict[str, list[str]]:
+    """Tables of the chosen sinks exist (idempotent) and can take our rows (SinkRejected if not);
+    per sink, what this call created."""
+    return {name: KINDS[name].prepare(settings) for name in settings.sink_names}
 
 
-__all__ = ["Sink", "open_sinks", "prepare_sinks"]
+__all__ = ["KINDS", "Sink", "SinkKind", "names", "open_sinks", "prepare_sinks"]

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Iterable, NamedTuple, Protocol
+
+import pyarrow as pa
 
 from finpulse.batch import Offsets, TickBatch
+
+if TYPE_CHECKING:
+    from finpulse.config import Settings
 
 
 class Filled(NamedTuple):
@@ -15,8 +20,23 @@ class Filled(NamedTuple):
     held: Offsets
 
 
+class SinkKind(Protocol):
+    """A kind of sink, as the registry (finpulse.sinks.KINDS) knows it."""
+
+    name: str
+    keeps_rejects: bool  # verify: a reject's key counts as held
+
+    def from_settings(self, settings: "Settings", topic_id: str | None = None) -> "Sink": ...
+
+    def prepare(self, settings: "Settings") -> list[str]:
+        """Create what the sink needs where absent (idempotent); SinkRejected when what exists cannot
+        take our rows. Returns what this call created."""
+
+
 class Sink(Protocol):
     name: str
+    where: str  # where it is, for messages (no secrets)
+    keeps_rejects: bool
     topic_id: str | None  # Kafka's id of the topic; stored with every position this sink writes
 
     def topic_keys(self, partitions: Iterable[int]) -> dict[int, int]:
@@ -37,5 +57,15 @@ class Sink(Protocol):
     def insert_missing(self, batch: TickBatch) -> Filled:
         """Replay: add the rows of `batch` below the sink's positions that it lacks, never
         touching the positions (rows at or above them are left to `write`)."""
+
+    def keys(self, partition: int, start: int, end: int) -> dict[str, pa.Table]:
+        """(kafka_offset, tick_index) held for offsets [start, end) of a partition: "rows", and
+        "rejects" for a sink that keeps them."""
+
+    def describe(self, partitions: Iterable[int]) -> dict[str, object]:
+        """What `status` shows of the sink beyond positions (JSON-able)."""
+
+    def gaps(self) -> list[tuple[int, int, int, str]]:
+        """(partition, from_offset, to_offset, reason) of the gaps accepted with --allow-data-loss."""
 
     def close(self) -> None: ...

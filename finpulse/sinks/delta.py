@@ -11,7 +11,8 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError, TableNotFoundError
 
 from finpulse.batch import Offsets, TickBatch
-from finpulse.errors import ServiceUnavailable, SinkRejected
+from finpulse.config import Settings
+from finpulse.errors import ServiceUnavailable, SinkRejected, first_line
 from finpulse.schema import DELTA, DELTA_PARTITION, LINEAGE
 from finpulse.sinks.base import Filled
 
@@ -82,9 +83,20 @@ def topic_app_id(topic: str) -> str:
 
 class DeltaSink:
     name = "delta"
+    keeps_rejects = False  # rejects live in PostgreSQL only; Delta holds each valid tick as a row
+
+    @classmethod
+    def from_settings(cls, settings: Settings, topic_id: str | None = None) -> "DeltaSink":
+        return cls(settings.delta_uri, settings.delta_storage_options, settings.kafka_topic, topic_id)
+
+    @staticmethod
+    def prepare(settings: Settings) -> list[str]:
+        """Create the table if absent (check an existing one); [its uri] when this call created it."""
+        return [settings.delta_uri] if create_table(settings.delta_uri, settings.delta_storage_options) else []
 
     def __init__(self, uri: str, storage_options: dict[str, str], topic: str, topic_id: str | None = None):
         self.uri, self.storage_options, self.topic, self.topic_id = uri, storage_options, topic, topic_id
+        self.where = uri
         self._table: DeltaTable | None = None
 
     def _latest(self) -> DeltaTable:
@@ -167,6 +179,34 @@ class DeltaSink:
 
     def close(self) -> None:
         self._table = None
+
+    # ------------------------------------------------------------------ read side
+    def keys(self, partition: int, start: int, end: int) -> dict[str, pa.Table]:
+        """(kafka_offset, tick_index) of the rows held for offsets [start, end) of a partition."""
+        table = self._latest()
+        where = f"kafka_partition = {int(partition)} AND kafka_offset >= {int(start)} AND kafka_offset < {int(end)}"
+        try:
+            dataset = table.to_pyarrow_dataset(file_pruning_predicate=where)  # files by their min/max
+            rows = dataset.to_table(columns=["kafka_offset", "tick_index"], filter=(
+                (pc.field("kafka_partition") == partition) & (pc.field("kafka_offset") >= start)
+                & (pc.field("kafka_offset") < end)))
+        except (DeltaError, OSError) as exc:
+            self._table = None
+            raise ServiceUnavailable(f"Delta table {self.uri} unreadable: {first_line(exc)}") from None
+        return {"rows": rows}
+
+    def describe(self, partitions: Iterable[int]) -> dict[str, object]:
+        """What `status` shows of the table: version, data files and their bytes."""
+        table = self._latest()
+        try:
+            sizes = pa.table(table.get_add_actions(flatten=True)).column("size_bytes")
+        except (DeltaError, OSError) as exc:
+            self._table = None
+            raise ServiceUnavailable(f"Delta table {self.uri} unreadable: {first_line(exc)}") from None
+        return {"version": table.version(), "files": len(sizes), "bytes": int(pc.sum(sizes).as_py() or 0)}
+
+    def gaps(self) -> list[tuple[int, int, int, str]]:
+        return []  # recorded in commit metadata; PostgreSQL's finpulse_gaps is the one that is read
 
     def insert_missing(self, batch: TickBatch) -> Filled:
         """Merge in the rows of `batch` that lie below this sink's positions and that the table lacks

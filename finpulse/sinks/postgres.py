@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 from typing import Iterable
 
+import numpy as np
 import orjson
 import psycopg
 import pyarrow as pa
 from psycopg import errors as pgerr
+from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from finpulse.batch import Offsets, TickBatch
+from finpulse.config import Settings
 from finpulse.errors import ServiceUnavailable, SinkRejected, first_line
 from finpulse.checks import clean_reason
 from finpulse.records import Reject
@@ -49,6 +52,8 @@ _GAPS = f"SELECT kafka_partition, from_offset, to_offset, reason FROM {GAPS_TABL
 # starting (57P), too many connections / out of resources (53), and conflicts with another writer
 # (40: serialization/deadlock; 23505: a concurrent first write of the same partition).
 _TRANSIENT_CLASSES = ("08", "53", "57", "40", "58")
+# One row of a binary COPY of (bigint, integer): field count, then length + value per field.
+_PG_KEY = np.dtype([("n", ">i2"), ("len0", ">i4"), ("offset", ">i8"), ("len1", ">i4"), ("index", ">i4")])
 
 
 def _classify(exc: Exception, what: str) -> Exception:
@@ -136,9 +141,21 @@ _FILL_REJECTS = _fill_sql(REJECTS_TABLE, _STAGE_REJECTS, _REJECT_COLUMNS)
 
 class PostgresSink:
     name = "postgres"
+    keeps_rejects = True  # a key is held as a row of prices_raw or as a reject
 
-    def __init__(self, conninfo: str, topic: str, topic_id: str | None = None):
-        self.topic, self.topic_id = topic, topic_id
+    @classmethod
+    def from_settings(cls, settings: Settings, topic_id: str | None = None) -> "PostgresSink":
+        return cls(settings.postgres_conninfo(), settings.kafka_topic, topic_id,
+                   where=f"{settings.postgres_display()} ({settings.postgres_schema})")
+
+    @staticmethod
+    def prepare(settings: Settings) -> list[str]:
+        """Create the schema and tables if absent; the names of those this call created."""
+        return [f"{settings.postgres_schema}.{t}"
+                for t in create_tables(settings.postgres_conninfo(), settings.postgres_schema)]
+
+    def __init__(self, conninfo: str, topic: str, topic_id: str | None = None, where: str = "PostgreSQL"):
+        self.topic, self.topic_id, self.where = topic, topic_id, where
         # One connection per worker is all a sequential writer needs; the pool gives us
         # reconnection after an outage and a health check before each use.
         self.pool = ConnectionPool(
@@ -231,6 +248,37 @@ class PostgresSink:
 
     def close(self) -> None:
         self.pool.close()
+
+    # ------------------------------------------------------------------ read side
+    def keys(self, partition: int, start: int, end: int) -> dict[str, pa.Table]:
+        """(kafka_offset, tick_index) of the rows and of the rejects held for offsets [start, end)."""
+        return {"rows": self._keys(PRICES_TABLE, partition, start, end),
+                "rejects": self._keys(REJECTS_TABLE, partition, start, end)}
+
+    def _keys(self, table: str, partition: int, start: int, end: int) -> pa.Table:
+        query = sql.SQL("COPY (SELECT kafka_offset, tick_index FROM {} WHERE kafka_partition = {} "
+                        "AND kafka_offset >= {} AND kafka_offset < {}) TO STDOUT (FORMAT BINARY)").format(
+            sql.Identifier(table), sql.Literal(partition), sql.Literal(start), sql.Literal(end))
+        try:
+            with self.pool.connection(timeout=10) as conn, conn.cursor().copy(query) as copy:
+                data = b"".join(bytes(chunk) for chunk in copy)
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise _classify(exc, f"reading {table}") from None
+        if len(data) <= len(pgcopy.HEADER):
+            data = pgcopy.HEADER + pgcopy.TRAILER
+        rows = np.frombuffer(data, dtype=_PG_KEY, offset=len(pgcopy.HEADER),
+                             count=max(0, len(data) - len(pgcopy.HEADER) - len(pgcopy.TRAILER)) // _PG_KEY.itemsize)
+        return pa.table({"kafka_offset": rows["offset"].astype(np.int64), "tick_index": rows["index"].astype(np.int32)})
+
+    def describe(self, partitions: Iterable[int]) -> dict[str, object]:
+        """What `status` shows of this sink beyond positions: where it is, rejects per partition."""
+        try:
+            with self.pool.connection(timeout=10) as conn:
+                counts = dict(conn.execute(f"SELECT kafka_partition, count(*) FROM {REJECTS_TABLE} "
+                                           "WHERE kafka_partition = ANY(%s) GROUP BY 1", (list(partitions),)).fetchall())
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise _classify(exc, "counting rejects") from None
+        return {"rejected": {p: counts.get(p, 0) for p in partitions}}
 
     def insert_missing(self, batch: TickBatch) -> Filled:
         """Insert the rows and rejects of `batch` that lie below this sink's positions and are absent
