@@ -110,3 +110,18 @@ def test_a_tick_postgres_refuses_does_not_stop_ingest_and_verify_agrees(isolated
     poisoned = sum(1 for i in range(3000) if i % 97 == 5)
     assert pg_count(isolated) == 3000 - poisoned and pg_count(isolated, "prices_rejected") == poisoned
     finpulse("verify", env=env, timeout=240)
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_a_delta_constraint_that_refuses_valid_ticks_stops_the_run_with_one_line(isolated):
+    """Delta's counterpart of a PostgreSQL trigger: a CHECK constraint the ticks violate. delta-rs
+    cannot be asked which row failed, so FinPulse stops (exit 4) instead of pausing Delta for ever."""
+    from deltalake import DeltaTable
+
+    DeltaTable(isolated.delta_uri).alter.add_constraint({"cheap": "price < 100"})
+    ticks = [orjson.dumps({"symbol": "OK", "price": 250.0, "size": 1, "timestamp_ms": T0 + i}) for i in range(20)]
+    produce.send(isolated, iter([(b"k", v) for v in ticks]))
+    out = finpulse("ingest", "--drain", "--sinks", "delta", env=env_for(isolated), check=False, timeout=120)
+    assert out.returncode == 4, out.stderr
+    assert "refuses rows FinPulse decoded as valid" in out.stderr and "constraint" in out.stderr

@@ -76,6 +76,13 @@ def with_partition_column(ticks: pa.Table) -> pa.Table:
 _MERGE_ON = " AND ".join(f"t.{c} = s.{c}" for c in (*LINEAGE, DELTA_PARTITION))
 
 
+def _refuses_data(exc: Exception) -> bool:
+    """delta-rs refused the rows themselves (a CHECK constraint or invariant failed). Its Python
+    binding raises the generic DeltaError for this with no code to test, so its wording is the only
+    signal; retrying such a write would pause Delta for ever, so it stops the run instead."""
+    return "Invalid data found" in str(exc) or "failed validation check" in str(exc)
+
+
 def topic_app_id(topic: str) -> str:
     """The `txn` application id whose version is the fingerprint of the topic's Kafka id."""
     return f"finpulse:{topic}:topic-id"
@@ -173,6 +180,10 @@ class DeltaSink:
             raise ServiceUnavailable(f"Delta commit conflict: {exc}") from None
         except (DeltaError, OSError) as exc:
             self._table = None
+            if _refuses_data(exc):
+                raise SinkRejected(f"the Delta table at {self.uri} refuses rows FinPulse decoded as valid (a CHECK "
+                                   f"constraint or invariant on the table): {first_line(exc)}; drop or widen the "
+                                   "constraint, then run ingest again") from None
             raise ServiceUnavailable(f"Delta write to {self.uri} failed: {exc}") from None
         held.update(todo.next_offsets)
         return held
