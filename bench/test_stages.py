@@ -92,7 +92,7 @@ def test_stage_kafka_consume(benchmark, backlog):
     """FinPulse's consume loop (consumer settings, batch take, message columns), no decoding."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    from finpulse.worker import MAX_TAKE
+    from finpulse.source import MAX_TAKE
 
     s = backlog.settings
     want = min(backlog.ticks, 10 * STAGE_TICKS)

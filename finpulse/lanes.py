@@ -19,7 +19,7 @@ from typing import Any, Callable
 from finpulse.backoff import Backoff
 from finpulse.batch import Offsets, TickBatch
 from finpulse.errors import ServiceUnavailable
-from finpulse.sinks import Sink
+from finpulse.sinks import Sink, Written
 
 log = logging.getLogger(__name__)
 
@@ -146,20 +146,17 @@ class Lane:
         # what submit() counted, not the merged batch: merging may drop overlapping rows
         size, nbytes = sum(b.size for b in batches), sum(b.nbytes for b in batches)
         batch = TickBatch.merge(batches)
-        # What this write adds beyond what the sink held after the last one (a re-read after a
-        # rebalance is skipped by the sink's guard; counting it would inflate the totals).
-        fresh = batch.after(self.positions)
         try:
-            held = self._write(batch)
+            written = self._write(batch)
         except BaseException as exc:  # a sink that will not heal: the worker re-raises it
             with self._cond:
                 self.failure, self._busy = exc, False
                 self._cond.notify_all()
             return False
         with self._cond:
-            self.positions.update(held)
-            self.rows += fresh.ticks.num_rows
-            self.rejects += len(fresh.rejects)
+            self.positions.update(written.held)
+            self.rows += written.rows  # what the sink added: a re-read it skipped is not counted
+            self.rejects += written.rejects
             self.waiting -= size
             self.waiting_bytes -= nbytes
         return True
@@ -171,7 +168,7 @@ class Lane:
                 item.error = self.failure
                 item.done.set()
 
-    def _write(self, batch: TickBatch) -> Offsets:
+    def _write(self, batch: TickBatch) -> Written:
         backoff = Backoff(RETRY_FIRST_S, RETRY_MAX_S)
         while True:
             try:

@@ -189,9 +189,9 @@ def _give(sink: Sink, batch: TickBatch, start: int, span: Span, tally: Tally) ->
         left = tally.left.setdefault(span.partition, Left(position, start, span.end))
         left.end = rest.next_offsets[span.partition]
         return
-    _retrying(sink.write, rest)  # skips whatever a live ingester wrote meanwhile, then advances
-    tally.rows += rest.ticks.num_rows
-    tally.rejects += len(rest.rejects)
+    written = _retrying(sink.write, rest)  # skips whatever a live ingester wrote meanwhile, then advances
+    tally.rows += written.rows
+    tally.rejects += written.rejects
 
 
 def _retrying(step, batch: TickBatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 import uuid
@@ -61,6 +62,9 @@ def topic_id(settings: Settings) -> str | None:
     try:
         futures = client.describe_topics(TopicCollection([settings.kafka_topic]), request_timeout=METADATA_TIMEOUT_S)
         described = futures[settings.kafka_topic].result(timeout=METADATA_TIMEOUT_S)
+    except concurrent.futures.TimeoutError:
+        raise ServiceUnavailable(f"Kafka did not describe topic {settings.kafka_topic} within "
+                                 f"{METADATA_TIMEOUT_S:.0f}s; is the broker overloaded?") from None
     except KafkaException as exc:
         if exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
             raise ConfigError(f"topic {settings.kafka_topic!r} does not exist on {settings.kafka_bootstrap_servers}: "

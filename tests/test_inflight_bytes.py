@@ -10,6 +10,7 @@ from finpulse.batch import Accumulator, TickBatch, reject_nbytes
 from finpulse.config import load_settings
 from finpulse.lanes import Lane
 from finpulse.normalize import Decoder, Messages, Reject
+from finpulse.sinks import Written
 from finpulse.worker import Worker
 
 TICK = b'{"symbol":"A","price":1,"size":1,"timestamp_ms":1700000000000}'
@@ -78,7 +79,7 @@ class _Sink:
     def write(self, batch: TickBatch):
         assert self.release.wait(10), "test never released the sink"
         self.writes.append(batch)
-        return dict(batch.next_offsets)
+        return Written(dict(batch.next_offsets), batch.ticks.num_rows, len(batch.rejects))
 
     def close(self) -> None:
         pass

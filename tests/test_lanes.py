@@ -11,6 +11,7 @@ from finpulse.batch import Accumulator, Offsets, TickBatch
 from finpulse.errors import ServiceUnavailable, SinkRejected
 from finpulse.lanes import Lane
 from finpulse.normalize import Decoder, Messages
+from finpulse.sinks import Written
 
 
 def span(partition: int, start: int, end: int) -> TickBatch:
@@ -53,7 +54,7 @@ class FakeSink:
         for p, n in todo.next_offsets.items():
             assert n >= self.held.get(p, 0), "a position went backwards"
             self.held[p] = n
-        return dict(self.held)
+        return Written(dict(self.held), len(keys), len(todo.rejects))
 
     def close(self) -> None:
         pass

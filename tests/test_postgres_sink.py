@@ -33,7 +33,7 @@ def span(partition: int, start: int, end: int, poison: set[int] = frozenset()) -
 def test_the_offsets_upsert_never_lowers_a_position(isolated):
     sink = PostgresSink(isolated.postgres_conninfo(), isolated.kafka_topic)
     try:
-        assert sink.write(span(0, 0, 10)) == {0: 10}
+        assert sink.write(span(0, 0, 10)).held == {0: 10}
         with psycopg.connect(isolated.postgres_conninfo()) as conn:
             conn.execute(_ADVANCE, (isolated.kafka_topic, None, [0], [3]))
         assert sink.positions([0]) == {0: 10}
@@ -84,7 +84,7 @@ def test_a_batch_refused_for_a_data_reason_is_narrowed_to_the_offending_rows(iso
         conn.execute(POISON_TRIGGER)
     sink = PostgresSink(isolated.postgres_conninfo(), isolated.kafka_topic)
     try:
-        assert sink.write(span(1, 0, 1000, poison={17, 640})) == {1: 1000}
+        assert sink.write(span(1, 0, 1000, poison={17, 640})) == ({1: 1000}, 998, 2)
     finally:
         sink.close()
     with psycopg.connect(isolated.postgres_conninfo()) as conn:

@@ -6,7 +6,7 @@ line in KINDS."""
 from __future__ import annotations
 
 from finpulse.config import Settings
-from finpulse.sinks.base import Sink, SinkKind
+from finpulse.sinks.base import Sink, SinkKind, Written
 from finpulse.sinks.delta import DeltaSink
 from finpulse.sinks.postgres import PostgresSink
 
@@ -31,4 +31,4 @@ def prepare_sinks(settings: Settings) -> dict[str, list[str]]:
     return {name: KINDS[name].prepare(settings) for name in settings.sink_names}
 
 
-__all__ = ["KINDS", "Sink", "SinkKind", "names", "open_sinks", "prepare_sinks"]
+__all__ = ["KINDS", "Sink", "SinkKind", "Written", "names", "open_sinks", "prepare_sinks"]

@@ -20,6 +20,15 @@ class Filled(NamedTuple):
     held: Offsets
 
 
+class Written(NamedTuple):
+    """What one `write` did: the positions afterwards, and the rows and rejects it added (what the
+    sink already held is skipped, and not counted)."""
+
+    held: Offsets
+    rows: int
+    rejects: int
+
+
 class SinkKind(Protocol):
     """A kind of sink, as the registry (finpulse.sinks.KINDS) knows it."""
 
@@ -49,9 +58,9 @@ class Sink(Protocol):
     def positions(self, partitions: Iterable[int]) -> Offsets:
         """Next offset to read for each partition the sink holds anything of (absent: nothing)."""
 
-    def write(self, batch: TickBatch) -> Offsets:
+    def write(self, batch: TickBatch) -> Written:
         """Write the rows and advance the positions atomically, skipping what the sink already
-        holds; return the positions afterwards. Raises ServiceUnavailable (retry later) or
+        holds; return the positions afterwards and what was added. Raises ServiceUnavailable (retry later) or
         SinkRejected (give up)."""
 
     def insert_missing(self, batch: TickBatch) -> Filled:

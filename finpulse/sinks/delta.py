@@ -14,7 +14,7 @@ from finpulse.batch import Offsets, TickBatch
 from finpulse.config import Settings
 from finpulse.errors import ServiceUnavailable, SinkRejected, first_line
 from finpulse.schema import DELTA, DELTA_PARTITION, LINEAGE
-from finpulse.sinks.base import Filled
+from finpulse.sinks.base import Filled, Written
 
 log = logging.getLogger(__name__)
 
@@ -155,12 +155,12 @@ class DeltaSink:
             self._table = None
             raise ServiceUnavailable(f"Delta commit of a gap record to {self.uri} failed: {exc}") from None
 
-    def write(self, batch: TickBatch) -> Offsets:
+    def write(self, batch: TickBatch) -> Written:
         table = self._latest()  # one log refresh serves the guard and the commit's read version
         held = self._held(table, batch.next_offsets)
         todo = batch.after(held)
         if todo.empty:
-            return held
+            return Written(held, 0, 0)
         commit = CommitProperties(
             app_transactions=[Transaction(app_id(self.topic, p), n) for p, n in todo.next_offsets.items()]
             + self._id_txn(self.topic_id),
@@ -186,7 +186,7 @@ class DeltaSink:
                                    "constraint, then run ingest again") from None
             raise ServiceUnavailable(f"Delta write to {self.uri} failed: {exc}") from None
         held.update(todo.next_offsets)
-        return held
+        return Written(held, todo.ticks.num_rows, len(todo.rejects))
 
     def close(self) -> None:
         self._table = None

@@ -20,7 +20,7 @@ from finpulse.checks import clean_reason
 from finpulse.records import Reject
 from finpulse.schema import GAPS_TABLE, OFFSETS_TABLE, PG_DDL, PG_INDEXES, PRICES_TABLE, REJECTS_TABLE, TICKS, pg_type
 from finpulse.sinks import pgcopy
-from finpulse.sinks.base import Filled
+from finpulse.sinks.base import Filled, Written
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class PostgresSink:
         except (psycopg.Error, PoolTimeout) as exc:
             raise _classify(exc, "reading gaps") from None
 
-    def write(self, batch: TickBatch) -> Offsets:
+    def write(self, batch: TickBatch) -> Written:
         try:
             return self._write(batch, narrow=False)
         except pgerr.DataError as exc:  # SQLSTATE class 22: some value of ours it cannot store
@@ -217,7 +217,7 @@ class PostgresSink:
         except (psycopg.Error, PoolTimeout) as exc:
             raise _classify(exc, f"writing {batch.ticks.num_rows} rows") from None
 
-    def _write(self, batch: TickBatch, narrow: bool) -> Offsets:
+    def _write(self, batch: TickBatch, narrow: bool) -> Written:
         """One transaction: lock the partitions, skip what is held, COPY rows and rejects, advance.
         `narrow`: COPY the rows in savepoints, halving on a data error down to single rows, each
         of which becomes a reject; the rest of the batch lands."""
@@ -227,14 +227,16 @@ class PostgresSink:
             held = {p: n for p, n in conn.execute(_HELD, (self.topic, parts)).fetchall()}
             todo = batch.after(held)
             if todo.empty:
-                return held
+                return Written(held, 0, 0)
             rejects = list(todo.rejects)
+            refused = []
             with conn.cursor() as cur:
                 if todo.ticks.num_rows and not narrow:
                     with cur.copy(_COPY_TICKS) as copy:
                         copy.write(pgcopy.encode(todo.ticks))
                 elif todo.ticks.num_rows:
-                    rejects += _copy_narrowing(conn, cur, todo.ticks)
+                    refused = _copy_narrowing(conn, cur, todo.ticks)
+                    rejects += refused
                 if rejects:
                     with cur.copy(_COPY_REJECTS) as copy:
                         for r in rejects:
@@ -244,7 +246,7 @@ class PostgresSink:
                 cur.execute(_ADVANCE, (self.topic, self.topic_id, list(todo.next_offsets),
                                        list(todo.next_offsets.values())))
             held.update(todo.next_offsets)
-            return held
+            return Written(held, todo.ticks.num_rows - len(refused), len(rejects))
 
     def close(self) -> None:
         self.pool.close()
