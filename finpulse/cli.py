@@ -9,8 +9,9 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from finpulse import views
 from finpulse.config import Settings, load_settings
-from finpulse.errors import FinpulseError
+from finpulse.errors import ConfigError, FinpulseError
 
 app = typer.Typer(
     help="Land every Kafka tick exactly once in PostgreSQL (prices_raw) and Delta Lake (prices).\n\n"
@@ -60,6 +61,15 @@ def settings(**overrides) -> Settings:
     return load_settings(**overrides)
 
 
+def feed_choice(name: str | None) -> str | None:
+    """The one check of `--format` (ingest, replay, verify): a known feed name, or None to detect per message."""
+    from finpulse import feeds
+
+    if name is not None and name not in feeds.names():
+        raise ConfigError(f"--format: unknown feed {name!r}; choose one of: {', '.join(feeds.names())}")
+    return name
+
+
 @app.command()
 def init(
     partitions: Annotated[int, typer.Option(min=1, max=1000, help="Partitions of a newly created topic.")] = 4,
@@ -74,13 +84,10 @@ def init(
 
     s = settings(kafka_topic=topic, kafka_bootstrap_servers=bootstrap_servers, delta_table_uri=delta_uri)
     created = source.create_topic(s, partitions)
-    out.print(f"Kafka topic {s.kafka_topic}: {'created with %d partitions' % partitions if created else 'exists'}"
-              + ("" if created else f" ({len(source.partitions(s))} partitions)"))
+    views.topic_ready(out, s.kafka_topic, created, partitions if created else len(source.partitions(s)))
     made = create_tables(s.postgres_conninfo(), s.postgres_schema)
-    for table in ("prices_raw", "prices_rejected", "finpulse_offsets"):
-        out.print(f"PostgreSQL table {s.postgres_schema}.{table} at {s.postgres_display()}: "
-                  f"{'created' if table in made else 'exists'}")
-    out.print(f"Delta table {s.delta_uri}: {'created' if create_table(s.delta_uri, s.delta_storage_options) else 'exists'}")
+    views.postgres_tables_ready(out, s.postgres_schema, s.postgres_display(), made)
+    views.delta_table_ready(out, s.delta_uri, create_table(s.delta_uri, s.delta_storage_options))
 
 
 @app.command()
@@ -109,7 +116,7 @@ def produce(
                   console=err, disable=not show) as bar:
         task = bar.add_task("produce", total=count)
         sent = producing.send(s, stream, rate, on_progress=lambda n: bar.advance(task, n))
-    out.print(f"sent {sent:,} ticks to {s.kafka_topic} on {s.kafka_bootstrap_servers}")
+    views.produced(out, sent, s.kafka_topic, s.kafka_bootstrap_servers)
 
 
 @app.command()
@@ -130,46 +137,33 @@ def ingest(
     delta_uri: DeltaUri = None,
 ) -> None:
     """Consume the topic with one process per partition into PostgreSQL and Delta, exactly once."""
-    from finpulse import feeds, supervisor
+    from finpulse import supervisor
 
-    if format is not None and format not in feeds.names():
-        raise typer.BadParameter(f"unknown feed {format!r}; choose one of: {', '.join(feeds.names())}",
-                                 param_hint="--format")
+    feed = feed_choice(format)
     s = settings(dlq_topic=dlq_topic, sinks=sinks, workers=workers, batch_size=batch_size, linger_ms=linger_ms, max_inflight_ticks=max_inflight_ticks,
                  max_inflight_bytes=max_inflight_bytes, allow_data_loss=allow_data_loss or None,
                  kafka_topic=topic, kafka_bootstrap_servers=bootstrap_servers, delta_table_uri=delta_uri)
-    result = supervisor.run(s, drain=drain, feed=format, strict=strict, console=err)
-    t = result.totals
-    out.print(
-        f"ingested {t.ticks:,} ticks from {t.messages:,} messages in {t.elapsed:.1f}s "
-        f"({t.ticks / t.elapsed:,.0f} ticks/s) with {result.workers} workers: "
-        + "".join(f"{sink} +{t.rows.get(sink, 0):,} rows, " for sink in s.sink_names)
-        + f"{t.rejected:,} rejected, {t.skipped:,} skipped, {t.restarts} restarts"
-    )
+    result = supervisor.run(s, drain=drain, feed=feed, strict=strict, console=err)
+    views.ingested(out, result.totals, result.workers, s.sink_names)
 
 
 @app.command()
 def show(
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="Symbols to list, busiest first.")] = 10,
+    limit: Annotated[Optional[int], typer.Option(
+        min=1, max=1000, help="Symbols to list, busiest first (default 10; with --json every symbol).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout: each sink's rows and per-symbol summary.")] = False,
     delta_uri: DeltaUri = None,
 ) -> None:
     """Show what landed: rows in each sink and a per-symbol summary from both."""
-    from rich.markup import escape
-    from rich.table import Table
-
     from finpulse import show as showing
 
     s = settings(delta_table_uri=delta_uri)
-    for landed in showing.landed(s, limit):
-        where = s.postgres_display() + f" ({s.postgres_schema}.prices_raw)" if landed.sink == "postgres" else s.delta_uri
-        title = f"{landed.sink}: {landed.rows:,} rows" + (
-            f", {landed.rejected:,} rejected" if landed.rejected is not None else "") + f" in {where}"
-        t = Table(title=escape(title), title_justify="left")
-        for col in showing.SUMMARY_COLUMNS:
-            t.add_column(col, justify="left" if col == "symbol" else "right")
-        for sym, n, low, high, last, when in landed.symbols:
-            t.add_row(sym, f"{n:,}", f"{low:,.4f}", f"{high:,.4f}", f"{last:,.4f}", when.strftime("%Y-%m-%d %H:%M:%S"))
-        out.print(t)
+    landed = showing.landed(s, limit if limit is not None or as_json else showing.TABLE_LIMIT)
+    if as_json:
+        views.print_json(out, showing.as_json(landed))
+    else:
+        views.landed(out, landed, {"postgres": s.postgres_display() + f" ({s.postgres_schema}.prices_raw)",
+                                   "delta": s.delta_uri})
 
 
 # ------------------------------------------------------------------ replay, status, verify
@@ -191,23 +185,10 @@ Feed = Annotated[Optional[str], typer.Option(
 Strict = Annotated[bool, typer.Option("--strict", help="Reject non-trade events, as `ingest --strict` did.")]
 
 
-def _print_table(table) -> None:
-    """On a terminal, its width; piped output goes to scripts and logs: 120 columns, not rich's 80."""
-    (out if out.is_terminal else Console(width=max(out.width, 120))).print(table)
-
-
-def _partitions(n: int) -> str:
-    return f"{n} partition" + ("" if n == 1 else "s")
-
-
-def _spans(s: Settings, partition, from_offset, to_offset, from_timestamp, to_timestamp, feed, start_required: bool):
+def _spans(s: Settings, partition, from_offset, to_offset, from_timestamp, to_timestamp, start_required: bool):
     """Validated range flags -> spans per partition (bad combinations: one ConfigError line)."""
-    from finpulse import feeds
-    from finpulse.errors import ConfigError
     from finpulse.replay import Bound, parse_time, plan
 
-    if feed is not None and feed not in feeds.names():
-        raise ConfigError(f"--format: unknown feed {feed!r}; choose one of: {', '.join(feeds.names())}")
     if from_offset is not None and from_timestamp is not None:
         raise ConfigError("give --from-offset or --from-timestamp, not both")
     if to_offset is not None and to_timestamp is not None:
@@ -245,34 +226,20 @@ def replay(
     """
     from finpulse import replay as replaying
 
+    feed = feed_choice(format)
     s = settings(sinks=sink, kafka_topic=topic, kafka_bootstrap_servers=bootstrap_servers, delta_table_uri=delta_uri,
                  allow_data_loss=allow_data_loss or None)
-    spans = _spans(s, partition, from_offset, to_offset, from_timestamp, to_timestamp, format, start_required=True)
-    total = sum(sp.size for sp in spans)
+    spans = _spans(s, partition, from_offset, to_offset, from_timestamp, to_timestamp, start_required=True)
     if dry_run:
         try:
             held = replaying.positions(s, [sp.partition for sp in spans])
         except FinpulseError as exc:  # the counts come from Kafka alone; positions are a courtesy
             held = {}
-            err.print(f"sink positions unavailable: {exc}", highlight=False, markup=False)
-        for sp in spans:
-            where = "".join(f"; {name} at {h[sp.partition]:,}" if sp.partition in h else f"; {name} holds nothing"
-                            for name, h in held.items())
-            out.print(f"partition {sp.partition}: {sp.size:,} messages, offsets {sp.start:,} up to {sp.end:,} "
-                      f"(exclusive){where}", highlight=False)
-        out.print(f"dry run: would read {total:,} messages from {_partitions(len(spans))} of {s.kafka_topic}; "
-                  "nothing written", highlight=False)
+            views.positions_unavailable(err, exc)
+        views.dry_run(out, spans, held, s.kafka_topic)
         return
-    report = replaying.run(s, spans, format, strict, console=err)
-    for name, tally in report.sinks.items():
-        for p, left in sorted(tally.left.items()):
-            at = "holds nothing of it" if left.position is None else f"is at {left.position:,}"
-            out.print(f"{name}: partition {p} offsets {left.start:,} up to {left.end:,} left to `finpulse ingest`: "
-                      f"the sink {at}, and writing them would skip the offsets in between", highlight=False)
-    added = "; ".join(f"{name} +{t.rows:,} rows" + (f", +{t.rejects:,} rejects" if name == "postgres" else "")
-                      for name, t in report.sinks.items())
-    out.print(f"replayed {report.messages:,} messages from {_partitions(len(spans))} of {s.kafka_topic} in "
-              f"{report.elapsed:.1f}s: {added}", highlight=False)
+    report = replaying.run(s, spans, feed, strict, console=err)
+    views.replayed(out, report, len(spans), s.kafka_topic)
 
 
 @app.command()
@@ -283,35 +250,14 @@ def status(
     delta_uri: DeltaUri = None,
 ) -> None:
     """Per partition: watermarks, the group's committed offset (KAFKA_GROUP_ID), each sink's position and lag."""
-    import json
-
-    from rich.table import Table
-
     from finpulse import status as stat
 
     s = settings(kafka_topic=topic, kafka_bootstrap_servers=bootstrap_servers, delta_table_uri=delta_uri)
     st = stat.collect(s)
-    data = st.as_json()
     if as_json:
-        typer.echo(json.dumps(data, indent=2))
+        views.print_json(out, st.as_json())
     else:
-        def num(v) -> str:
-            return "-" if v is None else f"{v:,}"
-
-        d = data["delta"]
-        t = Table(title=f"{s.kafka_topic} (group {s.kafka_group_id}); Delta version {num(d['version'])}, "
-                  f"{num(d['files'])} files, {num(d['bytes'])} bytes", title_justify="left", show_edge=False)
-        columns = ["partition", "low", "high", "committed", "postgres", "lag", "delta", "lag", "rejected"]
-        keys = ["partition", "low", "high", "committed", "postgres_position", "postgres_lag", "delta_position",
-                "delta_lag", "rejected"]
-        for col in columns:
-            t.add_column(col, justify="right")
-        for row in [*data["partitions"], {"partition": "total", **data["totals"]}]:
-            t.add_row(*(str(row[k]) if k == "partition" else num(row.get(k)) for k in keys))
-        _print_table(t)
-        for g in data["gaps"]:
-            out.print(f"gap accepted with --allow-data-loss: partition {g['partition']} offsets "
-                      f"{g['from_offset']:,} up to {g['to_offset']:,} ({g['reason']})", highlight=False)
+        views.status(out, st.as_json(), s.kafka_topic, s.kafka_group_id)
     if st.errors:  # shown above as far as possible; each reason on stderr, the first sets the exit code
         first, *others = st.errors.values()
         for exc in others:
@@ -342,49 +288,18 @@ def verify(
     """
     from finpulse import verify as verifying
 
+    feed = feed_choice(format)
     s = settings(sinks=sink, kafka_topic=topic, kafka_bootstrap_servers=bootstrap_servers, delta_table_uri=delta_uri)
-    spans = _spans(s, partition, from_offset, to_offset, from_timestamp, to_timestamp, format, start_required=False)
-    verdict = verifying.run(s, spans, format, strict, samples=show, window=window, console=err)
-    _print_verdict(s, verdict)
+    spans = _spans(s, partition, from_offset, to_offset, from_timestamp, to_timestamp, start_required=False)
+    verdict = verifying.run(s, spans, feed, strict, samples=show, window=window, console=err)
+    views.verdict(out, s.kafka_topic, verdict)
     if repair and not verdict.exact:
-        for name, report in verifying.repair(s, verdict, format, strict, console=err).items():
-            tally = report.sinks[name]
-            out.print(f"repair {name}: replayed {report.messages:,} messages, +{tally.rows:,} rows"
-                      + (f", +{tally.rejects:,} rejects" if name == "postgres" else "")
-                      + (f"; {len(tally.left)} partitions left to `finpulse ingest`" if tally.left else ""),
-                      highlight=False)
-        verdict = verifying.run(s, spans, format, strict, samples=show, window=window, console=err)
-        _print_verdict(s, verdict)
+        for name, report in verifying.repair(s, verdict, feed, strict, console=err).items():
+            views.repaired(out, name, report)
+        verdict = verifying.run(s, spans, feed, strict, samples=show, window=window, console=err)
+        views.verdict(out, s.kafka_topic, verdict)
     if not verdict.exact:
         raise typer.Exit(1)
-
-
-def _print_verdict(s: Settings, verdict) -> None:
-    from rich.table import Table
-
-    t = Table(title=f"{s.kafka_topic}: what the topic holds, and rows in each sink", title_justify="left",
-              show_edge=False)
-    names = list(verdict.sinks)
-    for col in ["partition", "offsets", "messages", "ticks", "rejects", *names] + (
-            ["rejected"] if "postgres" in names else []):
-        t.add_column(col, justify="right")
-    for c in verdict.partitions:
-        t.add_row(str(c.partition), f"{c.start}-{c.end}", f"{c.messages:,}", f"{c.ticks:,}", f"{c.rejects:,}",
-                  *(f"{c.rows[n]:,}" for n in names), *([f"{c.rejected:,}"] if "postgres" in names else []))
-    _print_table(t)
-    for p, start, end, reason in verdict.gaps:
-        out.print(f"gap accepted with --allow-data-loss: partition {p} offsets {start:,} up to {end:,} ({reason}); "
-                  "those messages were never ingested", highlight=False)
-    for name, check in verdict.sinks.items():
-        n = check.counts
-        pending = f" ({check.pending:,} at or above the sink's position: not ingested yet)" if check.pending else ""
-        out.print(f"{name}: {n['missing']:,} missing{pending}, {n['duplicated']:,} duplicated, "
-                  f"{n['unexpected']:,} unexpected" + (" - exact" if check.exact else ""), highlight=False)
-        for kind, keys in check.samples.items():
-            if keys:
-                shown = ", ".join(f"({p}, {o}, {i})" for p, o, i in keys)
-                more = f" and {n[kind] - len(keys):,} more" if n[kind] > len(keys) else ""
-                out.print(f"  {kind} (partition, offset, tick_index): {shown}{more}", highlight=False, markup=False)
 
 
 def main() -> None:

@@ -20,18 +20,43 @@ DEFAULT_SYMBOLS = ("AAPL", "MSFT", "NVDA", "AMZN", "GOOGL", "META", "TSLA", "JPM
 EXCHANGES = ("NASDAQ", "NYSE", "ARCA", "BATS", "COINBASE", "BINANCE")
 # Per-tick volatility of the walk: 5 basis points, so a few thousand ticks move a price ~1-3%.
 STEP_SIGMA = 0.0005
+# Where each known symbol's walk starts, so demo data looks like a market: rough 2024 levels, not
+# quotes (stocks in USD, crypto in USD, FX as the pair's rate). Each run starts within START_SPREAD
+# of these, seeded. A symbol not listed here (--symbols) starts at a seeded random 20-500.
+REFERENCE_PRICES = {
+    "AAPL": 190.0, "MSFT": 420.0, "NVDA": 120.0, "AMZN": 185.0, "GOOGL": 170.0, "META": 500.0,
+    "TSLA": 200.0, "JPM": 200.0, "V": 275.0, "XOM": 115.0,
+    "BTC-USD": 60_000.0, "ETH-USD": 3_000.0, "SOL-USD": 150.0,
+    "EURUSD": 1.10, "GBPUSD": 1.27, "USDJPY": 150.0,
+}
+START_SPREAD = 0.02  # +-2%: runs with different seeds start apart, all of them plausible
+# Prices keep this many significant digits, whatever their size: 1.10234 (FX), 190.123, 60123.4.
+PRICE_DIGITS = 6
+
+
+def significant(price: float, digits: int = PRICE_DIGITS) -> float:
+    """`price` rounded to `digits` significant digits (a fixed number of decimals would flatten FX)."""
+    return float(f"{price:.{digits}g}")
+
+
+def start_price(symbol: str, rng: random.Random) -> float:
+    """A seeded start near REFERENCE_PRICES[symbol], or a seeded random one for an unknown symbol."""
+    reference = REFERENCE_PRICES.get(symbol.upper())
+    if reference is None:
+        return round(rng.uniform(20, 500), 2)
+    return significant(reference * rng.uniform(1 - START_SPREAD, 1 + START_SPREAD))
 
 
 def ticks(count: int, symbols: tuple[str, ...] = DEFAULT_SYMBOLS, seed: int = 7,
           start_ms: int | None = None) -> Iterator[dict]:
     """`count` ticks in time order; equal seeds give equal ticks."""
     rng = random.Random(seed)
-    prices = {s: round(rng.uniform(20, 500), 2) for s in symbols}
+    prices = {s: start_price(s, rng) for s in symbols}
     venue = {s: EXCHANGES[i % len(EXCHANGES)] for i, s in enumerate(symbols)}
     now = int(time.time() * 1000) if start_ms is None else start_ms
     for i in range(count):
         sym = symbols[rng.randrange(len(symbols))]
-        prices[sym] = max(0.01, round(prices[sym] * math.exp(rng.gauss(0.0, STEP_SIGMA)), 4))
+        prices[sym] = significant(prices[sym] * math.exp(rng.gauss(0.0, STEP_SIGMA)))
         yield {
             "symbol": sym,
             "price": prices[sym],

@@ -40,6 +40,19 @@ def test_wrong_values_give_one_clear_error_not_a_traceback(args, env, needle, tm
     assert needle in proc.stderr
 
 
+def test_format_is_checked_in_one_place_with_one_message_and_exit_code_2(tmp_path):
+    from finpulse import feeds
+
+    base = {"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(tmp_path)}
+    expected = f"error: --format: unknown feed 'nope'; choose one of: {', '.join(feeds.names())}\n"
+    for args in (["ingest", "--drain"], ["replay", "--from-offset", "0"], ["verify"]):
+        proc = finpulse(*args, "--format", "nope", env=base, check=False, timeout=60)
+        assert (proc.returncode, proc.stderr, proc.stdout) == (2, expected, ""), args
+    from finpulse.cli import feed_choice
+
+    assert feed_choice(None) is None and feed_choice("kraken") == "kraken"
+
+
 @pytest.mark.kafka
 @pytest.mark.postgres
 def test_init_is_idempotent_and_produce_fills_the_topic(isolated, tmp_path):

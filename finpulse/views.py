@@ -1,0 +1,173 @@
+"""What the commands print: plain data in, text on a rich Console out, nothing returned.
+
+cli.py parses flags and calls a stage, then one of these. Tests and scripts grep these lines:
+change their text only on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from finpulse.replay import Report, Span
+    from finpulse.show import Landed
+    from finpulse.verify import Verdict
+
+# Columns of a table written to a pipe (scripts, logs), where rich would otherwise assume 80.
+PIPED_WIDTH = 120
+
+
+def print_table(out: Console, table: Table) -> None:
+    """On a terminal, its width; piped output goes to scripts and logs: 120 columns, not rich's 80."""
+    (out if out.is_terminal else Console(width=max(out.width, PIPED_WIDTH))).print(table)
+
+
+def print_json(out: Console, data: Any) -> None:
+    """One JSON document on the console's file, exactly as json.dumps writes it (no markup)."""
+    out.file.write(json.dumps(data, indent=2) + "\n")
+    out.file.flush()
+
+
+def _partitions(n: int) -> str:
+    return f"{n} partition" + ("" if n == 1 else "s")
+
+
+def _num(v: int | None) -> str:
+    return "-" if v is None else f"{v:,}"
+
+
+# ---------------------------------------------------------------------------- init, produce, ingest
+def topic_ready(out: Console, topic: str, created: bool, partitions: int) -> None:
+    """`partitions`: those asked for when created, those the topic has otherwise."""
+    out.print(f"Kafka topic {topic}: {f'created with {partitions} partitions' if created else 'exists'}"
+              + ("" if created else f" ({partitions} partitions)"))
+
+
+def postgres_tables_ready(out: Console, schema: str, server: str, made: Iterable[str],
+                          tables: Iterable[str] = ("prices_raw", "prices_rejected", "finpulse_offsets")) -> None:
+    made = set(made)
+    for table in tables:
+        out.print(f"PostgreSQL table {schema}.{table} at {server}: {'created' if table in made else 'exists'}")
+
+
+def delta_table_ready(out: Console, uri: str, created: bool) -> None:
+    out.print(f"Delta table {uri}: {'created' if created else 'exists'}")
+
+
+def produced(out: Console, sent: int, topic: str, servers: str) -> None:
+    out.print(f"sent {sent:,} ticks to {topic} on {servers}")
+
+
+def ingested(out: Console, totals, workers: int, sinks: Iterable[str]) -> None:
+    """`totals`: the supervisor's run totals (ticks, messages, elapsed, rows per sink, ...)."""
+    t = totals
+    out.print(
+        f"ingested {t.ticks:,} ticks from {t.messages:,} messages in {t.elapsed:.1f}s "
+        f"({t.ticks / t.elapsed:,.0f} ticks/s) with {workers} workers: "
+        + "".join(f"{sink} +{t.rows.get(sink, 0):,} rows, " for sink in sinks)
+        + f"{t.rejected:,} rejected, {t.skipped:,} skipped, {t.restarts} restarts"
+    )
+
+
+# ---------------------------------------------------------------------------- show
+def landed(out: Console, sinks: list[Landed], where: dict[str, str]) -> None:
+    """One table per sink; `where` names each sink's location for its title."""
+    from finpulse.show import SUMMARY_COLUMNS
+
+    for item in sinks:
+        title = f"{item.sink}: {item.rows:,} rows" + (
+            f", {item.rejected:,} rejected" if item.rejected is not None else "") + f" in {where[item.sink]}"
+        t = Table(title=escape(title), title_justify="left")
+        for col in SUMMARY_COLUMNS:
+            t.add_column(col, justify="left" if col == "symbol" else "right")
+        for sym, n, low, high, last, when in item.symbols:
+            t.add_row(sym, f"{n:,}", f"{low:,.4f}", f"{high:,.4f}", f"{last:,.4f}", when.strftime("%Y-%m-%d %H:%M:%S"))
+        out.print(t)
+
+
+# ---------------------------------------------------------------------------- replay
+def positions_unavailable(err: Console, reason: object) -> None:
+    err.print(f"sink positions unavailable: {reason}", highlight=False, markup=False)
+
+
+def dry_run(out: Console, spans: list[Span], held: dict[str, dict[int, int]], topic: str) -> None:
+    for sp in spans:
+        where = "".join(f"; {name} at {h[sp.partition]:,}" if sp.partition in h else f"; {name} holds nothing"
+                        for name, h in held.items())
+        out.print(f"partition {sp.partition}: {sp.size:,} messages, offsets {sp.start:,} up to {sp.end:,} "
+                  f"(exclusive){where}", highlight=False)
+    total = sum(sp.size for sp in spans)
+    out.print(f"dry run: would read {total:,} messages from {_partitions(len(spans))} of {topic}; "
+              "nothing written", highlight=False)
+
+
+def replayed(out: Console, report: Report, partitions: int, topic: str) -> None:
+    for name, tally in report.sinks.items():
+        for p, left in sorted(tally.left.items()):
+            at = "holds nothing of it" if left.position is None else f"is at {left.position:,}"
+            out.print(f"{name}: partition {p} offsets {left.start:,} up to {left.end:,} left to `finpulse ingest`: "
+                      f"the sink {at}, and writing them would skip the offsets in between", highlight=False)
+    added = "; ".join(f"{name} +{t.rows:,} rows" + (f", +{t.rejects:,} rejects" if name == "postgres" else "")
+                      for name, t in report.sinks.items())
+    out.print(f"replayed {report.messages:,} messages from {_partitions(partitions)} of {topic} in "
+              f"{report.elapsed:.1f}s: {added}", highlight=False)
+
+
+# ---------------------------------------------------------------------------- status
+def status(out: Console, data: dict, topic: str, group_id: str) -> None:
+    """`data`: Status.as_json(), so the table and `status --json` never disagree."""
+    d = data["delta"]
+    t = Table(title=f"{topic} (group {group_id}); Delta version {_num(d['version'])}, "
+              f"{_num(d['files'])} files, {_num(d['bytes'])} bytes", title_justify="left", show_edge=False)
+    columns = ["partition", "low", "high", "committed", "postgres", "lag", "delta", "lag", "rejected"]
+    keys = ["partition", "low", "high", "committed", "postgres_position", "postgres_lag", "delta_position",
+            "delta_lag", "rejected"]
+    for col in columns:
+        t.add_column(col, justify="right")
+    for row in [*data["partitions"], {"partition": "total", **data["totals"]}]:
+        t.add_row(*(str(row[k]) if k == "partition" else _num(row.get(k)) for k in keys))
+    print_table(out, t)
+    for g in data.get("gaps", []):
+        out.print(f"gap accepted with --allow-data-loss: partition {g['partition']} offsets "
+                  f"{g['from_offset']:,} up to {g['to_offset']:,} ({g['reason']})", highlight=False)
+
+
+# ---------------------------------------------------------------------------- verify
+def verdict(out: Console, topic: str, verdict: Verdict) -> None:
+    t = Table(title=f"{topic}: what the topic holds, and rows in each sink", title_justify="left",
+              show_edge=False)
+    names = list(verdict.sinks)
+    for col in ["partition", "offsets", "messages", "ticks", "rejects", *names] + (
+            ["rejected"] if "postgres" in names else []):
+        t.add_column(col, justify="right")
+    for c in verdict.partitions:
+        t.add_row(str(c.partition), f"{c.start}-{c.end}", f"{c.messages:,}", f"{c.ticks:,}", f"{c.rejects:,}",
+                  *(f"{c.rows[n]:,}" for n in names), *([f"{c.rejected:,}"] if "postgres" in names else []))
+    print_table(out, t)
+    for p, start, end, reason in verdict.gaps:
+        out.print(f"gap accepted with --allow-data-loss: partition {p} offsets {start:,} up to {end:,} ({reason}); "
+                  "those messages were never ingested", highlight=False)
+    for name, check in verdict.sinks.items():
+        n = check.counts
+        pending = f" ({check.pending:,} at or above the sink's position: not ingested yet)" if check.pending else ""
+        out.print(f"{name}: {n['missing']:,} missing{pending}, {n['duplicated']:,} duplicated, "
+                  f"{n['unexpected']:,} unexpected" + (" - exact" if check.exact else ""), highlight=False)
+        for kind, keys in check.samples.items():
+            if keys:
+                shown = ", ".join(f"({p}, {o}, {i})" for p, o, i in keys)
+                more = f" and {n[kind] - len(keys):,} more" if n[kind] > len(keys) else ""
+                out.print(f"  {kind} (partition, offset, tick_index): {shown}{more}", highlight=False, markup=False)
+
+
+def repaired(out: Console, name: str, report: Report) -> None:
+    tally = report.sinks[name]
+    out.print(f"repair {name}: replayed {report.messages:,} messages, +{tally.rows:,} rows"
+              + (f", +{tally.rejects:,} rejects" if name == "postgres" else "")
+              + (f"; {len(tally.left)} partitions left to `finpulse ingest`" if tally.left else ""),
+              highlight=False)
