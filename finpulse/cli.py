@@ -79,15 +79,13 @@ def init(
 ) -> None:
     """Create the Kafka topic, the PostgreSQL tables and the Delta table, where absent."""
     from finpulse import source
-    from finpulse.sinks.delta import create_table
-    from finpulse.sinks.postgres import create_tables
+    from finpulse.sinks import prepare_sinks
 
     s = settings(kafka_topic=topic, kafka_bootstrap_servers=bootstrap_servers, delta_table_uri=delta_uri)
     created = source.create_topic(s, partitions)
     views.topic_ready(out, s.kafka_topic, created, partitions if created else len(source.partitions(s)))
-    made = create_tables(s.postgres_conninfo(), s.postgres_schema)
-    views.postgres_tables_ready(out, s.postgres_schema, s.postgres_display(), made)
-    views.delta_table_ready(out, s.delta_uri, create_table(s.delta_uri, s.delta_storage_options))
+    for ensured in prepare_sinks(s).values():
+        views.sinks_ready(out, ensured)
 
 
 @app.command()
@@ -162,8 +160,7 @@ def show(
     if as_json:
         views.print_json(out, showing.as_json(landed))
     else:
-        views.landed(out, landed, {"postgres": s.postgres_display() + f" ({s.postgres_schema}.prices_raw)",
-                                   "delta": s.delta_uri})
+        views.landed(out, landed)
 
 
 # ------------------------------------------------------------------ replay, status, verify

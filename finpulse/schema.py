@@ -26,6 +26,9 @@ TICKS = pa.schema(
 )
 
 LINEAGE = ("kafka_partition", "kafka_offset", "tick_index")
+# The total order of ticks, newest first when descending: a symbol's "last" price is the first
+# tick in it, the same in every sink even when ticks share a trade time (a millisecond feed).
+LAST_ORDER = ("trade_time", *LINEAGE)
 
 #: Delta partitions by the trade's UTC date, derived from trade_time at write time.
 DELTA_PARTITION = "trade_date"

@@ -1,79 +1,37 @@
 """What landed: row counts and a per-symbol summary from each sink, side by side.
 
 "Last" is the newest tick of a symbol in one total order, the same in both sinks: trade time,
-then (kafka_partition, kafka_offset, tick_index), all descending. Ticks sharing a trade time
-(a millisecond feed) would otherwise give each sink its own arbitrary last price.
+then (kafka_partition, kafka_offset, tick_index), all descending (schema.LAST_ORDER). Ticks
+sharing a trade time (a millisecond feed) would otherwise give each sink its own last price.
+Each sink computes its own summary (Sink.summary); this module lists them and shapes the JSON.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timezone
 
-import psycopg
-from deltalake import DeltaTable
-from deltalake.exceptions import TableNotFoundError
-
+from finpulse import sinks
 from finpulse.config import Settings
-from finpulse.errors import ConfigError, ServiceUnavailable
-from finpulse.schema import PRICES_TABLE, REJECTS_TABLE
+from finpulse.schema import LAST_ORDER
+from finpulse.sinks import Summary
 
 SUMMARY_COLUMNS = ("symbol", "ticks", "low", "high", "last_price", "last_time")
 # Symbols in the `finpulse show` table unless --limit says otherwise; a screenful.
 TABLE_LIMIT = 10
-# The total order that picks a symbol's last tick, newest first (see the module docstring).
-LAST_ORDER = ("trade_time", "kafka_partition", "kafka_offset", "tick_index")
-_PG_LAST = ", ".join(f"{column} DESC" for column in LAST_ORDER)
+__all__ = ["LAST_ORDER", "SUMMARY_COLUMNS", "TABLE_LIMIT", "Landed", "as_json", "landed"]
 
-
-@dataclass(frozen=True)
-class Landed:
-    sink: str
-    rows: int
-    rejected: int | None  # only PostgreSQL keeps rejects
-    symbols: list[tuple]  # SUMMARY_COLUMNS, busiest symbols first
-
-
-def from_postgres(settings: Settings, limit: int | None) -> Landed:
-    """`limit`: the busiest symbols to summarise, None for all."""
-    try:
-        with psycopg.connect(settings.postgres_conninfo()) as conn:
-            rows = conn.execute(f"SELECT count(*) FROM {PRICES_TABLE}").fetchone()[0]
-            rejected = conn.execute(f"SELECT count(*) FROM {REJECTS_TABLE}").fetchone()[0]
-            symbols = conn.execute(
-                f"""SELECT symbol, count(*), min(price), max(price),
-                           (array_agg(price ORDER BY {_PG_LAST}))[1], max(trade_time)
-                    FROM {PRICES_TABLE} GROUP BY symbol ORDER BY count(*) DESC, symbol LIMIT %s""",
-                (limit,),
-            ).fetchall()
-    except psycopg.errors.UndefinedTable:
-        raise ConfigError("the PostgreSQL tables do not exist yet: run `finpulse init`") from None
-    except psycopg.OperationalError as exc:
-        raise ServiceUnavailable(f"PostgreSQL at {settings.postgres_display()}: {exc}") from None
-    return Landed("postgres", rows, rejected, [tuple(r) for r in symbols])
-
-
-def from_delta(settings: Settings, limit: int | None) -> Landed:
-    try:
-        dt = DeltaTable(settings.delta_uri, storage_options=settings.delta_storage_options)
-    except TableNotFoundError:
-        raise ConfigError(f"no Delta table at {settings.delta_uri}: run `finpulse init`") from None
-    table = dt.to_pyarrow_dataset().to_table(columns=["symbol", "price", *LAST_ORDER])
-    if table.num_rows == 0:
-        return Landed("delta", 0, None, [])
-    grouped = table.group_by("symbol").aggregate(
-        [("price", "count"), ("price", "min"), ("price", "max"), ("trade_time", "max")])
-    latest = table.sort_by([(c, "descending") for c in LAST_ORDER])
-    last = latest.group_by("symbol", use_threads=False).aggregate([("price", "first")])
-    merged = grouped.join(last, "symbol")
-    merged = merged.sort_by([("price_count", "descending"), ("symbol", "ascending")]).slice(0, limit)
-    symbols = list(zip(*(merged.column(c).to_pylist() for c in
-                         ("symbol", "price_count", "price_min", "price_max", "price_first", "trade_time_max"))))
-    return Landed("delta", table.num_rows, None, symbols)
+Landed = Summary  # what one sink holds, as `show` lists it
 
 
 def landed(settings: Settings, limit: int | None = TABLE_LIMIT) -> list[Landed]:
-    return [from_postgres(settings, limit), from_delta(settings, limit)]
+    """Each kind of sink's summary (finpulse.sinks.KINDS): `limit` busiest symbols, None for all."""
+    out = []
+    for sink in sinks.open_sinks(settings, every=True):
+        try:
+            out.append(sink.summary(limit))
+        finally:
+            sink.close()
+    return out
 
 
 def as_json(landed: list[Landed]) -> dict:

@@ -49,15 +49,10 @@ def topic_ready(out: Console, topic: str, created: bool, partitions: int) -> Non
               + ("" if created else f" ({partitions} partitions)"))
 
 
-def postgres_tables_ready(out: Console, schema: str, server: str, made: Iterable[str],
-                          tables: Iterable[str] = ("prices_raw", "prices_rejected", "finpulse_offsets")) -> None:
-    made = set(made)
-    for table in tables:
-        out.print(f"PostgreSQL table {schema}.{table} at {server}: {'created' if table in made else 'exists'}")
-
-
-def delta_table_ready(out: Console, uri: str, created: bool) -> None:
-    out.print(f"Delta table {uri}: {'created' if created else 'exists'}")
+def sinks_ready(out: Console, ensured: Iterable[tuple[str, bool]]) -> None:
+    """What `init` made sure exists, each with whether it was created now."""
+    for what, created in ensured:
+        out.print(f"{what}: {'created' if created else 'exists'}")
 
 
 def produced(out: Console, sent: int, topic: str, servers: str) -> None:
@@ -76,13 +71,13 @@ def ingested(out: Console, totals, workers: int, sinks: Iterable[str]) -> None:
 
 
 # ---------------------------------------------------------------------------- show
-def landed(out: Console, sinks: list[Landed], where: dict[str, str]) -> None:
-    """One table per sink; `where` names each sink's location for its title."""
+def landed(out: Console, sinks: list[Landed]) -> None:
+    """One table per sink, titled with where its rows are."""
     from finpulse.show import SUMMARY_COLUMNS
 
     for item in sinks:
         title = f"{item.sink}: {item.rows:,} rows" + (
-            f", {item.rejected:,} rejected" if item.rejected is not None else "") + f" in {where[item.sink]}"
+            f", {item.rejected:,} rejected" if item.rejected is not None else "") + f" in {item.where}"
         t = Table(title=escape(title), title_justify="left")
         for col in SUMMARY_COLUMNS:
             t.add_column(col, justify="left" if col == "symbol" else "right")

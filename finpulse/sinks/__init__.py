@@ -6,7 +6,7 @@ line in KINDS."""
 from __future__ import annotations
 
 from finpulse.config import Settings
-from finpulse.sinks.base import Sink, SinkKind, Written
+from finpulse.sinks.base import Sink, SinkKind, Summary, Written
 from finpulse.sinks.delta import DeltaSink
 from finpulse.sinks.postgres import PostgresSink
 
@@ -25,10 +25,10 @@ def open_sinks(settings: Settings, topic_id: str | None = None, every: bool = Fa
     return [KINDS[name].from_settings(settings, topic_id) for name in chosen]
 
 
-def prepare_sinks(settings: Settings) -> dict[str, list[str]]:
+def prepare_sinks(settings: Settings) -> dict[str, list[tuple[str, bool]]]:
     """Tables of the chosen sinks exist (idempotent) and can take our rows (SinkRejected if not);
-    per sink, what this call created."""
+    per sink, each thing it ensures and whether this call created it."""
     return {name: KINDS[name].prepare(settings) for name in settings.sink_names}
 
 
-__all__ = ["KINDS", "Sink", "SinkKind", "Written", "names", "open_sinks", "prepare_sinks"]
+__all__ = ["KINDS", "Sink", "SinkKind", "Summary", "Written", "names", "open_sinks", "prepare_sinks"]

@@ -20,6 +20,17 @@ class Filled(NamedTuple):
     held: Offsets
 
 
+class Summary(NamedTuple):
+    """What landed in one sink: its rows, its rejects (None: it keeps none) and per symbol, busiest
+    first, (symbol, ticks, low, high, last price, last trade time) with "last" by schema.LAST_ORDER."""
+
+    sink: str
+    rows: int
+    rejected: int | None
+    symbols: list[tuple]
+    where: str = ""  # where the rows are, for a person (no secrets)
+
+
 class Written(NamedTuple):
     """What one `write` did: the positions afterwards, and the rows and rejects it added (what the
     sink already held is skipped, and not counted)."""
@@ -37,9 +48,10 @@ class SinkKind(Protocol):
 
     def from_settings(self, settings: "Settings", topic_id: str | None = None) -> "Sink": ...
 
-    def prepare(self, settings: "Settings") -> list[str]:
+    def prepare(self, settings: "Settings") -> list[tuple[str, bool]]:
         """Create what the sink needs where absent (idempotent); SinkRejected when what exists cannot
-        take our rows. Returns what this call created."""
+        take our rows. Returns each thing it ensures, described for a person, and whether this call
+        created it."""
 
 
 class Sink(Protocol):
@@ -73,6 +85,9 @@ class Sink(Protocol):
 
     def describe(self, partitions: Iterable[int]) -> dict[str, object]:
         """What `status` shows of the sink beyond positions (JSON-able)."""
+
+    def summary(self, limit: int | None) -> Summary:
+        """Rows, rejects and the `limit` busiest symbols (None: all) for `finpulse show`."""
 
     def gaps(self) -> list[tuple[int, int, int, str]]:
         """(partition, from_offset, to_offset, reason) of the gaps accepted with --allow-data-loss."""

@@ -13,8 +13,8 @@ from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchEr
 from finpulse.batch import Offsets, TickBatch
 from finpulse.config import Settings
 from finpulse.errors import ServiceUnavailable, SinkRejected, first_line
-from finpulse.schema import DELTA, DELTA_PARTITION, LINEAGE
-from finpulse.sinks.base import Filled, Written
+from finpulse.schema import DELTA, DELTA_PARTITION, LAST_ORDER, LINEAGE
+from finpulse.sinks.base import Filled, Summary, Written
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +97,9 @@ class DeltaSink:
         return cls(settings.delta_uri, settings.delta_storage_options, settings.kafka_topic, topic_id)
 
     @staticmethod
-    def prepare(settings: Settings) -> list[str]:
-        """Create the table if absent (check an existing one); [its uri] when this call created it."""
-        return [settings.delta_uri] if create_table(settings.delta_uri, settings.delta_storage_options) else []
+    def prepare(settings: Settings) -> list[tuple[str, bool]]:
+        """Create the table if absent (check an existing one), and say whether this call created it."""
+        return [(f"Delta table {settings.delta_uri}", create_table(settings.delta_uri, settings.delta_storage_options))]
 
     def __init__(self, uri: str, storage_options: dict[str, str], topic: str, topic_id: str | None = None):
         self.uri, self.storage_options, self.topic, self.topic_id = uri, storage_options, topic, topic_id
@@ -205,6 +205,25 @@ class DeltaSink:
             self._table = None
             raise ServiceUnavailable(f"Delta table {self.uri} unreadable: {first_line(exc)}") from None
         return {"rows": rows}
+
+    def summary(self, limit: int | None) -> Summary:
+        table = self._latest()
+        try:
+            rows = table.to_pyarrow_dataset().to_table(columns=["symbol", "price", *LAST_ORDER])
+        except (DeltaError, OSError) as exc:
+            self._table = None
+            raise ServiceUnavailable(f"Delta table {self.uri} unreadable: {first_line(exc)}") from None
+        if rows.num_rows == 0:
+            return Summary(self.name, 0, None, [], self.where)
+        grouped = rows.group_by("symbol").aggregate(
+            [("price", "count"), ("price", "min"), ("price", "max"), ("trade_time", "max")])
+        latest = rows.sort_by([(c, "descending") for c in LAST_ORDER])
+        last = latest.group_by("symbol", use_threads=False).aggregate([("price", "first")])
+        merged = grouped.join(last, "symbol").sort_by([("price_count", "descending"), ("symbol", "ascending")])
+        merged = merged.slice(0, limit)
+        symbols = list(zip(*(merged.column(c).to_pylist() for c in
+                             ("symbol", "price_count", "price_min", "price_max", "price_first", "trade_time_max"))))
+        return Summary(self.name, rows.num_rows, None, symbols, self.where)
 
     def describe(self, partitions: Iterable[int]) -> dict[str, object]:
         """What `status` shows of the table: version, data files and their bytes."""

@@ -18,9 +18,9 @@ from finpulse.config import Settings
 from finpulse.errors import ServiceUnavailable, SinkRejected, first_line
 from finpulse.checks import clean_reason
 from finpulse.records import Reject
-from finpulse.schema import GAPS_TABLE, OFFSETS_TABLE, PG_DDL, PG_INDEXES, PRICES_TABLE, REJECTS_TABLE, TICKS, pg_type
+from finpulse.schema import GAPS_TABLE, LAST_ORDER, OFFSETS_TABLE, PG_DDL, PG_INDEXES, PRICES_TABLE, REJECTS_TABLE, TICKS, pg_type
 from finpulse.sinks import pgcopy
-from finpulse.sinks.base import Filled, Written
+from finpulse.sinks.base import Filled, Summary, Written
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,9 @@ _TOPIC_IDS = (f"SELECT kafka_partition, topic_id FROM {OFFSETS_TABLE} "
               "WHERE topic = %s AND kafka_partition = ANY(%s) AND topic_id IS NOT NULL")
 _RECORD_GAP = (f"INSERT INTO {GAPS_TABLE} (topic, kafka_partition, from_offset, to_offset, reason, topic_id) "
                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING")
+_SUMMARY = (f"SELECT symbol, count(*), min(price), max(price), "
+            f"(array_agg(price ORDER BY {', '.join(f'{c} DESC' for c in LAST_ORDER)}))[1], max(trade_time) "
+            f"FROM {PRICES_TABLE} GROUP BY symbol ORDER BY count(*) DESC, symbol LIMIT %s")
 _GAPS = f"SELECT kafka_partition, from_offset, to_offset, reason FROM {GAPS_TABLE} WHERE topic = %s ORDER BY 1, 2"
 
 # SQLSTATE classes that heal by themselves: connection trouble (08), the server shutting down or
@@ -146,13 +149,14 @@ class PostgresSink:
     @classmethod
     def from_settings(cls, settings: Settings, topic_id: str | None = None) -> "PostgresSink":
         return cls(settings.postgres_conninfo(), settings.kafka_topic, topic_id,
-                   where=f"{settings.postgres_display()} ({settings.postgres_schema})")
+                   where=f"{settings.postgres_display()} ({settings.postgres_schema}.{PRICES_TABLE})")
 
     @staticmethod
-    def prepare(settings: Settings) -> list[str]:
-        """Create the schema and tables if absent; the names of those this call created."""
-        return [f"{settings.postgres_schema}.{t}"
-                for t in create_tables(settings.postgres_conninfo(), settings.postgres_schema)]
+    def prepare(settings: Settings) -> list[tuple[str, bool]]:
+        """Create the schema and tables if absent; each table, and whether this call created it."""
+        made = create_tables(settings.postgres_conninfo(), settings.postgres_schema)
+        return [(f"PostgreSQL table {settings.postgres_schema}.{t} at {settings.postgres_display()}", t in made)
+                for t in (PRICES_TABLE, REJECTS_TABLE, OFFSETS_TABLE, GAPS_TABLE)]
 
     def __init__(self, conninfo: str, topic: str, topic_id: str | None = None, where: str = "PostgreSQL"):
         self.topic, self.topic_id, self.where = topic, topic_id, where
@@ -271,6 +275,17 @@ class PostgresSink:
         rows = np.frombuffer(data, dtype=_PG_KEY, offset=len(pgcopy.HEADER),
                              count=max(0, len(data) - len(pgcopy.HEADER) - len(pgcopy.TRAILER)) // _PG_KEY.itemsize)
         return pa.table({"kafka_offset": rows["offset"].astype(np.int64), "tick_index": rows["index"].astype(np.int32)})
+
+    def summary(self, limit: int | None) -> Summary:
+        try:
+            with self.pool.connection(timeout=10) as conn:
+                rows = conn.execute(f"SELECT count(*) FROM {PRICES_TABLE}").fetchone()
+                rejected = conn.execute(f"SELECT count(*) FROM {REJECTS_TABLE}").fetchone()
+                symbols = conn.execute(_SUMMARY, (limit,)).fetchall()
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise _classify(exc, "summarising what landed") from None
+        return Summary(self.name, rows[0] if rows else 0, rejected[0] if rejected else 0,
+                       [tuple(r) for r in symbols], self.where)
 
     def describe(self, partitions: Iterable[int]) -> dict[str, object]:
         """What `status` shows of this sink beyond positions: where it is, rejects per partition."""
