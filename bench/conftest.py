@@ -61,8 +61,13 @@ class FreshSinks:
     def __call__(self, **overrides) -> Settings:
         tag = uuid.uuid4().hex[:8]
         fields = {k: v for k, v in self.base.model_dump().items() if v is not None}
-        fields.update(postgres_password=self.base.postgres_password, postgres_schema=f"bench_{tag}",
-                      delta_table_uri=str(self.root / tag / "prices"), kafka_group_id=f"bench-{tag}", **overrides)
+        fields.update(
+            postgres_password=self.base.postgres_password,
+            postgres_schema=f"bench_{tag}",
+            delta_table_uri=str(self.root / tag / "prices"),
+            kafka_group_id=f"bench-{tag}",
+            **overrides,
+        )
         s = Settings(**fields)
         supervisor.prepare(s)
         self.made.append(s)
@@ -120,7 +125,7 @@ class PeakRss:
         while not self._stop.wait(self.every_s):
             self._sample()
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> PeakRss:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self

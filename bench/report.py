@@ -23,22 +23,41 @@ def rows(path: str) -> tuple[list[list[str]], list[str]]:
 
     table = []
     order = {"end-to-end": 0, "stage": 1, "limit": 2, "freshness": 3}
-    for i in sorted(info, key=lambda i: (order.get(i.get("kind"), 9), i.get("design") != "finpulse",
-                                          str(i.get("sinks")), i.get("workers", 0), i.get("batch_size", 0))):
+    for i in sorted(
+        info,
+        key=lambda i: (
+            order.get(i.get("kind"), 9),
+            i.get("design") != "finpulse",
+            str(i.get("sinks")),
+            i.get("workers", 0),
+            i.get("batch_size", 0),
+        ),
+    ):
         kind = i.get("kind", "")
         what = {
             "end-to-end": f"{i.get('design')} drain: batch {i.get('batch_size')}, {i.get('workers')} worker(s), sinks {i.get('sinks')}",
-            "stage": f"stage {i.get('stage', i.get('feed', ''))}" + (f" ({i['indexes']})" if "indexes" in i else "")
-                     + (f" feed {i['feed']}" if "feed" in i else ""),
+            "stage": f"stage {i.get('stage', i.get('feed', ''))}"
+            + (f" ({i['indexes']})" if "indexes" in i else "")
+            + (f" feed {i['feed']}" if "feed" in i else ""),
             "limit": f"limit {i.get('stage')}",
         }.get(kind, _decode_label(i) if "feed" in i else i["name"])
         if kind == "freshness":
-            table.append([f"freshness at {i['rate']:,} ticks/s, batch {i['batch_size']}", "", "", "",
-                          f"pg {i['freshness_p50_ms_postgres']:.0f}/{i['freshness_p99_ms_postgres']:.0f} ms, "
-                          f"delta {i['freshness_p50_ms_delta']:.0f}/{i['freshness_p99_ms_delta']:.0f} ms", ""])
+            table.append(
+                [
+                    f"freshness at {i['rate']:,} ticks/s, batch {i['batch_size']}",
+                    "",
+                    "",
+                    "",
+                    f"pg {i['freshness_p50_ms_postgres']:.0f}/{i['freshness_p99_ms_postgres']:.0f} ms, "
+                    f"delta {i['freshness_p50_ms_delta']:.0f}/{i['freshness_p99_ms_delta']:.0f} ms",
+                    "",
+                ]
+            )
             continue
         tps = i.get("ticks_per_s")
-        ratio = f"{tps / naive:,.0f}x" if naive and tps and kind == "end-to-end" and i.get("design") == "finpulse" else ""
+        ratio = (
+            f"{tps / naive:,.0f}x" if naive and tps and kind == "end-to-end" and i.get("design") == "finpulse" else ""
+        )
         lim = limit_for(i.get("sinks", "all")) if kind == "end-to-end" and i.get("design") == "finpulse" else None
         frac = f"{tps / lim[1]:.0%} of {lim[0]}" if lim and tps else ""
         rss = f"{i['peak_rss_mib']:.0f} MiB" if i.get("peak_rss_mib") else ""
@@ -60,7 +79,10 @@ def render(table: list[list[str]], header: list[str], markdown: bool) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in table]
         return "\n".join(lines)
     widths = [max(len(str(r[c])) for r in table + [header]) for c in range(len(header))]
-    fmt = lambda r: "  ".join(str(v).ljust(w) if c == 0 else str(v).rjust(w) for c, (v, w) in enumerate(zip(r, widths)))
+
+    def fmt(r):
+        return "  ".join(str(v).ljust(w) if c == 0 else str(v).rjust(w) for c, (v, w) in enumerate(zip(r, widths)))
+
     return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in table])
 
 

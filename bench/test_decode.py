@@ -31,7 +31,7 @@ _best: dict[str, float] = {}  # best round of the baseline, for the canonical ru
 def _iso(us: int, ns_digits: int = 0) -> str:
     """RFC-3339 UTC with µs digits, plus `ns_digits` extra sub-µs digits."""
     seconds, micros = divmod(us, 1_000_000)
-    extra = f"{(us * 7) % 10 ** ns_digits:0{ns_digits}d}" if ns_digits else ""
+    extra = f"{(us * 7) % 10**ns_digits:0{ns_digits}d}" if ns_digits else ""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}{extra}Z"
 
 
@@ -39,8 +39,13 @@ def _trades(i: int, base_us: int):
     """1 to 3 trades for message i: (symbol, price, size, time µs, index across the run)."""
     for k in range(1 + i % 3):
         j = 3 * i + k
-        yield SYMBOLS[j % len(SYMBOLS)], round(100 + (j * 7919 % 100_003) / 100, 2), 0.001 * (1 + j % 997), \
-            base_us + j * 1000 + j % 997, j
+        yield (
+            SYMBOLS[j % len(SYMBOLS)],
+            round(100 + (j * 7919 % 100_003) / 100, 2),
+            0.001 * (1 + j % 997),
+            base_us + j * 1000 + j % 997,
+            j,
+        )
 
 
 def _one(i: int, base_us: int):
@@ -49,8 +54,17 @@ def _one(i: int, base_us: int):
 
 def _binance(i: int, base_us: int, event: str) -> dict:
     sym, price, size, us, j = _one(i, base_us)
-    msg = {"e": event, "E": us // 1000 + 1, "s": sym.replace("-", "T"), "t": j, "p": f"{price:.8f}", "q": f"{size:.8f}",
-           "T": us // 1000, "m": j % 2 == 0, "M": True}
+    msg = {
+        "e": event,
+        "E": us // 1000 + 1,
+        "s": sym.replace("-", "T"),
+        "t": j,
+        "p": f"{price:.8f}",
+        "q": f"{size:.8f}",
+        "T": us // 1000,
+        "m": j % 2 == 0,
+        "M": True,
+    }
     if event == "aggTrade":
         msg = {"a": msg.pop("t"), **msg, "f": j, "l": j + 2}
     return msg
@@ -58,49 +72,135 @@ def _binance(i: int, base_us: int, event: str) -> dict:
 
 def _coinbase(i: int, base_us: int) -> dict:
     sym, price, size, us, j = _one(i, base_us)
-    return {"type": "match", "trade_id": j, "maker_order_id": f"{j:08x}-2d7b-4c83-9e61-0f3b5a7d2c14",
-            "taker_order_id": f"{j + 1:08x}-71f2-4a9c-b6d4-83c2e1f09a77", "side": "sell" if j % 2 else "buy",
-            "size": f"{size:.8f}", "price": f"{price:.2f}", "product_id": sym, "sequence": 84_000_000_000 + j,
-            "time": _iso(us)}
+    return {
+        "type": "match",
+        "trade_id": j,
+        "maker_order_id": f"{j:08x}-2d7b-4c83-9e61-0f3b5a7d2c14",
+        "taker_order_id": f"{j + 1:08x}-71f2-4a9c-b6d4-83c2e1f09a77",
+        "side": "sell" if j % 2 else "buy",
+        "size": f"{size:.8f}",
+        "price": f"{price:.2f}",
+        "product_id": sym,
+        "sequence": 84_000_000_000 + j,
+        "time": _iso(us),
+    }
 
 
 def _coinbase_advanced(i: int, base_us: int) -> dict:
-    trades = [{"trade_id": str(j), "product_id": sym, "price": f"{price:.2f}", "size": f"{size:.8f}",
-               "side": "BUY" if j % 2 else "SELL", "time": _iso(us, 2)} for sym, price, size, us, j in _trades(i, base_us)]
-    return {"channel": "market_trades", "client_id": "", "timestamp": _iso(base_us + 3000 * i + 500, 3),
-            "sequence_num": i, "events": [{"type": "update", "trades": trades}]}
+    trades = [
+        {
+            "trade_id": str(j),
+            "product_id": sym,
+            "price": f"{price:.2f}",
+            "size": f"{size:.8f}",
+            "side": "BUY" if j % 2 else "SELL",
+            "time": _iso(us, 2),
+        }
+        for sym, price, size, us, j in _trades(i, base_us)
+    ]
+    return {
+        "channel": "market_trades",
+        "client_id": "",
+        "timestamp": _iso(base_us + 3000 * i + 500, 3),
+        "sequence_num": i,
+        "events": [{"type": "update", "trades": trades}],
+    }
 
 
 def _alpaca_stocks(i: int, base_us: int) -> list:
-    return [{"T": "t", "i": 52_983_525_029_461 + j, "S": sym, "x": "VDQ"[j % 3], "p": price, "s": 1 + j % 300,
-             "t": _iso(us, 3), "c": ["@"], "z": "C"} for sym, price, size, us, j in _trades(i, base_us)]
+    return [
+        {
+            "T": "t",
+            "i": 52_983_525_029_461 + j,
+            "S": sym,
+            "x": "VDQ"[j % 3],
+            "p": price,
+            "s": 1 + j % 300,
+            "t": _iso(us, 3),
+            "c": ["@"],
+            "z": "C",
+        }
+        for sym, price, size, us, j in _trades(i, base_us)
+    ]
 
 
 def _alpaca_crypto(i: int, base_us: int) -> list:
-    return [{"T": "t", "S": sym.replace("-", "/"), "p": price, "s": size, "t": _iso(us, 3),
-             "i": 7_143_520_977_419_452_871 + j, "tks": "BS"[j % 2]} for sym, price, size, us, j in _trades(i, base_us)]
+    return [
+        {
+            "T": "t",
+            "S": sym.replace("-", "/"),
+            "p": price,
+            "s": size,
+            "t": _iso(us, 3),
+            "i": 7_143_520_977_419_452_871 + j,
+            "tks": "BS"[j % 2],
+        }
+        for sym, price, size, us, j in _trades(i, base_us)
+    ]
 
 
 def _polygon_stocks(i: int, base_us: int) -> list:
-    return [{"ev": "T", "sym": sym, "i": str(52_983_525_033_527 + j), "x": 1 + j % 19, "p": price, "s": 1 + j % 300,
-             "c": [12, 37], "t": us // 1000, "q": j, "z": 3} for sym, price, size, us, j in _trades(i, base_us)]
+    return [
+        {
+            "ev": "T",
+            "sym": sym,
+            "i": str(52_983_525_033_527 + j),
+            "x": 1 + j % 19,
+            "p": price,
+            "s": 1 + j % 300,
+            "c": [12, 37],
+            "t": us // 1000,
+            "q": j,
+            "z": 3,
+        }
+        for sym, price, size, us, j in _trades(i, base_us)
+    ]
 
 
 def _polygon_crypto(i: int, base_us: int) -> list:
-    return [{"ev": "XT", "pair": sym, "p": price, "t": us // 1000, "s": size, "c": [2], "i": str(565_219_453 + j),
-             "x": 1 + j % 6, "r": us // 1000 + 14} for sym, price, size, us, j in _trades(i, base_us)]
+    return [
+        {
+            "ev": "XT",
+            "pair": sym,
+            "p": price,
+            "t": us // 1000,
+            "s": size,
+            "c": [2],
+            "i": str(565_219_453 + j),
+            "x": 1 + j % 6,
+            "r": us // 1000 + 14,
+        }
+        for sym, price, size, us, j in _trades(i, base_us)
+    ]
 
 
 def _finnhub(i: int, base_us: int) -> dict:
-    return {"data": [{"c": None, "p": price, "s": f"BINANCE:{sym.replace('-', '')}T", "t": us // 1000, "v": size}
-                     for sym, price, size, us, j in _trades(i, base_us)], "type": "trade"}
+    return {
+        "data": [
+            {"c": None, "p": price, "s": f"BINANCE:{sym.replace('-', '')}T", "t": us // 1000, "v": size}
+            for sym, price, size, us, j in _trades(i, base_us)
+        ],
+        "type": "trade",
+    }
 
 
 def _kraken(i: int, base_us: int) -> dict:
-    return {"channel": "trade", "type": "update",
-            "data": [{"symbol": sym.replace("-", "/"), "side": "buy" if j % 2 else "sell", "price": price, "qty": size,
-                      "ord_type": "market" if j % 3 else "limit", "trade_id": j, "timestamp": _iso(us)}
-                     for sym, price, size, us, j in _trades(i, base_us)]}
+    return {
+        "channel": "trade",
+        "type": "update",
+        "data": [
+            {
+                "symbol": sym.replace("-", "/"),
+                "side": "buy" if j % 2 else "sell",
+                "price": price,
+                "qty": size,
+                "ord_type": "market" if j % 3 else "limit",
+                "trade_id": j,
+                "timestamp": _iso(us),
+            }
+            for sym, price, size, us, j in _trades(i, base_us)
+        ],
+    }
 
 
 SHAPES = {  # shape -> (feed it is, message i -> JSON value)
@@ -151,8 +251,14 @@ def bare_baseline(values: list[bytes]) -> pa.RecordBatch:
         exchanges.append(tick.get("exchange"))
         sides.append(tick.get("side"))
     return pa.RecordBatch.from_arrays(
-        [pa.array(symbols, pa.string()), pa.array(prices, pa.float64()), pa.array(sizes, pa.float64()),
-         pa.array(stamps, pa.int64()), pa.array(exchanges, pa.string()), pa.array(sides, pa.string())],
+        [
+            pa.array(symbols, pa.string()),
+            pa.array(prices, pa.float64()),
+            pa.array(sizes, pa.float64()),
+            pa.array(stamps, pa.int64()),
+            pa.array(exchanges, pa.string()),
+            pa.array(sides, pa.string()),
+        ],
         names=["symbol", "price", "size", "timestamp_ms", "exchange", "side"],
     )
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
+from conftest import QUICK, ROOT
 from deltalake import DeltaTable
 
-from conftest import QUICK, ROOT
 from finpulse import produce, source
 
 RATE = 5_000  # ticks/s, a busy feed's steady rate
@@ -32,10 +32,18 @@ POLL_S = 0.01  # PostgreSQL poll period: the resolution of its latency figures
 
 def _env(s) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "POSTGRES_", "DELTA_", "FINPULSE_"))}
-    env.update(KAFKA_BOOTSTRAP_SERVERS=s.kafka_bootstrap_servers, KAFKA_TOPIC=s.kafka_topic,
-               KAFKA_GROUP_ID=s.kafka_group_id, POSTGRES_HOST=s.postgres_host, POSTGRES_PORT=str(s.postgres_port),
-               POSTGRES_DB=s.postgres_db, POSTGRES_USER=s.postgres_user, POSTGRES_SCHEMA=s.postgres_schema,
-               POSTGRES_PASSWORD=s.postgres_password.get_secret_value(), DELTA_TABLE_URI=s.delta_uri)
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=s.kafka_bootstrap_servers,
+        KAFKA_TOPIC=s.kafka_topic,
+        KAFKA_GROUP_ID=s.kafka_group_id,
+        POSTGRES_HOST=s.postgres_host,
+        POSTGRES_PORT=str(s.postgres_port),
+        POSTGRES_DB=s.postgres_db,
+        POSTGRES_USER=s.postgres_user,
+        POSTGRES_SCHEMA=s.postgres_schema,
+        POSTGRES_PASSWORD=s.postgres_password.get_secret_value(),
+        DELTA_TABLE_URI=s.delta_uri,
+    )
     return env
 
 
@@ -56,7 +64,9 @@ class PostgresWatch(threading.Thread):
         with psycopg.connect(self.s.postgres_conninfo(), autocommit=True) as conn:
             while not self.stop.wait(POLL_S):
                 where = " OR ".join(f"(kafka_partition = {p} AND kafka_offset >= {o})" for p, o in nxt.items())
-                rows = conn.execute(f"SELECT kafka_partition, kafka_offset, timestamp_ms FROM prices_raw WHERE {where}").fetchall()
+                rows = conn.execute(
+                    f"SELECT kafka_partition, kafka_offset, timestamp_ms FROM prices_raw WHERE {where}"
+                ).fetchall()
                 now = time.time() * 1000
                 for p, o, ts in rows:
                     self.latencies.append(now - ts)
@@ -89,8 +99,14 @@ def test_freshness_default_settings(benchmark, fresh_sinks):
     result = {}
 
     def run():
-        ingest = subprocess.Popen([sys.executable, "-m", "finpulse", "ingest"], env=_env(s), cwd=ROOT,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        ingest = subprocess.Popen(
+            [sys.executable, "-m", "finpulse", "ingest"],
+            env=_env(s),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         watch = PostgresWatch(s)
         watch.start()
         try:

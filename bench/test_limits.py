@@ -9,9 +9,9 @@ import psycopg
 import pyarrow as pa
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from conftest import BENCH_TICKS
 from deltalake import write_deltalake
 
-from conftest import BENCH_TICKS
 from finpulse import produce, source
 from finpulse.normalize import Decoder, Messages
 from finpulse.schema import DELTA_PARTITION, PRICES_TABLE
@@ -34,8 +34,14 @@ def test_limit_kafka_consume(benchmark, backlog):
     runs = []
 
     def run():
-        c = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers, "group.id": "bench-limit",
-                      "enable.auto.commit": False, "fetch.max.bytes": 64 << 20})
+        c = Consumer(
+            {
+                "bootstrap.servers": s.kafka_bootstrap_servers,
+                "group.id": "bench-limit",
+                "enable.auto.commit": False,
+                "fetch.max.bytes": 64 << 20,
+            }
+        )
         c.assign([TopicPartition(s.kafka_topic, p, OFFSET_BEGINNING) for p in source.partitions(s)])
         got = len(c.consume(1, 10.0))  # the clock starts at the first message
         started = time.perf_counter()
@@ -45,8 +51,9 @@ def test_limit_kafka_consume(benchmark, backlog):
         c.close()
 
     benchmark.pedantic(run, rounds=2, iterations=1)
-    benchmark.extra_info.update(ticks_per_s=round(backlog.ticks / min(runs)), ticks=backlog.ticks,
-                                design="limit", kind="limit", stage="kafka")
+    benchmark.extra_info.update(
+        ticks_per_s=round(backlog.ticks / min(runs)), ticks=backlog.ticks, design="limit", kind="limit", stage="kafka"
+    )
 
 
 def test_limit_postgres_copy(benchmark, rows, fresh_sinks):
@@ -67,8 +74,13 @@ def test_limit_postgres_copy(benchmark, rows, fresh_sinks):
             runs.append(time.perf_counter() - started)
 
     benchmark.pedantic(run, setup=setup, rounds=2, iterations=1)
-    benchmark.extra_info.update(ticks_per_s=round(rows.num_rows / min(runs)), ticks=rows.num_rows,
-                                design="limit", kind="limit", stage="postgres")
+    benchmark.extra_info.update(
+        ticks_per_s=round(rows.num_rows / min(runs)),
+        ticks=rows.num_rows,
+        design="limit",
+        kind="limit",
+        stage="postgres",
+    )
 
 
 def test_limit_delta_write(benchmark, rows, fresh_sinks):
@@ -85,5 +97,6 @@ def test_limit_delta_write(benchmark, rows, fresh_sinks):
         runs.append(time.perf_counter() - started)
 
     benchmark.pedantic(run, setup=setup, rounds=2, iterations=1)
-    benchmark.extra_info.update(ticks_per_s=round(rows.num_rows / min(runs)), ticks=rows.num_rows,
-                                design="limit", kind="limit", stage="delta")
+    benchmark.extra_info.update(
+        ticks_per_s=round(rows.num_rows / min(runs)), ticks=rows.num_rows, design="limit", kind="limit", stage="delta"
+    )

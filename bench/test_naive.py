@@ -18,7 +18,13 @@ def test_naive_consumer(benchmark, backlog, fresh_sinks):
         s = fresh_sinks()
         return (s, str(fresh_sinks.root / f"naive-{s.postgres_schema}")), {}
 
-    benchmark.pedantic(lambda s, path: runs.append(consume(s, NAIVE_TICKS, path)), setup=setup,
-                       rounds=1, iterations=1)
-    benchmark.extra_info.update(ticks_per_s=round(NAIVE_TICKS / runs[-1]), ticks=NAIVE_TICKS, batch_size=5,
-                                workers=1, sinks="all", design="naive", kind="end-to-end")
+    benchmark.pedantic(lambda s, path: runs.append(consume(s, NAIVE_TICKS, path)), setup=setup, rounds=1, iterations=1)
+    benchmark.extra_info.update(
+        ticks_per_s=round(NAIVE_TICKS / runs[-1]),
+        ticks=NAIVE_TICKS,
+        batch_size=5,
+        workers=1,
+        sinks="all",
+        design="naive",
+        kind="end-to-end",
+    )

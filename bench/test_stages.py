@@ -8,8 +8,8 @@ import orjson
 import psycopg
 import pyarrow as pa
 import pytest
-
 from conftest import STAGE_TICKS
+
 from finpulse import produce, source
 from finpulse.batch import TickBatch
 from finpulse.normalize import Decoder, Messages
@@ -38,8 +38,11 @@ def _batches(table: pa.Table) -> list[TickBatch]:
 
 
 # What each index costs the ingest rate: the same COPYs into prices_raw with fewer indexes.
-INDEX_SETS = {"pk+symbol_time": None, "pk only": "DROP INDEX {t}_symbol_time",
-              "no indexes": "DROP INDEX {t}_symbol_time; ALTER TABLE {t} DROP CONSTRAINT {t}_pkey"}
+INDEX_SETS = {
+    "pk+symbol_time": None,
+    "pk only": "DROP INDEX {t}_symbol_time",
+    "no indexes": "DROP INDEX {t}_symbol_time; ALTER TABLE {t} DROP CONSTRAINT {t}_pkey",
+}
 
 
 @pytest.mark.parametrize("indexes", INDEX_SETS)
@@ -63,9 +66,15 @@ def test_stage_postgres_copy(benchmark, ticks, fresh_sinks, indexes):
         sink.close()
 
     benchmark.pedantic(run, setup=setup, rounds=3, iterations=1)
-    benchmark.extra_info.update(ticks_per_s=round(ticks.num_rows / min(runs)), ticks=ticks.num_rows,
-                                batch_size=WRITE_BATCH, design="finpulse", kind="stage", stage="postgres",
-                                indexes=indexes)
+    benchmark.extra_info.update(
+        ticks_per_s=round(ticks.num_rows / min(runs)),
+        ticks=ticks.num_rows,
+        batch_size=WRITE_BATCH,
+        design="finpulse",
+        kind="stage",
+        stage="postgres",
+        indexes=indexes,
+    )
 
 
 def test_stage_delta_append(benchmark, ticks, fresh_sinks):
@@ -84,8 +93,14 @@ def test_stage_delta_append(benchmark, ticks, fresh_sinks):
         runs.append(time.perf_counter() - started)
 
     benchmark.pedantic(run, setup=setup, rounds=3, iterations=1)
-    benchmark.extra_info.update(ticks_per_s=round(ticks.num_rows / min(runs)), ticks=ticks.num_rows,
-                                batch_size=WRITE_BATCH, design="finpulse", kind="stage", stage="delta")
+    benchmark.extra_info.update(
+        ticks_per_s=round(ticks.num_rows / min(runs)),
+        ticks=ticks.num_rows,
+        batch_size=WRITE_BATCH,
+        design="finpulse",
+        kind="stage",
+        stage="delta",
+    )
 
 
 def test_stage_kafka_consume(benchmark, backlog):
@@ -99,8 +114,14 @@ def test_stage_kafka_consume(benchmark, backlog):
     runs = []
 
     def run():
-        c = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers, "group.id": "bench-consume",
-                      "enable.auto.commit": False, "queued.max.messages.kbytes": source.PREFETCH_KBYTES})
+        c = Consumer(
+            {
+                "bootstrap.servers": s.kafka_bootstrap_servers,
+                "group.id": "bench-consume",
+                "enable.auto.commit": False,
+                "queued.max.messages.kbytes": source.PREFETCH_KBYTES,
+            }
+        )
         c.assign([TopicPartition(s.kafka_topic, p, OFFSET_BEGINNING) for p in source.partitions(s)])
         got = len(Messages.from_kafka(c.consume(1, 10.0)))  # the clock starts at the first message
         started = time.perf_counter()
@@ -112,5 +133,6 @@ def test_stage_kafka_consume(benchmark, backlog):
 
     benchmark.pedantic(run, rounds=2, iterations=1)
     got, seconds = min(runs, key=lambda r: r[1])
-    benchmark.extra_info.update(ticks_per_s=round(got / seconds), ticks=got, design="finpulse", kind="stage",
-                                stage="kafka")
+    benchmark.extra_info.update(
+        ticks_per_s=round(got / seconds), ticks=got, design="finpulse", kind="stage", stage="kafka"
+    )

@@ -8,14 +8,13 @@ that lost the same service at the same moment; 0 gives exact delays.
 from __future__ import annotations
 
 import random
-from typing import Callable
+from collections.abc import Callable
 
 
 class Backoff:
     FACTOR = 2.0
 
-    def __init__(self, first: float, cap: float, jitter: float = 0.0,
-                 rand: Callable[[], float] = random.random):
+    def __init__(self, first: float, cap: float, jitter: float = 0.0, rand: Callable[[], float] = random.random):
         if not 0 < first <= cap:
             raise ValueError(f"backoff needs 0 < first <= cap, got first={first}, cap={cap}")
         if not 0 <= jitter < 1:

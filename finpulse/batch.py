@@ -39,7 +39,7 @@ class TickBatch:
         """Estimated memory held: the Arrow rows plus each reject's raw bytes and reason."""
         return self.ticks.nbytes + sum(reject_nbytes(r) for r in self.rejects)
 
-    def after(self, held: Offsets) -> "TickBatch":
+    def after(self, held: Offsets) -> TickBatch:
         """This batch without the messages a sink already holds (offset < held[partition])."""
         if not any(held.get(p, -1) > 0 for p in self.next_offsets):
             return self
@@ -63,7 +63,7 @@ class TickBatch:
         return self.ticks.column("kafka_offset").to_numpy() < floor[parts]
 
     @staticmethod
-    def merge(batches: list["TickBatch"]) -> "TickBatch":
+    def merge(batches: list[TickBatch]) -> TickBatch:
         """Batches in arrival order -> one batch (the group commit of a sink lane).
 
         Batches queued in a lane may overlap: after a rebalance whose grace ran out, or a lost

@@ -32,7 +32,7 @@ MAX_EXCHANGE_CHARS = 64
 MAX_REASON_CHARS = 500
 
 
-def check(trade: "feeds.Trade", ceiling_us: int) -> str | None:
+def check(trade: feeds.Trade, ceiling_us: int) -> str | None:
     """Why a parsed trade cannot be a row, or None. `ceiling_us`: the latest acceptable trade time."""
     sym = trade.symbol
     if not sym:
@@ -86,8 +86,9 @@ def broker_time_problem(kafka_ms: int | None) -> str | None:
     return None
 
 
-def reject(partition: int, offset: int, tick_index: int, feed: str, reason: str, raw: bytes | None,
-            kafka_ms: int | None) -> Reject:
+def reject(
+    partition: int, offset: int, tick_index: int, feed: str, reason: str, raw: bytes | None, kafka_ms: int | None
+) -> Reject:
     return Reject(partition, offset, tick_index, feed, clean_reason(reason), raw, kafka_ms)
 
 
@@ -97,12 +98,12 @@ def clean_reason(reason: str) -> str:
     if not reason.isprintable():
         reason = "".join(c if c.isprintable() else repr(c)[1:-1] for c in reason)
     if len(reason) > MAX_REASON_CHARS:
-        reason = reason[:MAX_REASON_CHARS - 3] + "..."
+        reason = reason[: MAX_REASON_CHARS - 3] + "..."
     return reason
 
 
 def _iso(ts_us: int) -> str:
     try:
-        return (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=ts_us)).isoformat()
+        return (dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=ts_us)).isoformat()
     except OverflowError:
         return f"{ts_us} µs since the epoch"

@@ -26,14 +26,23 @@ out = Console(soft_wrap=True)
 
 # Options shared by several commands; each names the variable it overrides.
 Topic = Annotated[Optional[str], typer.Option("--topic", help="Kafka topic (env KAFKA_TOPIC, default raw_prices)")]
-Bootstrap = Annotated[Optional[str], typer.Option(
-    "--bootstrap-servers", help="Kafka brokers (env KAFKA_BOOTSTRAP_SERVERS, default localhost:29092)")]
-AllowDataLoss = Annotated[bool, typer.Option(
-    "--allow-data-loss", help="When a sink's position lies outside the topic (a recreated topic, or messages "
-    "retention deleted before they were ingested), go on from the earliest offset still held and record the "
-    "gap instead of stopping (env FINPULSE_ALLOW_DATA_LOSS).", show_default=False)]
-DeltaUri = Annotated[Optional[str], typer.Option(
-    "--delta-uri", help="Delta table: a path or abfss:// URI (env DELTA_TABLE_URI)")]
+Bootstrap = Annotated[
+    Optional[str],
+    typer.Option("--bootstrap-servers", help="Kafka brokers (env KAFKA_BOOTSTRAP_SERVERS, default localhost:29092)"),
+]
+AllowDataLoss = Annotated[
+    bool,
+    typer.Option(
+        "--allow-data-loss",
+        help="When a sink's position lies outside the topic (a recreated topic, or messages "
+        "retention deleted before they were ingested), go on from the earliest offset still held and record the "
+        "gap instead of stopping (env FINPULSE_ALLOW_DATA_LOSS).",
+        show_default=False,
+    ),
+]
+DeltaUri = Annotated[
+    Optional[str], typer.Option("--delta-uri", help="Delta table: a path or abfss:// URI (env DELTA_TABLE_URI)")
+]
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -91,8 +100,12 @@ def init(
 @app.command()
 def produce(
     count: Annotated[int, typer.Option(min=0, help="How many ticks to send.")] = 1000,
-    rate: Annotated[Optional[float], typer.Option(min=0.001, help="Ticks per second (default: as fast as possible).")] = None,
-    symbols: Annotated[Optional[str], typer.Option(help="Comma-separated symbols (default: 16 stocks, crypto and FX pairs).")] = None,
+    rate: Annotated[
+        Optional[float], typer.Option(min=0.001, help="Ticks per second (default: as fast as possible).")
+    ] = None,
+    symbols: Annotated[
+        Optional[str], typer.Option(help="Comma-separated symbols (default: 16 stocks, crypto and FX pairs).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random walk; equal seeds give equal ticks.")] = 7,
     topic: Topic = None,
     bootstrap_servers: Bootstrap = None,
@@ -110,8 +123,9 @@ def produce(
     source.partitions(s)  # a missing topic or broker is one clear line, not a 30 s delivery timeout
     stream = producing.encoded(producing.ticks(count, syms, seed))
     show = err.is_terminal and count >= 10_000
-    with Progress(TextColumn("producing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err, disable=not show) as bar:
+    with Progress(
+        TextColumn("producing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err, disable=not show
+    ) as bar:
         task = bar.add_task("produce", total=count)
         sent = producing.send(s, stream, rate, on_progress=lambda n: bar.advance(task, n))
     views.produced(out, sent, s.kafka_topic, s.kafka_bootstrap_servers)
@@ -119,16 +133,53 @@ def produce(
 
 @app.command()
 def ingest(
-    workers: Annotated[Optional[int], typer.Option(min=1, max=256, help="Worker processes (env FINPULSE_WORKERS; default: one per partition).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Ticks that trigger a flush; more that piled up join it (env FINPULSE_BATCH_SIZE, default 5).")] = None,
-    linger_ms: Annotated[Optional[int], typer.Option(min=0, help="Flush a partial batch after this long (env FINPULSE_LINGER_MS, default 100).")] = None,
-    max_inflight_ticks: Annotated[Optional[int], typer.Option(min=1000, help="Pause consuming when this many ticks wait for the sinks (env FINPULSE_MAX_INFLIGHT_TICKS).")] = None,
-    max_inflight_bytes: Annotated[Optional[int], typer.Option(min=1 << 20, help="Pause consuming when this many bytes (estimated) wait for the sinks (env FINPULSE_MAX_INFLIGHT_BYTES, default 256 MiB).")] = None,
-    sinks: Annotated[Optional[str], typer.Option(help="Write to all, postgres or delta (env FINPULSE_SINKS, default all).")] = None,
-    drain: Annotated[bool, typer.Option("--drain", help="Stop after reaching the high watermarks seen at start.")] = False,
-    format: Annotated[Optional[str], typer.Option("--format", help="Force one feed shape instead of detecting it per message: canonical, binance, coinbase, coinbase-advanced, alpaca, polygon, finnhub or kraken.")] = None,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(min=1, max=256, help="Worker processes (env FINPULSE_WORKERS; default: one per partition)."),
+    ] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1, help="Ticks that trigger a flush; more that piled up join it (env FINPULSE_BATCH_SIZE, default 5)."
+        ),
+    ] = None,
+    linger_ms: Annotated[
+        Optional[int],
+        typer.Option(min=0, help="Flush a partial batch after this long (env FINPULSE_LINGER_MS, default 100)."),
+    ] = None,
+    max_inflight_ticks: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1000, help="Pause consuming when this many ticks wait for the sinks (env FINPULSE_MAX_INFLIGHT_TICKS)."
+        ),
+    ] = None,
+    max_inflight_bytes: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1 << 20,
+            help="Pause consuming when this many bytes (estimated) wait for the sinks (env FINPULSE_MAX_INFLIGHT_BYTES, default 256 MiB).",
+        ),
+    ] = None,
+    sinks: Annotated[
+        Optional[str], typer.Option(help="Write to all, postgres or delta (env FINPULSE_SINKS, default all).")
+    ] = None,
+    drain: Annotated[
+        bool, typer.Option("--drain", help="Stop after reaching the high watermarks seen at start.")
+    ] = False,
+    format: Annotated[
+        Optional[str],
+        typer.Option(
+            "--format",
+            help="Force one feed shape instead of detecting it per message: canonical, binance, coinbase, coinbase-advanced, alpaca, polygon, finnhub or kraken.",
+        ),
+    ] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Reject non-trade events instead of skipping them.")] = False,
-    dlq_topic: Annotated[Optional[str], typer.Option(help="Also send rejected messages to this Kafka topic, created if absent (env FINPULSE_DLQ_TOPIC).")] = None,
+    dlq_topic: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Also send rejected messages to this Kafka topic, created if absent (env FINPULSE_DLQ_TOPIC)."
+        ),
+    ] = None,
     allow_data_loss: AllowDataLoss = False,
     topic: Topic = None,
     bootstrap_servers: Bootstrap = None,
@@ -138,18 +189,32 @@ def ingest(
     from finpulse import supervisor
 
     feed = feed_choice(format)
-    s = settings(dlq_topic=dlq_topic, sinks=sinks, workers=workers, batch_size=batch_size, linger_ms=linger_ms, max_inflight_ticks=max_inflight_ticks,
-                 max_inflight_bytes=max_inflight_bytes, allow_data_loss=allow_data_loss or None,
-                 kafka_topic=topic, kafka_bootstrap_servers=bootstrap_servers, delta_table_uri=delta_uri)
+    s = settings(
+        dlq_topic=dlq_topic,
+        sinks=sinks,
+        workers=workers,
+        batch_size=batch_size,
+        linger_ms=linger_ms,
+        max_inflight_ticks=max_inflight_ticks,
+        max_inflight_bytes=max_inflight_bytes,
+        allow_data_loss=allow_data_loss or None,
+        kafka_topic=topic,
+        kafka_bootstrap_servers=bootstrap_servers,
+        delta_table_uri=delta_uri,
+    )
     result = supervisor.run(s, drain=drain, feed=feed, strict=strict, console=err)
     views.ingested(out, result.totals, result.workers, s.sink_names)
 
 
 @app.command()
 def show(
-    limit: Annotated[Optional[int], typer.Option(
-        min=1, max=1000, help="Symbols to list, busiest first (default 10; with --json every symbol).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout: each sink's rows and per-symbol summary.")] = False,
+    limit: Annotated[
+        Optional[int],
+        typer.Option(min=1, max=1000, help="Symbols to list, busiest first (default 10; with --json every symbol)."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object on stdout: each sink's rows and per-symbol summary.")
+    ] = False,
     delta_uri: DeltaUri = None,
 ) -> None:
     """Show what landed: rows in each sink and a per-symbol summary from both."""
@@ -164,21 +229,44 @@ def show(
 
 
 # ------------------------------------------------------------------ replay, status, verify
-Partitions = Annotated[Optional[list[int]], typer.Option(
-    "--partition", "-p", min=0, help="Only this partition; repeat for several (default: every partition).")]
-FromOffset = Annotated[Optional[int], typer.Option(
-    min=0, help="Start at this offset in each chosen partition (older than the oldest retained: from there).")]
-ToOffset = Annotated[Optional[int], typer.Option(
-    min=1, help="Stop before this offset (exclusive) in each chosen partition (default: the high watermark now).")]
-FromTime = Annotated[Optional[str], typer.Option(
-    help="Start at each partition's first message stamped at or after this time: ISO-8601 (UTC unless it "
-    "names an offset) or epoch milliseconds.")]
-ToTime = Annotated[Optional[str], typer.Option(
-    help="Stop before each partition's first message stamped at or after this time (exclusive).")]
-SinkChoice = Annotated[Optional[str], typer.Option(
-    "--sink", "--sinks", help="all, postgres or delta (env FINPULSE_SINKS, default all).")]
-Feed = Annotated[Optional[str], typer.Option(
-    "--format", help="Decode with one feed shape, as `ingest --format` did (default: detect per message).")]
+Partitions = Annotated[
+    Optional[list[int]],
+    typer.Option(
+        "--partition", "-p", min=0, help="Only this partition; repeat for several (default: every partition)."
+    ),
+]
+FromOffset = Annotated[
+    Optional[int],
+    typer.Option(
+        min=0, help="Start at this offset in each chosen partition (older than the oldest retained: from there)."
+    ),
+]
+ToOffset = Annotated[
+    Optional[int],
+    typer.Option(
+        min=1, help="Stop before this offset (exclusive) in each chosen partition (default: the high watermark now)."
+    ),
+]
+FromTime = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Start at each partition's first message stamped at or after this time: ISO-8601 (UTC unless it "
+        "names an offset) or epoch milliseconds."
+    ),
+]
+ToTime = Annotated[
+    Optional[str],
+    typer.Option(help="Stop before each partition's first message stamped at or after this time (exclusive)."),
+]
+SinkChoice = Annotated[
+    Optional[str], typer.Option("--sink", "--sinks", help="all, postgres or delta (env FINPULSE_SINKS, default all).")
+]
+Feed = Annotated[
+    Optional[str],
+    typer.Option(
+        "--format", help="Decode with one feed shape, as `ingest --format` did (default: detect per message)."
+    ),
+]
 Strict = Annotated[bool, typer.Option("--strict", help="Reject non-trade events, as `ingest --strict` did.")]
 
 
@@ -195,7 +283,9 @@ def _spans(s: Settings, partition, from_offset, to_offset, from_timestamp, to_ti
     start = Bound(from_offset, parse_time(from_timestamp, "--from-timestamp") if from_timestamp else None)
     end = Bound(to_offset, parse_time(to_timestamp, "--to-timestamp") if to_timestamp else None)
     if start.offset is not None and end.offset is not None and end.offset <= start.offset:
-        raise ConfigError(f"--to-offset {end.offset} is exclusive: it must be greater than --from-offset {start.offset}")
+        raise ConfigError(
+            f"--to-offset {end.offset} is exclusive: it must be greater than --from-offset {start.offset}"
+        )
     if start.timestamp_ms is not None and end.timestamp_ms is not None and end.timestamp_ms <= start.timestamp_ms:
         raise ConfigError("--to-timestamp is exclusive: it must be later than --from-timestamp")
     return plan(s, partition, start, end)
@@ -209,7 +299,9 @@ def replay(
     from_timestamp: FromTime = None,
     to_timestamp: ToTime = None,
     sink: SinkChoice = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say how many messages each partition would read.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only say how many messages each partition would read.")
+    ] = False,
     format: Feed = None,
     strict: Strict = False,
     allow_data_loss: AllowDataLoss = False,
@@ -224,8 +316,13 @@ def replay(
     from finpulse import replay as replaying
 
     feed = feed_choice(format)
-    s = settings(sinks=sink, kafka_topic=topic, kafka_bootstrap_servers=bootstrap_servers, delta_table_uri=delta_uri,
-                 allow_data_loss=allow_data_loss or None)
+    s = settings(
+        sinks=sink,
+        kafka_topic=topic,
+        kafka_bootstrap_servers=bootstrap_servers,
+        delta_table_uri=delta_uri,
+        allow_data_loss=allow_data_loss or None,
+    )
     spans = _spans(s, partition, from_offset, to_offset, from_timestamp, to_timestamp, start_required=True)
     if dry_run:
         try:
@@ -241,7 +338,9 @@ def replay(
 
 @app.command()
 def status(
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout, keys as in docs/operations.md.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object on stdout, keys as in docs/operations.md.")
+    ] = False,
     topic: Topic = None,
     bootstrap_servers: Bootstrap = None,
     delta_uri: DeltaUri = None,
@@ -270,9 +369,18 @@ def verify(
     from_timestamp: FromTime = None,
     to_timestamp: ToTime = None,
     sink: SinkChoice = None,
-    repair: Annotated[bool, typer.Option("--repair", help="Replay the ranges with missing keys into the sink that lacks them, then verify again.")] = False,
-    show: Annotated[int, typer.Option(min=0, help="How many missing / duplicated / unexpected keys to list per sink.")] = 10,
-    window: Annotated[int, typer.Option(min=1000, help="Offsets compared at once per partition (bounds memory).")] = 500_000,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair", help="Replay the ranges with missing keys into the sink that lacks them, then verify again."
+        ),
+    ] = False,
+    show: Annotated[
+        int, typer.Option(min=0, help="How many missing / duplicated / unexpected keys to list per sink.")
+    ] = 10,
+    window: Annotated[
+        int, typer.Option(min=1000, help="Offsets compared at once per partition (bounds memory).")
+    ] = 500_000,
     format: Feed = None,
     strict: Strict = False,
     topic: Topic = None,

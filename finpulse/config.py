@@ -77,9 +77,7 @@ class Settings(BaseSettings):
     # Spark's failOnDataLoss, inverted: off by default, so a recreated topic or a retention gap
     # stops ingest and replay with one line instead of skipping messages silently. On: carry on
     # from the earliest offset still held and record the gap (status and verify report it).
-    allow_data_loss: bool = Field(
-        False, validation_alias=AliasChoices("FINPULSE_ALLOW_DATA_LOSS", "allow_data_loss")
-    )
+    allow_data_loss: bool = Field(False, validation_alias=AliasChoices("FINPULSE_ALLOW_DATA_LOSS", "allow_data_loss"))
     # Which sinks ingest writes to: "all" (the product), or one kind of finpulse.sinks.KINDS
     # (postgres, delta) alone, for a back-fill or a deployment that needs only one of them.
     sinks: str = Field("all", validation_alias=AliasChoices("FINPULSE_SINKS", "sinks"))
@@ -143,10 +141,7 @@ class Settings(BaseSettings):
             uri = self.delta_table_uri
             return uri if "://" in uri else str(Path(uri).resolve())
         if self.azure_configured:
-            return (
-                f"abfss://{self.azure_container_name}@{self.azure_storage_account_name}"
-                ".dfs.core.windows.net/prices"
-            )
+            return f"abfss://{self.azure_container_name}@{self.azure_storage_account_name}.dfs.core.windows.net/prices"
         return str(LOCAL_DELTA_PATH.resolve())
 
     @property

@@ -47,13 +47,15 @@ class DeadLetters:
         self.topic, self.source_topic = settings.dlq_topic, settings.kafka_topic
         self.settings = settings
         self.partitions: int | None = None  # the DLQ's partition count, read at the first send
-        self.producer = Producer({
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
-            "enable.idempotence": True,  # no duplicates from producer retries
-            "linger.ms": 50,
-            "message.max.bytes": MESSAGE_MAX_BYTES,
-            "logger": logging.getLogger("librdkafka"),
-        })
+        self.producer = Producer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap_servers,
+                "enable.idempotence": True,  # no duplicates from producer retries
+                "linger.ms": 50,
+                "message.max.bytes": MESSAGE_MAX_BYTES,
+                "logger": logging.getLogger("librdkafka"),
+            }
+        )
         self.failed = 0
 
     def send(self, rejects: tuple[Reject, ...] | list[Reject]) -> None:
@@ -76,15 +78,22 @@ class DeadLetters:
     def _produce(self, r: Reject, value: bytes | None, headers, partition: int) -> None:
         while True:
             try:
-                self.producer.produce(self.topic, value=value, partition=partition, headers=headers,
-                                      on_delivery=self._delivered)
+                self.producer.produce(
+                    self.topic, value=value, partition=partition, headers=headers, on_delivery=self._delivered
+                )
                 return
             except BufferError:  # local queue full: let librdkafka send some first
                 self.producer.poll(0.1)
             except KafkaException as exc:  # e.g. MSG_SIZE_TOO_LARGE: this copy is lost, ingest goes on
                 self.failed += 1
-                log.warning("dead-letter record for %s/%d/%d not sent to %s: %s", self.source_topic,
-                            r.partition, r.offset, self.topic, exc.args[0].str())
+                log.warning(
+                    "dead-letter record for %s/%d/%d not sent to %s: %s",
+                    self.source_topic,
+                    r.partition,
+                    r.offset,
+                    self.topic,
+                    exc.args[0].str(),
+                )
                 return
 
     def _delivered(self, err, _msg) -> None:

@@ -29,13 +29,29 @@ class Careful:
             try:
                 skipped += self._one(value, partition, offset, kafka_ms, rows, rejects)
             except Exception as exc:  # a bug of ours must cost one message, never the worker
-                del rows[mark[0]:], rejects[mark[1]:]
-                rejects.append(reject(partition, offset, -1, "unknown",
-                                       f"internal error while decoding: {type(exc).__name__}: {exc}", value, kafka_ms))
+                del rows[mark[0] :], rejects[mark[1] :]
+                rejects.append(
+                    reject(
+                        partition,
+                        offset,
+                        -1,
+                        "unknown",
+                        f"internal error while decoding: {type(exc).__name__}: {exc}",
+                        value,
+                        kafka_ms,
+                    )
+                )
         return Decoded(_rows_to_batch(rows, rejects, msgs), rejects, skipped)
 
-    def _one(self, value: bytes | None, partition: int, offset: int, kafka_ms: int | None,
-             rows: list[tuple], rejects: list[Reject]) -> int:
+    def _one(
+        self,
+        value: bytes | None,
+        partition: int,
+        offset: int,
+        kafka_ms: int | None,
+        rows: list[tuple],
+        rejects: list[Reject],
+    ) -> int:
         """Decode one message into `rows` and `rejects`; return how many events it skipped."""
         strict = self.strict
         obj, feed_name, reason = self._read(value)
@@ -51,28 +67,46 @@ class Careful:
         if not result.trades:  # a non-trade event sharing the topic
             if not strict:
                 return 1
-            rejects.append(reject(partition, offset, -1, feed_name,
-                                   f"not a trade event ({result.note}) and --strict is set", value, kafka_ms))
+            rejects.append(
+                reject(
+                    partition,
+                    offset,
+                    -1,
+                    feed_name,
+                    f"not a trade event ({result.note}) and --strict is set",
+                    value,
+                    kafka_ms,
+                )
+            )
             return 0
         ceiling = ceiling_us(kafka_ms)
         skipped = 0
         for tick_index, trade in enumerate(result.trades):
-            kind = type(trade)
-            if kind is feeds.Trade:
+            if isinstance(trade, feeds.Trade):
                 problem = check(trade, ceiling)
-                ts_us = trade.ts_us
-                broker_time = ts_us is None
+                broker_time = trade.ts_us is None
+                ts_us = trade.ts_us if trade.ts_us is not None else -1
                 if broker_time and problem is None:  # the Kafka record's time stands in
                     problem = broker_time_problem(kafka_ms)
-                    ts_us = None if problem else kafka_ms * 1000
+                    ts_us = kafka_ms * 1000 if kafka_ms is not None else -1
                 if problem is None:
-                    rows.append((
-                        trade.symbol, trade.price, trade.size, ts_us // 1000, ts_us,
-                        trade.exchange or result.default_exchange, trade.side, broker_time,
-                        partition, offset, tick_index,
-                    ))
+                    rows.append(
+                        (
+                            trade.symbol,
+                            trade.price,
+                            trade.size,
+                            ts_us // 1000,
+                            ts_us,
+                            trade.exchange or result.default_exchange,
+                            trade.side,
+                            broker_time,
+                            partition,
+                            offset,
+                            tick_index,
+                        )
+                    )
                     continue
-            elif kind is feeds.Skip:  # a quote or status beside trades in one frame
+            elif isinstance(trade, feeds.Skip):  # a quote or status beside trades in one frame
                 if not strict:
                     skipped += 1
                     continue
@@ -87,8 +121,14 @@ class Careful:
         if value is None:
             return None, "unknown", "tombstone: the record has no value"
         if len(value) > self.max_message_bytes:
-            return None, "unknown", (f"message is {len(value)} bytes, over the {self.max_message_bytes}-byte "
-                                     "limit (FINPULSE_MAX_MESSAGE_BYTES)")
+            return (
+                None,
+                "unknown",
+                (
+                    f"message is {len(value)} bytes, over the {self.max_message_bytes}-byte "
+                    "limit (FINPULSE_MAX_MESSAGE_BYTES)"
+                ),
+            )
         try:
             obj = orjson.loads(value)
         except orjson.JSONDecodeError as exc:
@@ -149,8 +189,9 @@ def _no_repeats(pairs: list[tuple[str, object]]) -> None:
         seen.add(key)
 
 
-def _rows_to_batch(rows: list[tuple], rejects: list[Reject] | None = None,
-                   msgs: Messages | None = None) -> pa.RecordBatch:
+def _rows_to_batch(
+    rows: list[tuple], rejects: list[Reject] | None = None, msgs: Messages | None = None
+) -> pa.RecordBatch:
     """Row tuples -> a record batch. A row Arrow cannot take (a value `_check` let through by
     mistake) becomes a reject of its own instead of failing the whole batch."""
     if not rows:
@@ -170,9 +211,17 @@ def _rows_to_batch(rows: list[tuple], rejects: list[Reject] | None = None,
         except Exception as exc:
             partition, offset, tick_index = row[-3:]
             value, kts = raw.get((partition, offset), (None, -1))
-            rejects.append(reject(partition, offset, tick_index, "unknown",
-                                   f"internal error: the tick cannot be stored: {type(exc).__name__}: {exc}",
-                                   value, kts if kts is not None and kts >= 0 else None))
+            rejects.append(
+                reject(
+                    partition,
+                    offset,
+                    tick_index,
+                    "unknown",
+                    f"internal error: the tick cannot be stored: {type(exc).__name__}: {exc}",
+                    value,
+                    kts if kts is not None and kts >= 0 else None,
+                )
+            )
     return _rows_to_batch(good)
 
 

@@ -31,7 +31,7 @@ def fast_canonical(msgs: Messages, max_message_bytes: int) -> Decoded | None:
     single canonical objects with exactly the canonical keys, JSON numbers for price, size and
     time, printable ASCII text. Anything else (rare) goes to the careful path, which says why.
     """
-    values = msgs.values
+    values: list = msgs.values  # may hold None (a tombstone): join() then fails and the careful path says so
     n = len(values)
     if not n:
         return None
@@ -44,7 +44,7 @@ def fast_canonical(msgs: Messages, max_message_bytes: int) -> Decoded | None:
         # The raw bytes are scanned a chunk at a time just before that chunk is parsed: the scan
         # then costs next to nothing, as it brings the bytes into the cache for orjson.
         for chunk_start in range(0, n, _SCAN_CHUNK):
-            chunk = values[chunk_start:chunk_start + _SCAN_CHUNK]
+            chunk = values[chunk_start : chunk_start + _SCAN_CHUNK]
             raw = join(chunk)  # TypeError on a tombstone (None)
             if len(raw) > limit and max(map(len, chunk)) > limit:
                 return None
@@ -87,12 +87,17 @@ def fast_canonical(msgs: Messages, max_message_bytes: int) -> Decoded | None:
 
     stamps_ms = stamp_ms.to_numpy()
     ok = (
-        np.isfinite(p) & (p > 0) & np.isfinite(s) & (s >= 0)
+        np.isfinite(p)
+        & (p > 0)
+        & np.isfinite(s)
+        & (s >= 0)
         # compared in ms, before scaling, so a huge value cannot wrap around into range
-        & (stamps_ms >= MIN_TIMESTAMP_US // 1000) & (stamps_ms <= ceilings_us(msgs.timestamps) // 1000)
+        & (stamps_ms >= MIN_TIMESTAMP_US // 1000)
+        & (stamps_ms <= ceilings_us(msgs.timestamps) // 1000)
     )
-    if may_hold_control and not all(pc.all(pc.string_is_ascii(col)).as_py() is not False
-                                    for col in (symbol, exchange, side)):
+    if may_hold_control and not all(
+        pc.all(pc.string_is_ascii(col)).as_py() is not False for col in (symbol, exchange, side)
+    ):
         return None  # a \u escape spelled non-ASCII text: Unicode rules, the careful path
     symbol = pc.ascii_upper(pc.ascii_trim_whitespace(symbol))
     sym_len = pc.binary_length(symbol).to_numpy()  # ASCII: bytes are characters

@@ -60,4 +60,3 @@ class DataLoss(FinpulseError):
 def first_line(exc: BaseException) -> str:
     """The first line of a driver's error message (libpq and delta-rs add detail lines)."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-

@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from finpulse.backoff import Backoff
 from finpulse.batch import Offsets, TickBatch
@@ -70,7 +71,7 @@ class Lane:
         return self.sink.name
 
     @property
-    def remote(self) -> "Remote":
+    def remote(self) -> Remote:
         """The sink, as seen from another thread: every method call runs on this lane's thread."""
         return Remote(self)
 

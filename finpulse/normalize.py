@@ -24,8 +24,16 @@ from finpulse.decode_careful import Careful
 from finpulse.decode_fast import fast_canonical
 from finpulse.records import Decoded, Messages, Reject
 
-__all__ = ["MAX_FUTURE_US", "MAX_TIMESTAMP_US", "MIN_TIMESTAMP_US", "Decoded", "Decoder", "Messages", "Reject",
-           "clean_reason"]
+__all__ = [
+    "MAX_FUTURE_US",
+    "MAX_TIMESTAMP_US",
+    "MIN_TIMESTAMP_US",
+    "Decoded",
+    "Decoder",
+    "Messages",
+    "Reject",
+    "clean_reason",
+]
 
 # Below this many messages a batch that fails the fast path is not split any further: the
 # careful path on 256 messages costs about what two more fast attempts would.

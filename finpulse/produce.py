@@ -7,7 +7,7 @@ import logging
 import math
 import random
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import orjson
 from confluent_kafka import KafkaException, Producer
@@ -15,8 +15,24 @@ from confluent_kafka import KafkaException, Producer
 from finpulse.config import Settings
 from finpulse.errors import ServiceUnavailable
 
-DEFAULT_SYMBOLS = ("AAPL", "MSFT", "NVDA", "AMZN", "GOOGL", "META", "TSLA", "JPM", "V", "XOM",
-                   "BTC-USD", "ETH-USD", "SOL-USD", "EURUSD", "GBPUSD", "USDJPY")
+DEFAULT_SYMBOLS = (
+    "AAPL",
+    "MSFT",
+    "NVDA",
+    "AMZN",
+    "GOOGL",
+    "META",
+    "TSLA",
+    "JPM",
+    "V",
+    "XOM",
+    "BTC-USD",
+    "ETH-USD",
+    "SOL-USD",
+    "EURUSD",
+    "GBPUSD",
+    "USDJPY",
+)
 EXCHANGES = ("NASDAQ", "NYSE", "ARCA", "BATS", "COINBASE", "BINANCE")
 # Per-tick volatility of the walk: 5 basis points, so a few thousand ticks move a price ~1-3%.
 STEP_SIGMA = 0.0005
@@ -24,10 +40,22 @@ STEP_SIGMA = 0.0005
 # quotes (stocks in USD, crypto in USD, FX as the pair's rate). Each run starts within START_SPREAD
 # of these, seeded. A symbol not listed here (--symbols) starts at a seeded random 20-500.
 REFERENCE_PRICES = {
-    "AAPL": 190.0, "MSFT": 420.0, "NVDA": 120.0, "AMZN": 185.0, "GOOGL": 170.0, "META": 500.0,
-    "TSLA": 200.0, "JPM": 200.0, "V": 275.0, "XOM": 115.0,
-    "BTC-USD": 60_000.0, "ETH-USD": 3_000.0, "SOL-USD": 150.0,
-    "EURUSD": 1.10, "GBPUSD": 1.27, "USDJPY": 150.0,
+    "AAPL": 190.0,
+    "MSFT": 420.0,
+    "NVDA": 120.0,
+    "AMZN": 185.0,
+    "GOOGL": 170.0,
+    "META": 500.0,
+    "TSLA": 200.0,
+    "JPM": 200.0,
+    "V": 275.0,
+    "XOM": 115.0,
+    "BTC-USD": 60_000.0,
+    "ETH-USD": 3_000.0,
+    "SOL-USD": 150.0,
+    "EURUSD": 1.10,
+    "GBPUSD": 1.27,
+    "USDJPY": 150.0,
 }
 START_SPREAD = 0.02  # +-2%: runs with different seeds start apart, all of them plausible
 # Prices keep this many significant digits, whatever their size: 1.10234 (FX), 190.123, 60123.4.
@@ -47,8 +75,9 @@ def start_price(symbol: str, rng: random.Random) -> float:
     return significant(reference * rng.uniform(1 - START_SPREAD, 1 + START_SPREAD))
 
 
-def ticks(count: int, symbols: tuple[str, ...] = DEFAULT_SYMBOLS, seed: int = 7,
-          start_ms: int | None = None) -> Iterator[dict]:
+def ticks(
+    count: int, symbols: tuple[str, ...] = DEFAULT_SYMBOLS, seed: int = 7, start_ms: int | None = None
+) -> Iterator[dict]:
     """`count` ticks in time order; equal seeds give equal ticks."""
     rng = random.Random(seed)
     prices = {s: start_price(s, rng) for s in symbols}
@@ -67,18 +96,24 @@ def ticks(count: int, symbols: tuple[str, ...] = DEFAULT_SYMBOLS, seed: int = 7,
 
 
 def producer(settings: Settings) -> Producer:
-    return Producer({
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
-        "logger": logging.getLogger("librdkafka"),  # retries during broker start-up are not errors
-        "linger.ms": 20,  # batch messages into large produce requests
-        "compression.type": "lz4",
-        "queue.buffering.max.messages": 1_000_000,
-        "enable.idempotence": True,  # no duplicates from producer retries
-    })
+    return Producer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "logger": logging.getLogger("librdkafka"),  # retries during broker start-up are not errors
+            "linger.ms": 20,  # batch messages into large produce requests
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": 1_000_000,
+            "enable.idempotence": True,  # no duplicates from producer retries
+        }
+    )
 
 
-def send(settings: Settings, messages: Iterator[tuple[bytes | None, bytes | None]], rate: float | None = None,
-         on_progress: Callable[[int], None] | None = None) -> int:
+def send(
+    settings: Settings,
+    messages: Iterator[tuple[bytes | None, bytes | None]],
+    rate: float | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
     """Produce (key, value) pairs to KAFKA_TOPIC at up to `rate` messages/s; returns how many."""
     p = producer(settings)
     errors: list[str] = []
@@ -118,7 +153,8 @@ def send(settings: Settings, messages: Iterator[tuple[bytes | None, bytes | None
     if left or errors:
         raise ServiceUnavailable(
             f"{left + len(errors)} of {sent} messages were not delivered to {topic}"
-            + (f": {errors[0]}" if errors else "; is Kafka running?"))
+            + (f": {errors[0]}" if errors else "; is Kafka running?")
+        )
     return sent
 
 

@@ -79,10 +79,10 @@ class Totals:
         for w in sorted(self.pids):
             parts = self.lag.get(w, {})
             state = ", ".join(f"{s} down" for s in self.down.get(w, {})) or ("paused" if self.paused.get(w) else "ok")
-            t.add_row(str(w), str(self.pids[w]), ",".join(map(str, sorted(parts))) or "-",
-                      f"{sum(parts.values()):,}", state)
+            t.add_row(
+                str(w), str(self.pids[w]), ",".join(map(str, sorted(parts))) or "-", f"{sum(parts.values()):,}", state
+            )
         return t
-
 
     def view(self) -> Group:
         return Group(Text(self.line(), overflow="fold"), self.table())
@@ -98,7 +98,7 @@ class Progress:
         self._live: Live | None = None
         self._next_log = time.monotonic() + LOG_EVERY_S
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         if self.console is not None:
             self._live = Live(self.totals.view(), console=self.console, refresh_per_second=4, transient=False)
             self._live.__enter__()

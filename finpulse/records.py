@@ -19,7 +19,7 @@ class Messages:
     def __len__(self) -> int:
         return len(self.values)
 
-    def halves(self) -> tuple["Messages", "Messages"]:
+    def halves(self) -> tuple[Messages, Messages]:
         mid = len(self.values) // 2
         return (
             Messages(self.values[:mid], self.partitions[:mid], self.offsets[:mid], self.timestamps[:mid]),
@@ -27,7 +27,7 @@ class Messages:
         )
 
     @classmethod
-    def from_kafka(cls, records) -> "Messages":
+    def from_kafka(cls, records) -> Messages:
         return cls(
             [m.value() for m in records],
             [m.partition() for m in records],

@@ -73,10 +73,11 @@ def parse_time(text: str, flag: str) -> int:
     try:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
     except ValueError:
-        raise ConfigError(f"{flag}: {text!r} is neither ISO-8601 (2024-05-01T13:30:00Z) "
-                          "nor epoch milliseconds") from None
+        raise ConfigError(
+            f"{flag}: {text!r} is neither ISO-8601 (2024-05-01T13:30:00Z) nor epoch milliseconds"
+        ) from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
     return int(when.timestamp() * 1000)
 
 
@@ -87,8 +88,9 @@ def plan(settings: Settings, partitions: list[int] | None, start: Bound, end: Bo
     chosen = sorted(set(partitions)) if partitions else known
     unknown = sorted(set(chosen) - set(known))
     if unknown:
-        raise ConfigError(f"--partition {unknown[0]}: topic {settings.kafka_topic} has partitions "
-                          f"{known[0]}-{known[-1]}")
+        raise ConfigError(
+            f"--partition {unknown[0]}: topic {settings.kafka_topic} has partitions {known[0]}-{known[-1]}"
+        )
     marks = source.watermarks(settings, chosen)
     starts = _resolve(settings, chosen, start, {p: low for p, (low, _) in marks.items()})
     ends = _resolve(settings, chosen, end, {p: high for p, (_, high) in marks.items()})
@@ -137,8 +139,9 @@ def positions(settings: Settings, partitions: list[int]) -> dict[str, Offsets]:
             sink.close()
 
 
-def run(settings: Settings, spans: list[Span], feed: str | None = None, strict: bool = False,
-        console: Console | None = None) -> Report:
+def run(
+    settings: Settings, spans: list[Span], feed: str | None = None, strict: bool = False, console: Console | None = None
+) -> Report:
     """Replay `spans` into the sinks `settings.sinks` names, creating their tables if absent."""
     prepare_sinks(settings)
     decoder = Decoder(settings.max_message_bytes, feed=feed, strict=strict)
@@ -154,8 +157,9 @@ def run(settings: Settings, spans: list[Span], feed: str | None = None, strict: 
             sink.close()
 
 
-def replay(spans: list[Span], sinks: list[Sink], reader: source.RangeReader, decoder: Decoder,
-           meter: Meter | None = None) -> Report:
+def replay(
+    spans: list[Span], sinks: list[Sink], reader: source.RangeReader, decoder: Decoder, meter: Meter | None = None
+) -> Report:
     """Read each span and hand every batch to every sink (see the module's rules)."""
     started = time.monotonic()
     tallies = {sink.name: Tally() for sink in sinks}
@@ -218,11 +222,17 @@ class Meter:
         if console is not None and console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self._bar = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                 console=console, transient=True)
+            self._bar = Progress(
+                TextColumn(what),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            )
             self._task = self._bar.add_task(what, total=total)
 
-    def __enter__(self) -> "Meter":
+    def __enter__(self) -> Meter:
         if self._bar is not None:
             self._bar.__enter__()
         return self

@@ -50,9 +50,11 @@ class Gap:
     def describe(self, topic: str) -> str:
         where = f"partition {self.partition}: {self.sink} holds offset {self.position:,}"
         if self.reason == "retention":
-            return (f"{where}, below the oldest offset still retained, {self.end:,} ({self.end - self.start:,} "
-                    "messages deleted by retention before they were ingested)")
-        why = (f"the topic now ends at {self.high:,}" if self.position > self.high else "its topic id changed")
+            return (
+                f"{where}, below the oldest offset still retained, {self.end:,} ({self.end - self.start:,} "
+                "messages deleted by retention before they were ingested)"
+            )
+        why = f"the topic now ends at {self.high:,}" if self.position > self.high else "its topic id changed"
         return f"{where} of an earlier topic named {topic} (deleted and recreated: {why})"
 
     @property
@@ -112,6 +114,10 @@ def settle(topic: str, sinks: list, marks: Marks, topic_id: str | None, allow: b
         if sink.name in found:
             sink.accept_gaps(found[sink.name], topic_id)
     for g in every:
-        log.warning("data loss accepted (--allow-data-loss): %s; recorded as a gap of offsets %d-%d",
-                    g.describe(topic), g.start, g.end)
+        log.warning(
+            "data loss accepted (--allow-data-loss): %s; recorded as a gap of offsets %d-%d",
+            g.describe(topic),
+            g.start,
+            g.end,
+        )
     return every

@@ -55,9 +55,7 @@ def pg_type(arrow_type: pa.DataType) -> str:
 
 
 def _columns_sql(schema: pa.Schema) -> str:
-    return ",\n    ".join(
-        f"{f.name} {pg_type(f.type)}{'' if f.nullable else ' NOT NULL'}" for f in schema
-    )
+    return ",\n    ".join(f"{f.name} {pg_type(f.type)}{'' if f.nullable else ' NOT NULL'}" for f in schema)
 
 
 # Indexes are the price of queries: the primary key proves lineage is unique (and lets replay

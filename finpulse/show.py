@@ -8,7 +8,7 @@ Each sink computes its own summary (Sink.summary); this module lists them and sh
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from finpulse import sinks
 from finpulse.config import Settings
@@ -42,11 +42,13 @@ def as_json(landed: list[Landed]) -> dict:
         entry: dict[str, object] = {"rows": item.rows}
         if item.rejected is not None:
             entry["rejected"] = item.rejected
-        entry["symbols"] = [dict(zip(SUMMARY_COLUMNS, (sym, n, low, high, last, _utc(when))))
-                            for sym, n, low, high, last, when in item.symbols]
+        entry["symbols"] = [
+            dict(zip(SUMMARY_COLUMNS, (sym, n, low, high, last, _utc(when))))
+            for sym, n, low, high, last, when in item.symbols
+        ]
         doc[item.sink] = entry
     return doc
 
 
 def _utc(when: datetime) -> str:
-    return when.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return when.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")

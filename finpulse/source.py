@@ -6,7 +6,7 @@ import concurrent.futures
 import logging
 import time
 import uuid
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -48,8 +48,10 @@ def partitions(settings: Settings, topic: str | None = None, timeout: float = ME
     if meta is None or meta.error is not None:
         if meta is not None and meta.error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
             raise ServiceUnavailable(f"Kafka metadata for {topic}: {meta.error.str()}")
-        raise ConfigError(f"topic {topic!r} does not exist on {settings.kafka_bootstrap_servers}: "
-                          "run `finpulse init` (or set KAFKA_TOPIC)")
+        raise ConfigError(
+            f"topic {topic!r} does not exist on {settings.kafka_bootstrap_servers}: "
+            "run `finpulse init` (or set KAFKA_TOPIC)"
+        )
     return sorted(meta.partitions)
 
 
@@ -63,13 +65,19 @@ def topic_id(settings: Settings) -> str | None:
         futures = client.describe_topics(TopicCollection([settings.kafka_topic]), request_timeout=METADATA_TIMEOUT_S)
         described = futures[settings.kafka_topic].result(timeout=METADATA_TIMEOUT_S)
     except concurrent.futures.TimeoutError:
-        raise ServiceUnavailable(f"Kafka did not describe topic {settings.kafka_topic} within "
-                                 f"{METADATA_TIMEOUT_S:.0f}s; is the broker overloaded?") from None
+        raise ServiceUnavailable(
+            f"Kafka did not describe topic {settings.kafka_topic} within "
+            f"{METADATA_TIMEOUT_S:.0f}s; is the broker overloaded?"
+        ) from None
     except KafkaException as exc:
         if exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-            raise ConfigError(f"topic {settings.kafka_topic!r} does not exist on {settings.kafka_bootstrap_servers}: "
-                              "run `finpulse init` (or set KAFKA_TOPIC)") from None
-        raise ServiceUnavailable(f"Kafka could not describe topic {settings.kafka_topic}: {exc.args[0].str()}") from None
+            raise ConfigError(
+                f"topic {settings.kafka_topic!r} does not exist on {settings.kafka_bootstrap_servers}: "
+                "run `finpulse init` (or set KAFKA_TOPIC)"
+            ) from None
+        raise ServiceUnavailable(
+            f"Kafka could not describe topic {settings.kafka_topic}: {exc.args[0].str()}"
+        ) from None
     tid = str(described.topic_id) if described.topic_id is not None else ""
     return tid if tid and tid != "AAAAAAAAAAAAAAAAAAAAAA" else None  # the all-zero id means "unknown"
 
@@ -149,9 +157,15 @@ class GroupSource:
     informational group commit and lag from the cached watermarks.
     """
 
-    def __init__(self, settings: Settings, on_assign: Callable[[list[int]], dict[int, int]],
-                 on_revoke: Callable[[list[int]], None], on_lost: Callable[[list[int]], None],
-                 on_end: Callable[[int, int], None], on_reset: Callable[[int, str], None]):
+    def __init__(
+        self,
+        settings: Settings,
+        on_assign: Callable[[list[int]], dict[int, int]],
+        on_revoke: Callable[[list[int]], None],
+        on_lost: Callable[[list[int]], None],
+        on_end: Callable[[int, int], None],
+        on_reset: Callable[[int, str], None],
+    ):
         self.topic = settings.kafka_topic
         self._on_assign, self._on_revoke, self._on_lost = on_assign, on_revoke, on_lost
         self._on_end, self._on_reset = on_end, on_reset
@@ -217,8 +231,10 @@ class GroupSource:
 
     def watermarks(self, parts: list[int]) -> dict[int, tuple[int, int]]:
         """(low, high) per partition from the broker; KafkaException when it does not answer."""
-        return {p: self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=METADATA_TIMEOUT_S)
-                for p in parts}
+        return {
+            p: self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=METADATA_TIMEOUT_S)
+            for p in parts
+        }
 
     def lag(self, consumed: dict[int, int]) -> dict[int, int]:
         """Messages between what was read and the high watermark (cached: no broker round trip)."""
@@ -234,8 +250,11 @@ class GroupSource:
 
     def commit(self, held: dict[int, int], asynchronous: bool = True) -> None:
         """Commit the offsets every sink holds, for lag tools. Never read back for correctness."""
-        offsets = [TopicPartition(self.topic, p, n) for p, n in held.items()
-                   if p in self.assigned and n > self.committed.get(p, -1)]
+        offsets = [
+            TopicPartition(self.topic, p, n)
+            for p, n in held.items()
+            if p in self.assigned and n > self.committed.get(p, -1)
+        ]
         if not offsets:
             return
         try:
@@ -266,20 +285,22 @@ RANGE_IDLE_S = 30.0
 
 def _outsider(settings: Settings, purpose: str) -> Consumer:
     """A consumer that never joins or commits to a group (its group id is unique and unused)."""
-    return Consumer({
-        **_base(settings),
-        "group.id": f"{settings.kafka_group_id}.{purpose}-{uuid.uuid4().hex[:12]}",
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "enable.partition.eof": True,
-        "auto.offset.reset": "earliest",  # a start that retention deleted meanwhile: the oldest left
-        "queued.max.messages.kbytes": PREFETCH_KBYTES,
-        # A new range is assigned only after the broker answers the fetch in flight; its long-poll
-        # default (500 ms) would then stall every window of `verify`. Reads are short-lived, so a
-        # 20 ms poll at the end of a partition costs little.
-        "fetch.wait.max.ms": 20,
-        "client.id": f"finpulse-{purpose}",
-    })
+    return Consumer(
+        {
+            **_base(settings),
+            "group.id": f"{settings.kafka_group_id}.{purpose}-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",  # a start that retention deleted meanwhile: the oldest left
+            "queued.max.messages.kbytes": PREFETCH_KBYTES,
+            # A new range is assigned only after the broker answers the fetch in flight; its long-poll
+            # default (500 ms) would then stall every window of `verify`. Reads are short-lived, so a
+            # 20 ms poll at the end of a partition costs little.
+            "fetch.wait.max.ms": 20,
+            "client.id": f"finpulse-{purpose}",
+        }
+    )
 
 
 def offsets_for_time(settings: Settings, parts: list[int], timestamp_ms: int) -> dict[int, int]:
@@ -287,8 +308,9 @@ def offsets_for_time(settings: Settings, parts: list[int], timestamp_ms: int) ->
     offsets_for_times); the high watermark when every record is older."""
     c = _outsider(settings, "probe")
     try:
-        found = c.offsets_for_times([TopicPartition(settings.kafka_topic, p, timestamp_ms) for p in parts],
-                                    timeout=METADATA_TIMEOUT_S)
+        found = c.offsets_for_times(
+            [TopicPartition(settings.kafka_topic, p, timestamp_ms) for p in parts], timeout=METADATA_TIMEOUT_S
+        )
         out = {}
         for tp in found:
             if tp.error is not None:
@@ -355,20 +377,35 @@ class RangeReader:
                 if records:
                     quiet_since = time.monotonic()
                 elif time.monotonic() - quiet_since > RANGE_IDLE_S:
-                    raise ServiceUnavailable(f"Kafka returned nothing for {RANGE_IDLE_S:.0f}s while reading "
-                                             f"partition {partition} of {self.topic} from offset {start}")
+                    raise ServiceUnavailable(
+                        f"Kafka returned nothing for {RANGE_IDLE_S:.0f}s while reading "
+                        f"partition {partition} of {self.topic} from offset {start}"
+                    )
         finally:
             c.unassign()
 
     def close(self) -> None:
         self._consumer.close()
 
-    def __enter__(self) -> "RangeReader":
+    def __enter__(self) -> RangeReader:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
-__all__ = ["MAX_TAKE", "OFFSET_BEGINNING", "GroupSource", "RangeReader", "TopicPartition", "admin", "committed", "consumer", "create_topic",
-           "offsets_for_time", "partitions", "topic_id", "watermarks"]
+__all__ = [
+    "MAX_TAKE",
+    "OFFSET_BEGINNING",
+    "GroupSource",
+    "RangeReader",
+    "TopicPartition",
+    "admin",
+    "committed",
+    "consumer",
+    "create_topic",
+    "offsets_for_time",
+    "partitions",
+    "topic_id",
+    "watermarks",
+]

@@ -10,6 +10,7 @@ is reported in `errors` with nulls in its columns, so one outage does not hide t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 from finpulse import sinks, source
 from finpulse.config import Settings
@@ -48,8 +49,13 @@ class Status:
     def as_json(self) -> dict:
         parts = []
         for p in self.partitions:
-            row: dict[str, object] = {"partition": p.partition, "low": p.low, "high": p.high,
-                                      "committed": p.committed, "committed_lag": p.lag(p.committed)}
+            row: dict[str, object] = {
+                "partition": p.partition,
+                "low": p.low,
+                "high": p.high,
+                "committed": p.committed,
+                "committed_lag": p.lag(p.committed),
+            }
             for sink in SINKS:
                 row[f"{sink}_position"] = p.positions.get(sink)
                 row[f"{sink}_lag"] = p.lag(p.positions.get(sink), sink not in self.errors)
@@ -59,10 +65,16 @@ class Status:
         for key in ("committed_lag", *(f"{s}_lag" for s in SINKS), "rejected"):
             values = [row[key] for row in parts]
             totals[key] = None if None in values else sum(values)  # type: ignore[arg-type]
-        return {"topic": self.topic, "group_id": self.group_id, "partitions": parts, "totals": totals,
-                "delta": self.delta, "postgres": self.postgres,
-                "gaps": [{"partition": p, "from_offset": a, "to_offset": b, "reason": r} for p, a, b, r in self.gaps],
-                "errors": {sink: str(exc) for sink, exc in self.errors.items()}}
+        return {
+            "topic": self.topic,
+            "group_id": self.group_id,
+            "partitions": parts,
+            "totals": totals,
+            "delta": self.delta,
+            "postgres": self.postgres,
+            "gaps": [{"partition": p, "from_offset": a, "to_offset": b, "reason": r} for p, a, b, r in self.gaps],
+            "errors": {sink: str(exc) for sink, exc in self.errors.items()},
+        }
 
 
 def collect(settings: Settings) -> Status:
@@ -86,11 +98,26 @@ def collect(settings: Settings) -> Status:
                 sink.close()
         except (ServiceUnavailable, SinkRejected) as exc:
             errors[name] = exc
-    rejected = described["postgres"].get("rejected") if "postgres" in described else None
+    # Rejects per partition, from the sink that keeps them (None when it could not be read).
+    counted = [d["rejected"] for d in described.values() if "rejected" in d]
+    rejected = cast("dict[int, int]", counted[0]) if counted else None
     delta = {"uri": settings.delta_uri, "version": None, "files": None, "bytes": None, **described.get("delta", {})}
     return Status(
-        settings.kafka_topic, settings.kafka_group_id,
-        [PartitionStatus(p, low, high, committed.get(p), {s: positions[s].get(p) for s in SINKS},
-                         None if rejected is None else rejected.get(p, 0))  # type: ignore[union-attr]
-         for p, (low, high) in sorted(marks.items())],
-        delta, {"server": settings.postgres_display(), "schema": settings.postgres_schema}, errors, sorted(set(gaps)))
+        settings.kafka_topic,
+        settings.kafka_group_id,
+        [
+            PartitionStatus(
+                p,
+                low,
+                high,
+                committed.get(p),
+                {s: positions[s].get(p) for s in SINKS},
+                None if rejected is None else rejected.get(p, 0),
+            )
+            for p, (low, high) in sorted(marks.items())
+        ],
+        delta,
+        {"server": settings.postgres_display(), "schema": settings.postgres_schema},
+        errors,
+        sorted(set(gaps)),
+    )

@@ -10,20 +10,22 @@ import queue
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from multiprocessing.process import BaseProcess
 
 from confluent_kafka import KafkaException
 from rich.console import Console
 
 from finpulse import deadletter, resume, source
 from finpulse.backoff import Backoff
+from finpulse.batch import Offsets
 from finpulse.config import Settings
 from finpulse.errors import FinpulseError, ServiceUnavailable, WorkerFailed
 from finpulse.progress import Progress, Totals
-from finpulse.batch import Offsets
 from finpulse.sinks import open_sinks, prepare_sinks
-from finpulse.worker import WorkerSpec, main as worker_main
+from finpulse.worker import WorkerSpec
+from finpulse.worker import main as worker_main
 
 log = logging.getLogger("finpulse.supervisor")
 
@@ -59,8 +61,14 @@ def prepare(settings: Settings) -> None:
     deadletter.create_topic(settings)
 
 
-def run(settings: Settings, workers: int | None = None, drain: bool = False, feed: str | None = None,
-        strict: bool = False, console: Console | None = None) -> Summary:
+def run(
+    settings: Settings,
+    workers: int | None = None,
+    drain: bool = False,
+    feed: str | None = None,
+    strict: bool = False,
+    console: Console | None = None,
+) -> Summary:
     """Run the workers until stopped (or drained). Progress goes to `console` when it is a
     terminal, to the log otherwise."""
     parts = wait_for_kafka(settings)
@@ -78,7 +86,7 @@ def run(settings: Settings, workers: int | None = None, drain: bool = False, fee
     listener.start()
 
     totals = Totals()
-    procs: dict[int, mp.Process] = {}
+    procs: dict[int, BaseProcess] = {}
     started: dict[int, float] = {}
     backoff: dict[int, Backoff] = {}  # worker -> its restart delays
     due: dict[int, float] = {}  # worker -> when to restart it
@@ -99,12 +107,17 @@ def run(settings: Settings, workers: int | None = None, drain: bool = False, fee
             log.info("stopping: flushing buffered ticks")
         stopping = True
         for p in procs.values():
-            if p.is_alive():
+            if p.is_alive() and p.pid is not None:
                 os.kill(p.pid, signal.SIGTERM)
 
     old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    log.info("ingesting %s (%d partitions) with %d workers%s", settings.kafka_topic, len(parts), n,
-             ", draining to the current high watermarks" if drain else "")
+    log.info(
+        "ingesting %s (%d partitions) with %d workers%s",
+        settings.kafka_topic,
+        len(parts),
+        n,
+        ", draining to the current high watermarks" if drain else "",
+    )
     # --drain ends when both sinks hold every partition up to the high watermarks seen now. The
     # sinks decide, not the workers: a worker may be assigned nothing for a while (another run of
     # the group, or members killed moments ago, hold the partitions) without anything being done.
@@ -132,9 +145,12 @@ def run(settings: Settings, workers: int | None = None, drain: bool = False, fee
                     # An outage (exit code of ServiceUnavailable) heals by waiting; anything else
                     # spends the restart budget.
                     if p.exitcode != ServiceUnavailable.exit_code and not budget.spend():
-                        fatal.append(WorkerFailed(
-                            f"worker {i} keeps crashing: {budget.recent} crashes within "
-                            f"{budget.window_s / 60:.0f} minutes (last exit code {p.exitcode}); last error above"))
+                        fatal.append(
+                            WorkerFailed(
+                                f"worker {i} keeps crashing: {budget.recent} crashes within "
+                                f"{budget.window_s / 60:.0f} minutes (last exit code {p.exitcode}); last error above"
+                            )
+                        )
                         done.add(i)
                         continue
                     ran = now - started[i]
@@ -144,8 +160,9 @@ def run(settings: Settings, workers: int | None = None, drain: bool = False, fee
                     delay = delays.next_delay()
                     due[i] = now + delay
                     totals.restarts += 1
-                    log.warning("worker %d (pid %d) exited with code %s; restarting in %.0fs",
-                                i, p.pid, p.exitcode, delay)
+                    log.warning(
+                        "worker %d (pid %d) exited with code %s; restarting in %.0fs", i, p.pid, p.exitcode, delay
+                    )
                 for i, when in list(due.items()):
                     if stopping:
                         del due[i]
@@ -176,8 +193,12 @@ class RestartBudget:
     """At most `limit` worker crashes within any `window_s` seconds (a sliding window): crashes
     older than the window are forgotten, so only a worker that keeps crashing ends the run."""
 
-    def __init__(self, limit: int = RESTART_BUDGET, window_s: float = RESTART_WINDOW_S,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        limit: int = RESTART_BUDGET,
+        window_s: float = RESTART_WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.limit, self.window_s, self.clock = limit, window_s, clock
         self._crashes: deque[float] = deque()
 
@@ -199,8 +220,9 @@ def wait_for_kafka(settings: Settings) -> list[int] | None:
     """The topic's partitions, waiting with backoff while Kafka does not answer; None when
     Ctrl+C / SIGTERM comes first. A missing topic (ConfigError) is raised at once."""
     stop: list[int] = []
-    old = {sig: signal.signal(sig, lambda signum, _frame: stop.append(signum))
-           for sig in (signal.SIGINT, signal.SIGTERM)}
+    old = {
+        sig: signal.signal(sig, lambda signum, _frame: stop.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     backoff = Backoff(KAFKA_WAIT_FIRST_S, KAFKA_WAIT_MAX_S)
     try:
         while not stop:
@@ -210,8 +232,12 @@ def wait_for_kafka(settings: Settings) -> list[int] | None:
                 if stop:
                     break
                 delay = backoff.next_delay()
-                log.warning("Kafka at %s not reachable yet (%s); retrying in %g s — is the broker running?",
-                            settings.kafka_bootstrap_servers, _kafka_reason(exc), delay)
+                log.warning(
+                    "Kafka at %s not reachable yet (%s); retrying in %g s — is the broker running?",
+                    settings.kafka_bootstrap_servers,
+                    _kafka_reason(exc),
+                    delay,
+                )
                 deadline = time.monotonic() + delay
                 while not stop and time.monotonic() < deadline:  # short sleeps: a signal ends the wait
                     time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
@@ -280,7 +306,7 @@ def _pump(events, totals: Totals, fatal: list[FinpulseError]) -> None:
             log.error("worker %d (pid %d) crashed:\n%s", worker, pid, payload)
 
 
-def _reap(procs: dict[int, mp.Process], done: set[int]) -> None:
+def _reap(procs: dict[int, BaseProcess], done: set[int]) -> None:
     for i, p in procs.items():
         if not p.is_alive():
             done.add(i)

@@ -32,7 +32,6 @@ GAP_JOIN = 1_000
 KINDS = ("missing", "duplicated", "unexpected")
 
 
-
 def keys(offsets: np.ndarray, indexes: np.ndarray) -> np.ndarray:
     return (np.asarray(offsets, dtype=np.int64) << _INDEX_BITS) | (np.asarray(indexes, dtype=np.int64) + 1)
 
@@ -79,9 +78,15 @@ class Verdict:
         return all(check.exact for check in self.sinks.values())
 
 
-
-def run(settings: Settings, spans: list[Span], feed: str | None = None, strict: bool = False,
-        samples: int = 10, window: int = WINDOW, console: Console | None = None) -> Verdict:
+def run(
+    settings: Settings,
+    spans: list[Span],
+    feed: str | None = None,
+    strict: bool = False,
+    samples: int = 10,
+    window: int = WINDOW,
+    console: Console | None = None,
+) -> Verdict:
     """Verify `spans` against the sinks `settings.sinks` names."""
     decoder = Decoder(settings.max_message_bytes, feed=feed, strict=strict)
     held = replay.positions(settings, [s.partition for s in spans])
@@ -89,16 +94,27 @@ def run(settings: Settings, spans: list[Span], feed: str | None = None, strict: 
         return verify(settings, spans, settings.sink_names, decoder, held, samples, window, meter)
 
 
-def repair(settings: Settings, verdict: Verdict, feed: str | None = None, strict: bool = False,
-           console: Console | None = None) -> dict[str, Report]:
+def repair(
+    settings: Settings, verdict: Verdict, feed: str | None = None, strict: bool = False, console: Console | None = None
+) -> dict[str, Report]:
     """Replay, sink by sink, only the offset ranges in which `verdict` found missing keys."""
-    return {name: replay.run(settings.model_copy(update={"sinks": name}), check.gaps, feed, strict, console)
-            for name, check in verdict.sinks.items() if check.gaps}
+    return {
+        name: replay.run(settings.model_copy(update={"sinks": name}), check.gaps, feed, strict, console)
+        for name, check in verdict.sinks.items()
+        if check.gaps
+    }
 
 
-def verify(settings: Settings, spans: list[Span], sink_names: tuple[str, ...], decoder: Decoder,
-           positions: dict[str, dict[int, int]], samples: int = 10, window: int = WINDOW,
-           meter: Meter | None = None) -> Verdict:
+def verify(
+    settings: Settings,
+    spans: list[Span],
+    sink_names: tuple[str, ...],
+    decoder: Decoder,
+    positions: dict[str, dict[int, int]],
+    samples: int = 10,
+    window: int = WINDOW,
+    meter: Meter | None = None,
+) -> Verdict:
     """Compare every key of `spans` in the topic with each named sink. `positions` (sink -> partition
     -> next offset) tells a gap from what ingest has not reached yet."""
     checks = {name: SinkCheck() for name in sink_names}
@@ -113,14 +129,22 @@ def verify(settings: Settings, spans: list[Span], sink_names: tuple[str, ...], d
                     hi = min(lo + window, span.end)
                     ticks, rejects = _topic_keys(reader, decoder, span.partition, lo, hi, count, meter)
                     for sink in chosen:
-                        held = {what: keys(t.column("kafka_offset").to_numpy(), t.column("tick_index").to_numpy())
-                                for what, t in sink.keys(span.partition, lo, hi).items()}
+                        held = {
+                            what: keys(t.column("kafka_offset").to_numpy(), t.column("tick_index").to_numpy())
+                            for what, t in sink.keys(span.partition, lo, hi).items()
+                        }
                         count.rows[sink.name] += len(held["rows"])
                         if sink.keeps_rejects:
                             count.rejected += len(held["rejects"])
                         expected = np.union1d(ticks, rejects) if sink.keeps_rejects else ticks
-                        _compare(checks[sink.name], span, expected, np.concatenate(list(held.values())),
-                                 positions[sink.name].get(span.partition), samples)
+                        _compare(
+                            checks[sink.name],
+                            span,
+                            expected,
+                            np.concatenate(list(held.values())),
+                            positions[sink.name].get(span.partition),
+                            samples,
+                        )
         gaps = sorted({g for sink in chosen for g in sink.gaps()})
     finally:
         for sink in chosen:
@@ -128,16 +152,27 @@ def verify(settings: Settings, spans: list[Span], sink_names: tuple[str, ...], d
     return Verdict(counts, checks, gaps)
 
 
-def _topic_keys(reader: source.RangeReader, decoder: Decoder, partition: int, lo: int, hi: int,
-                count: PartitionCount, meter: Meter | None) -> tuple[np.ndarray, np.ndarray]:
+def _topic_keys(
+    reader: source.RangeReader,
+    decoder: Decoder,
+    partition: int,
+    lo: int,
+    hi: int,
+    count: PartitionCount,
+    meter: Meter | None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Sorted keys of the valid ticks and of the rejects that messages [lo, hi) decode to."""
     ticks, rejects = [], []
     for msgs in reader.read(partition, lo, hi):
         decoded = decoder.decode(msgs)
         rows = decoded.ticks
         ticks.append(keys(rows.column("kafka_offset").to_numpy(), rows.column("tick_index").to_numpy()))
-        rejects.append(keys(np.array([r.offset for r in decoded.rejects], dtype=np.int64),
-                            np.array([r.tick_index for r in decoded.rejects], dtype=np.int64)))
+        rejects.append(
+            keys(
+                np.array([r.offset for r in decoded.rejects], dtype=np.int64),
+                np.array([r.tick_index for r in decoded.rejects], dtype=np.int64),
+            )
+        )
         count.messages += len(msgs)
         count.ticks += decoded.ticks.num_rows
         count.rejects += len(decoded.rejects)
@@ -147,8 +182,9 @@ def _topic_keys(reader: source.RangeReader, decoder: Decoder, partition: int, lo
     return np.unique(np.concatenate(ticks or [empty])), np.unique(np.concatenate(rejects or [empty]))
 
 
-def _compare(check: SinkCheck, span: Span, expected: np.ndarray, present: np.ndarray, position: int | None,
-             samples: int) -> None:
+def _compare(
+    check: SinkCheck, span: Span, expected: np.ndarray, present: np.ndarray, position: int | None, samples: int
+) -> None:
     held, times = np.unique(present, return_counts=True)
     found = {
         "missing": np.setdiff1d(expected, held, assume_unique=True),
@@ -159,7 +195,7 @@ def _compare(check: SinkCheck, span: Span, expected: np.ndarray, present: np.nda
     for kind, which in found.items():
         check.counts[kind] += len(which)
         room = samples - len(check.samples[kind])
-        check.samples[kind].extend(unkey(span.partition, k) for k in which[:max(room, 0)])
+        check.samples[kind].extend(unkey(span.partition, k) for k in which[: max(room, 0)])
     missing = found["missing"]
     if not len(missing):
         return

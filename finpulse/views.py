@@ -45,8 +45,10 @@ def _num(v: int | None) -> str:
 # ---------------------------------------------------------------------------- init, produce, ingest
 def topic_ready(out: Console, topic: str, created: bool, partitions: int) -> None:
     """`partitions`: those asked for when created, those the topic has otherwise."""
-    out.print(f"Kafka topic {topic}: {f'created with {partitions} partitions' if created else 'exists'}"
-              + ("" if created else f" ({partitions} partitions)"))
+    out.print(
+        f"Kafka topic {topic}: {f'created with {partitions} partitions' if created else 'exists'}"
+        + ("" if created else f" ({partitions} partitions)")
+    )
 
 
 def sinks_ready(out: Console, ensured: Iterable[tuple[str, bool]]) -> None:
@@ -76,8 +78,11 @@ def landed(out: Console, sinks: list[Landed]) -> None:
     from finpulse.show import SUMMARY_COLUMNS
 
     for item in sinks:
-        title = f"{item.sink}: {item.rows:,} rows" + (
-            f", {item.rejected:,} rejected" if item.rejected is not None else "") + f" in {item.where}"
+        title = (
+            f"{item.sink}: {item.rows:,} rows"
+            + (f", {item.rejected:,} rejected" if item.rejected is not None else "")
+            + f" in {item.where}"
+        )
         t = Table(title=escape(title), title_justify="left")
         for col in SUMMARY_COLUMNS:
             t.add_column(col, justify="left" if col == "symbol" else "right")
@@ -93,66 +98,109 @@ def positions_unavailable(err: Console, reason: object) -> None:
 
 def dry_run(out: Console, spans: list[Span], held: dict[str, dict[int, int]], topic: str) -> None:
     for sp in spans:
-        where = "".join(f"; {name} at {h[sp.partition]:,}" if sp.partition in h else f"; {name} holds nothing"
-                        for name, h in held.items())
-        out.print(f"partition {sp.partition}: {sp.size:,} messages, offsets {sp.start:,} up to {sp.end:,} "
-                  f"(exclusive){where}", highlight=False)
+        where = "".join(
+            f"; {name} at {h[sp.partition]:,}" if sp.partition in h else f"; {name} holds nothing"
+            for name, h in held.items()
+        )
+        out.print(
+            f"partition {sp.partition}: {sp.size:,} messages, offsets {sp.start:,} up to {sp.end:,} (exclusive){where}",
+            highlight=False,
+        )
     total = sum(sp.size for sp in spans)
-    out.print(f"dry run: would read {total:,} messages from {_partitions(len(spans))} of {topic}; "
-              "nothing written", highlight=False)
+    out.print(
+        f"dry run: would read {total:,} messages from {_partitions(len(spans))} of {topic}; nothing written",
+        highlight=False,
+    )
 
 
 def replayed(out: Console, report: Report, partitions: int, topic: str) -> None:
     for name, tally in report.sinks.items():
         for p, left in sorted(tally.left.items()):
             at = "holds nothing of it" if left.position is None else f"is at {left.position:,}"
-            out.print(f"{name}: partition {p} offsets {left.start:,} up to {left.end:,} left to `finpulse ingest`: "
-                      f"the sink {at}, and writing them would skip the offsets in between", highlight=False)
-    added = "; ".join(f"{name} +{t.rows:,} rows" + (f", +{t.rejects:,} rejects" if name == "postgres" else "")
-                      for name, t in report.sinks.items())
-    out.print(f"replayed {report.messages:,} messages from {_partitions(partitions)} of {topic} in "
-              f"{report.elapsed:.1f}s: {added}", highlight=False)
+            out.print(
+                f"{name}: partition {p} offsets {left.start:,} up to {left.end:,} left to `finpulse ingest`: "
+                f"the sink {at}, and writing them would skip the offsets in between",
+                highlight=False,
+            )
+    added = "; ".join(
+        f"{name} +{t.rows:,} rows" + (f", +{t.rejects:,} rejects" if name == "postgres" else "")
+        for name, t in report.sinks.items()
+    )
+    out.print(
+        f"replayed {report.messages:,} messages from {_partitions(partitions)} of {topic} in "
+        f"{report.elapsed:.1f}s: {added}",
+        highlight=False,
+    )
 
 
 # ---------------------------------------------------------------------------- status
 def status(out: Console, data: dict, topic: str, group_id: str) -> None:
     """`data`: Status.as_json(), so the table and `status --json` never disagree."""
     d = data["delta"]
-    t = Table(title=f"{topic} (group {group_id}); Delta version {_num(d['version'])}, "
-              f"{_num(d['files'])} files, {_num(d['bytes'])} bytes", title_justify="left", show_edge=False)
+    t = Table(
+        title=f"{topic} (group {group_id}); Delta version {_num(d['version'])}, "
+        f"{_num(d['files'])} files, {_num(d['bytes'])} bytes",
+        title_justify="left",
+        show_edge=False,
+    )
     columns = ["partition", "low", "high", "committed", "postgres", "lag", "delta", "lag", "rejected"]
-    keys = ["partition", "low", "high", "committed", "postgres_position", "postgres_lag", "delta_position",
-            "delta_lag", "rejected"]
+    keys = [
+        "partition",
+        "low",
+        "high",
+        "committed",
+        "postgres_position",
+        "postgres_lag",
+        "delta_position",
+        "delta_lag",
+        "rejected",
+    ]
     for col in columns:
         t.add_column(col, justify="right")
     for row in [*data["partitions"], {"partition": "total", **data["totals"]}]:
         t.add_row(*(str(row[k]) if k == "partition" else _num(row.get(k)) for k in keys))
     print_table(out, t)
     for g in data.get("gaps", []):
-        out.print(f"gap accepted with --allow-data-loss: partition {g['partition']} offsets "
-                  f"{g['from_offset']:,} up to {g['to_offset']:,} ({g['reason']})", highlight=False)
+        out.print(
+            f"gap accepted with --allow-data-loss: partition {g['partition']} offsets "
+            f"{g['from_offset']:,} up to {g['to_offset']:,} ({g['reason']})",
+            highlight=False,
+        )
 
 
 # ---------------------------------------------------------------------------- verify
 def verdict(out: Console, topic: str, verdict: Verdict) -> None:
-    t = Table(title=f"{topic}: what the topic holds, and rows in each sink", title_justify="left",
-              show_edge=False)
+    t = Table(title=f"{topic}: what the topic holds, and rows in each sink", title_justify="left", show_edge=False)
     names = list(verdict.sinks)
     for col in ["partition", "offsets", "messages", "ticks", "rejects", *names] + (
-            ["rejected"] if "postgres" in names else []):
+        ["rejected"] if "postgres" in names else []
+    ):
         t.add_column(col, justify="right")
     for c in verdict.partitions:
-        t.add_row(str(c.partition), f"{c.start}-{c.end}", f"{c.messages:,}", f"{c.ticks:,}", f"{c.rejects:,}",
-                  *(f"{c.rows[n]:,}" for n in names), *([f"{c.rejected:,}"] if "postgres" in names else []))
+        t.add_row(
+            str(c.partition),
+            f"{c.start}-{c.end}",
+            f"{c.messages:,}",
+            f"{c.ticks:,}",
+            f"{c.rejects:,}",
+            *(f"{c.rows[n]:,}" for n in names),
+            *([f"{c.rejected:,}"] if "postgres" in names else []),
+        )
     print_table(out, t)
     for p, start, end, reason in verdict.gaps:
-        out.print(f"gap accepted with --allow-data-loss: partition {p} offsets {start:,} up to {end:,} ({reason}); "
-                  "those messages were never ingested", highlight=False)
+        out.print(
+            f"gap accepted with --allow-data-loss: partition {p} offsets {start:,} up to {end:,} ({reason}); "
+            "those messages were never ingested",
+            highlight=False,
+        )
     for name, check in verdict.sinks.items():
         n = check.counts
         pending = f" ({check.pending:,} at or above the sink's position: not ingested yet)" if check.pending else ""
-        out.print(f"{name}: {n['missing']:,} missing{pending}, {n['duplicated']:,} duplicated, "
-                  f"{n['unexpected']:,} unexpected" + (" - exact" if check.exact else ""), highlight=False)
+        out.print(
+            f"{name}: {n['missing']:,} missing{pending}, {n['duplicated']:,} duplicated, "
+            f"{n['unexpected']:,} unexpected" + (" - exact" if check.exact else ""),
+            highlight=False,
+        )
         for kind, keys in check.samples.items():
             if keys:
                 shown = ", ".join(f"({p}, {o}, {i})" for p, o, i in keys)
@@ -162,7 +210,9 @@ def verdict(out: Console, topic: str, verdict: Verdict) -> None:
 
 def repaired(out: Console, name: str, report: Report) -> None:
     tally = report.sinks[name]
-    out.print(f"repair {name}: replayed {report.messages:,} messages, +{tally.rows:,} rows"
-              + (f", +{tally.rejects:,} rejects" if name == "postgres" else "")
-              + (f"; {len(tally.left)} partitions left to `finpulse ingest`" if tally.left else ""),
-              highlight=False)
+    out.print(
+        f"repair {name}: replayed {report.messages:,} messages, +{tally.rows:,} rows"
+        + (f", +{tally.rejects:,} rejects" if name == "postgres" else "")
+        + (f"; {len(tally.left)} partitions left to `finpulse ingest`" if tally.left else ""),
+        highlight=False,
+    )

@@ -108,19 +108,27 @@ class Worker:
         starts = self._retrying("read sink positions", lambda: self._start_positions(parts))
         # Past the end: a recreated topic whose gap was accepted. Read it from its start; each
         # sink's guard skips what lies below its position.
-        starts = {p: OFFSET_BEGINNING if p in starts and starts[p] > marks[p][1] else starts.get(p, OFFSET_BEGINNING)
-                  for p in parts}
+        starts = {
+            p: OFFSET_BEGINNING if p in starts and starts[p] > marks[p][1] else starts.get(p, OFFSET_BEGINNING)
+            for p in parts
+        }
         self.consumed = {p: n for p, n in starts.items() if n >= 0}
-        log.info("assigned partitions %s, starting at %s", parts or "none",
-                 {p: "earliest" if n < 0 else n for p, n in starts.items()})
+        log.info(
+            "assigned partitions %s, starting at %s",
+            parts or "none",
+            {p: "earliest" if n < 0 else n for p, n in starts.items()},
+        )
         return starts
 
     def _on_revoke(self, parts: list[int]) -> None:
         self._flush()
         grace = self.settings.rebalance_grace_ms / 1000
         if not all(lane.wait_idle(grace) for lane in self.lanes):
-            log.warning("rebalance: writes still pending after %.1fs (FINPULSE_REBALANCE_GRACE_MS); "
-                        "the sinks will skip what they hold", grace)
+            log.warning(
+                "rebalance: writes still pending after %.1fs (FINPULSE_REBALANCE_GRACE_MS); "
+                "the sinks will skip what they hold",
+                grace,
+            )
         self._commit_kafka(asynchronous=False)
 
     def _on_lost(self, parts: list[int]) -> None:
@@ -186,8 +194,9 @@ class Worker:
         try:
             while not self.stop.is_set():
                 self._raise_lane_failure()
-                records = self.source.take(s.batch_size - self.acc.size, min(
-                    self.acc.wait_left(self.linger_s, IDLE_POLL_S), IDLE_POLL_S))
+                records = self.source.take(
+                    s.batch_size - self.acc.size, min(self.acc.wait_left(self.linger_s, IDLE_POLL_S), IDLE_POLL_S)
+                )
                 if records:
                     self._decode(records)
                 if self.acc.due(s.batch_size, self.linger_s):
@@ -233,8 +242,10 @@ class Worker:
 
     def _inflight(self) -> tuple[int, int]:
         """Ticks and rejects, and their estimated bytes, not yet durable in the slowest sink."""
-        return (self.acc.size + max(lane.waiting for lane in self.lanes),
-                self.acc.nbytes + max(lane.waiting_bytes for lane in self.lanes))
+        return (
+            self.acc.size + max(lane.waiting for lane in self.lanes),
+            self.acc.nbytes + max(lane.waiting_bytes for lane in self.lanes),
+        )
 
     def _backpressure(self) -> None:
         """Pause fetching when the ticks or the bytes waiting for the sinks reach their limit;
@@ -244,8 +255,7 @@ class Worker:
         inflight, nbytes = self._inflight()
         if not self.source.paused and (inflight >= limit or nbytes >= byte_limit):
             self.source.pause()
-            log.debug("backpressure: %d ticks (%d bytes) waiting for the sinks; pausing consumption",
-                      inflight, nbytes)
+            log.debug("backpressure: %d ticks (%d bytes) waiting for the sinks; pausing consumption", inflight, nbytes)
         elif self.source.paused and inflight < limit // 2 and nbytes < byte_limit // 2:
             self.source.resume()
             log.debug("backpressure released; resuming consumption")
@@ -260,8 +270,9 @@ class Worker:
         if self.source is None:
             return
         held = [lane.positions for lane in self.lanes]
-        self.source.commit({p: min(h[p] for h in held) for p in self.source.assigned if all(p in h for h in held)},
-                           asynchronous)
+        self.source.commit(
+            {p: min(h[p] for h in held) for p in self.source.assigned if all(p in h for h in held)}, asynchronous
+        )
 
     def _report(self) -> None:
         st, self.stats = self.stats, WorkerStats()
@@ -279,7 +290,8 @@ class Worker:
         for lane in self.lanes:
             if not lane.wait_idle(STOP_GRACE_S):
                 self._raise_lane_failure()
-                log.warning("%s did not finish in %.0fs; unwritten rows will be re-read next start",
-                            lane.name, STOP_GRACE_S)
+                log.warning(
+                    "%s did not finish in %.0fs; unwritten rows will be re-read next start", lane.name, STOP_GRACE_S
+                )
         self._raise_lane_failure()
         self._commit_kafka(asynchronous=False)

@@ -14,8 +14,23 @@ from finpulse.feeds import alpaca, binance, canonical, coinbase, coinbase_advanc
 from finpulse.feeds.fields import epoch_us, kind, number, quote, text
 from finpulse.feeds.model import Feed, Invalid, Parsed, Skip, Trade
 
-__all__ = ["CANONICAL", "FEEDS", "Feed", "Invalid", "Parsed", "Skip", "Trade",
-           "detect", "epoch_us", "get", "names", "number", "parse", "quote", "text"]
+__all__ = [
+    "CANONICAL",
+    "FEEDS",
+    "Feed",
+    "Invalid",
+    "Parsed",
+    "Skip",
+    "Trade",
+    "detect",
+    "epoch_us",
+    "get",
+    "names",
+    "number",
+    "parse",
+    "quote",
+    "text",
+]
 
 CANONICAL = canonical.FEED
 

@@ -17,8 +17,7 @@ from finpulse.feeds.model import Feed, Invalid, Parsed, Skip, Trade, frame
 NAME = "alpaca"
 EXCHANGE = "ALPACA"
 # Every "T" the stock and crypto streams document; unknown ones do not identify Alpaca.
-_TYPES = frozenset({"t", "q", "b", "d", "u", "s", "c", "x", "l", "o", "n", "i",
-                    "success", "subscription", "error"})
+_TYPES = frozenset({"t", "q", "b", "d", "u", "s", "c", "x", "l", "o", "n", "i", "success", "subscription", "error"})
 
 
 def _element(obj: Any) -> Trade | Skip:
@@ -27,8 +26,12 @@ def _element(obj: Any) -> Trade | Skip:
     if obj["T"] != "t":
         return Skip(f"alpaca {obj['T']} message")
     return Trade(
-        symbol(obj, "S", NAME), number(obj, "p", NAME), number(obj, "s", NAME),
-        trade_time(obj, "t", "auto", NAME), venue(obj, "x", NAME), side_word(obj.get("tks")),
+        symbol(obj, "S", NAME),
+        number(obj, "p", NAME),
+        number(obj, "s", NAME),
+        trade_time(obj, "t", "auto", NAME),
+        venue(obj, "x", NAME),
+        side_word(obj.get("tks")),
     )
 
 

@@ -27,8 +27,12 @@ def _trade(event: dict) -> Trade:
     # The buyer resting on the book means the aggressor sold; a non-boolean says nothing.
     side = ("sell" if maker else "buy") if isinstance(maker, bool) else None
     return Trade(
-        symbol(event, "s", NAME), number(event, "p", NAME), number(event, "q", NAME),
-        trade_time(event, "T", "auto", NAME), None, side,
+        symbol(event, "s", NAME),
+        number(event, "p", NAME),
+        number(event, "q", NAME),
+        trade_time(event, "T", "auto", NAME),
+        None,
+        side,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from finpulse.feeds.fields import kind, keys_seen, number, side_word, symbol, text, trade_time
+from finpulse.feeds.fields import keys_seen, kind, number, side_word, symbol, text, trade_time
 from finpulse.feeds.model import Feed, Invalid, Parsed, Trade, frame
 
 NAME = "canonical"

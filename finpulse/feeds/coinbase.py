@@ -22,8 +22,12 @@ _CONTROL = {"subscriptions": "channels", "error": "message", "status": "products
 
 def _trade(msg: dict) -> Trade:
     return Trade(
-        symbol(msg, "product_id", NAME), number(msg, "price", NAME), number(msg, "size", NAME),
-        trade_time(msg, "time", "auto", NAME), None, OPPOSITE[side_word(msg.get("side"))],
+        symbol(msg, "product_id", NAME),
+        number(msg, "price", NAME),
+        number(msg, "size", NAME),
+        trade_time(msg, "time", "auto", NAME),
+        None,
+        OPPOSITE[side_word(msg.get("side"))],
     )
 
 

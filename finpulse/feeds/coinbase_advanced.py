@@ -23,8 +23,12 @@ def _trade(obj: Any) -> Trade:
     if not isinstance(obj, dict):
         raise Invalid(f"a trade must be an object, got {kind(obj)}", NAME)
     return Trade(
-        symbol(obj, "product_id", NAME), number(obj, "price", NAME), number(obj, "size", NAME),
-        trade_time(obj, "time", "auto", NAME), None, side_word(obj.get("side")),
+        symbol(obj, "product_id", NAME),
+        number(obj, "price", NAME),
+        number(obj, "size", NAME),
+        trade_time(obj, "time", "auto", NAME),
+        None,
+        side_word(obj.get("side")),
     )
 
 

@@ -16,7 +16,7 @@ from finpulse.feeds.model import Invalid
 
 def number(obj: dict, key: str, feed: str) -> float:
     """A float from a JSON number or a numeric string, exact to its text (correctly rounded)."""
-    value = obj.get(key)
+    value: Any = obj.get(key)  # any JSON value; the exact type decides below
     kind_ = type(value)  # exact types: a bool is no number here, though it is an int to Python
     if kind_ is float:
         return value
@@ -48,7 +48,7 @@ def text(obj: dict, key: str, feed: str, required: bool = True) -> str | None:
 
 def symbol(obj: dict, key: str, feed: str) -> str:
     """The instrument as the feed spells it, trimmed and upper-cased (BTC-USD, BTCUSDT, BTC/USD)."""
-    return text(obj, key, feed).upper()
+    return (text(obj, key, feed) or "").upper()  # required=True: never None
 
 
 def venue(obj: dict, key: str, feed: str) -> str | None:
@@ -148,12 +148,19 @@ def _iso_us(m: re.Match, feed: str, key: str) -> int:
 @lru_cache(maxsize=1 << 14)
 def _utc_seconds(text: str) -> int:
     """Epoch seconds of 'YYYY-MM-DDTHH:MM:SS' read as UTC (any separator between date and time)."""
-    moment = dt.datetime(int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]), int(text[14:16]),
-                         int(text[17:19]), tzinfo=dt.timezone.utc)
+    moment = dt.datetime(
+        int(text[0:4]),
+        int(text[5:7]),
+        int(text[8:10]),
+        int(text[11:13]),
+        int(text[14:16]),
+        int(text[17:19]),
+        tzinfo=dt.UTC,
+    )
     return (moment - _EPOCH) // _ONE_SECOND
 
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _ONE_SECOND = dt.timedelta(seconds=1)
 
 

@@ -22,8 +22,12 @@ def _trade(obj: Any) -> Trade:
     if not isinstance(obj, dict):
         raise Invalid(f"a trade must be an object, got {kind(obj)}", NAME)
     return Trade(
-        symbol(obj, "s", NAME), number(obj, "p", NAME), number(obj, "v", NAME),
-        trade_time(obj, "t", "auto", NAME), None, None,
+        symbol(obj, "s", NAME),
+        number(obj, "p", NAME),
+        number(obj, "v", NAME),
+        trade_time(obj, "t", "auto", NAME),
+        None,
+        None,
     )
 
 

@@ -26,8 +26,12 @@ def _trade(obj: Any) -> Trade:
     if not isinstance(obj, dict):
         raise Invalid(f"a trade must be an object, got {kind(obj)}", NAME)
     return Trade(
-        symbol(obj, "symbol", NAME), number(obj, "price", NAME), number(obj, "qty", NAME),
-        trade_time(obj, "timestamp", "auto", NAME), None, side_word(obj.get("side")),
+        symbol(obj, "symbol", NAME),
+        number(obj, "price", NAME),
+        number(obj, "qty", NAME),
+        trade_time(obj, "timestamp", "auto", NAME),
+        None,
+        side_word(obj.get("side")),
     )
 
 

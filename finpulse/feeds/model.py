@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 
 class Invalid(Exception):
@@ -62,6 +63,6 @@ def frame(feed: Feed, items: list, one: Callable[[Any], Trade | Skip], what: str
         except Invalid as exc:
             out.append(exc)
     if all(type(x) is Skip for x in out):
-        notes = sorted({x.note for x in out})
+        notes = sorted({x.note for x in out if isinstance(x, Skip)})
         return Parsed(feed.name, None, feed.default_exchange, "; ".join(notes) if notes else f"{what} with no trades")
     return Parsed(feed.name, out, feed.default_exchange)

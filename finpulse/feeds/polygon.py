@@ -28,8 +28,12 @@ def _element(obj: Any) -> Trade | Skip:
         return Skip(f"polygon {obj['ev']} event")
     size = number(obj, "ds" if obj.get("ds") is not None else "s", NAME)
     return Trade(
-        symbol(obj, key, NAME), number(obj, "p", NAME), size,
-        trade_time(obj, "t", "auto", NAME), venue(obj, "x", NAME), None,
+        symbol(obj, key, NAME),
+        number(obj, "p", NAME),
+        size,
+        trade_time(obj, "t", "auto", NAME),
+        venue(obj, "x", NAME),
+        None,
     )
 
 

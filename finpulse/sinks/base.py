@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, NamedTuple, Protocol
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import pyarrow as pa
 
@@ -46,9 +47,9 @@ class SinkKind(Protocol):
     name: str
     keeps_rejects: bool  # verify: a reject's key counts as held
 
-    def from_settings(self, settings: "Settings", topic_id: str | None = None) -> "Sink": ...
+    def from_settings(self, settings: Settings, topic_id: str | None = None) -> Sink: ...
 
-    def prepare(self, settings: "Settings") -> list[tuple[str, bool]]:
+    def prepare(self, settings: Settings) -> list[tuple[str, bool]]:
         """Create what the sink needs where absent (idempotent); SinkRejected when what exists cannot
         take our rows. Returns each thing it ensures, described for a person, and whether this call
         created it."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from collections.abc import Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,8 +30,13 @@ def app_id(topic: str, partition: int) -> str:
 
 # Delta's names for the Arrow types of our schema.
 _DELTA_TYPES = {
-    pa.string(): "string", pa.float64(): "double", pa.int64(): "long", pa.int32(): "integer",
-    pa.bool_(): "boolean", pa.timestamp("us", tz="UTC"): "timestamp", pa.date32(): "date",
+    pa.string(): "string",
+    pa.float64(): "double",
+    pa.int64(): "long",
+    pa.int32(): "integer",
+    pa.bool_(): "boolean",
+    pa.timestamp("us", tz="UTC"): "timestamp",
+    pa.date32(): "date",
 }
 
 
@@ -39,11 +44,16 @@ def check_schema(table: DeltaTable, uri: str) -> None:
     """SinkRejected when an existing table cannot take our rows (merge adds missing columns)."""
     parts = table.metadata().partition_columns
     if parts != [DELTA_PARTITION]:
-        raise SinkRejected(f"the Delta table at {uri} is partitioned by {parts or 'nothing'}, FinPulse writes "
-                           f"partitions by {DELTA_PARTITION}: point DELTA_TABLE_URI at a new location")
+        raise SinkRejected(
+            f"the Delta table at {uri} is partitioned by {parts or 'nothing'}, FinPulse writes "
+            f"partitions by {DELTA_PARTITION}: point DELTA_TABLE_URI at a new location"
+        )
     have = {f.name: getattr(f.type, "type", str(f.type)) for f in table.schema().fields}
-    wrong = [f"{f.name} is {have[f.name]}, not {_DELTA_TYPES[f.type]}" for f in DELTA
-             if f.name in have and have[f.name] != _DELTA_TYPES[f.type]]
+    wrong = [
+        f"{f.name} is {have[f.name]}, not {_DELTA_TYPES[f.type]}"
+        for f in DELTA
+        if f.name in have and have[f.name] != _DELTA_TYPES[f.type]
+    ]
     if wrong:
         raise SinkRejected(f"the Delta table at {uri} cannot take FinPulse rows: {'; '.join(wrong)}")
 
@@ -58,8 +68,14 @@ def create_table(uri: str, storage_options: dict[str, str]) -> bool:
     except (DeltaError, OSError) as exc:
         raise ServiceUnavailable(f"Delta table {uri} cannot be opened: {exc}") from None
     try:
-        DeltaTable.create(uri, schema=DELTA, partition_by=[DELTA_PARTITION], mode="ignore",
-                          storage_options=storage_options, name="prices")
+        DeltaTable.create(
+            uri,
+            schema=DELTA,
+            partition_by=[DELTA_PARTITION],
+            mode="ignore",
+            storage_options=storage_options,
+            name="prices",
+        )
     except (DeltaError, OSError) as exc:
         raise ServiceUnavailable(f"Delta table {uri} cannot be created: {exc}") from None
     return True
@@ -93,7 +109,7 @@ class DeltaSink:
     keeps_rejects = False  # rejects live in PostgreSQL only; Delta holds each valid tick as a row
 
     @classmethod
-    def from_settings(cls, settings: Settings, topic_id: str | None = None) -> "DeltaSink":
+    def from_settings(cls, settings: Settings, topic_id: str | None = None) -> DeltaSink:
         return cls(settings.delta_uri, settings.delta_storage_options, settings.kafka_topic, topic_id)
 
     @staticmethod
@@ -146,11 +162,15 @@ class DeltaSink:
         held = self._held(table, {g.partition for g in gaps})
         txns = [Transaction(app_id(self.topic, g.partition), max(g.target, held.get(g.partition, 0))) for g in gaps]
         record = [{"partition": g.partition, "from": g.start, "to": g.end, "reason": g.reason} for g in gaps]
-        commit = CommitProperties(app_transactions=txns + self._id_txn(topic_id), max_commit_retries=MAX_COMMIT_RETRIES,
-                                  custom_metadata={"finpulse.gaps": json.dumps(record)})
+        commit = CommitProperties(
+            app_transactions=txns + self._id_txn(topic_id),
+            max_commit_retries=MAX_COMMIT_RETRIES,
+            custom_metadata={"finpulse.gaps": json.dumps(record)},
+        )
         try:
-            table.create_write_transaction([], mode="append", schema=DELTA, partition_by=[DELTA_PARTITION],
-                                           commit_properties=commit)
+            table.create_write_transaction(
+                [], mode="append", schema=DELTA, partition_by=[DELTA_PARTITION], commit_properties=commit
+            )
         except (DeltaError, OSError) as exc:
             self._table = None
             raise ServiceUnavailable(f"Delta commit of a gap record to {self.uri} failed: {exc}") from None
@@ -168,11 +188,18 @@ class DeltaSink:
         )
         try:
             if todo.ticks.num_rows:
-                write_deltalake(table, with_partition_column(todo.ticks), mode="append",
-                                partition_by=[DELTA_PARTITION], schema_mode="merge", commit_properties=commit)
+                write_deltalake(
+                    table,
+                    with_partition_column(todo.ticks),
+                    mode="append",
+                    partition_by=[DELTA_PARTITION],
+                    schema_mode="merge",
+                    commit_properties=commit,
+                )
             else:  # only rejects or skipped events: still record that these offsets are done
-                table.create_write_transaction([], mode="append", schema=DELTA,
-                                               partition_by=[DELTA_PARTITION], commit_properties=commit)
+                table.create_write_transaction(
+                    [], mode="append", schema=DELTA, partition_by=[DELTA_PARTITION], commit_properties=commit
+                )
         except SchemaMismatchError as exc:
             raise SinkRejected(f"the Delta table at {self.uri} cannot take our rows: {exc}") from None
         except CommitFailedError as exc:
@@ -181,9 +208,11 @@ class DeltaSink:
         except (DeltaError, OSError) as exc:
             self._table = None
             if _refuses_data(exc):
-                raise SinkRejected(f"the Delta table at {self.uri} refuses rows FinPulse decoded as valid (a CHECK "
-                                   f"constraint or invariant on the table): {first_line(exc)}; drop or widen the "
-                                   "constraint, then run ingest again") from None
+                raise SinkRejected(
+                    f"the Delta table at {self.uri} refuses rows FinPulse decoded as valid (a CHECK "
+                    f"constraint or invariant on the table): {first_line(exc)}; drop or widen the "
+                    "constraint, then run ingest again"
+                ) from None
             raise ServiceUnavailable(f"Delta write to {self.uri} failed: {exc}") from None
         held.update(todo.next_offsets)
         return Written(held, todo.ticks.num_rows, len(todo.rejects))
@@ -198,9 +227,14 @@ class DeltaSink:
         where = f"kafka_partition = {int(partition)} AND kafka_offset >= {int(start)} AND kafka_offset < {int(end)}"
         try:
             dataset = table.to_pyarrow_dataset(file_pruning_predicate=where)  # files by their min/max
-            rows = dataset.to_table(columns=["kafka_offset", "tick_index"], filter=(
-                (pc.field("kafka_partition") == partition) & (pc.field("kafka_offset") >= start)
-                & (pc.field("kafka_offset") < end)))
+            rows = dataset.to_table(
+                columns=["kafka_offset", "tick_index"],
+                filter=(
+                    (pc.field("kafka_partition") == partition)
+                    & (pc.field("kafka_offset") >= start)
+                    & (pc.field("kafka_offset") < end)
+                ),
+            )
         except (DeltaError, OSError) as exc:
             self._table = None
             raise ServiceUnavailable(f"Delta table {self.uri} unreadable: {first_line(exc)}") from None
@@ -216,13 +250,20 @@ class DeltaSink:
         if rows.num_rows == 0:
             return Summary(self.name, 0, None, [], self.where)
         grouped = rows.group_by("symbol").aggregate(
-            [("price", "count"), ("price", "min"), ("price", "max"), ("trade_time", "max")])
+            [("price", "count"), ("price", "min"), ("price", "max"), ("trade_time", "max")]
+        )
         latest = rows.sort_by([(c, "descending") for c in LAST_ORDER])
         last = latest.group_by("symbol", use_threads=False).aggregate([("price", "first")])
         merged = grouped.join(last, "symbol").sort_by([("price_count", "descending"), ("symbol", "ascending")])
         merged = merged.slice(0, limit)
-        symbols = list(zip(*(merged.column(c).to_pylist() for c in
-                             ("symbol", "price_count", "price_min", "price_max", "price_first", "trade_time_max"))))
+        symbols = list(
+            zip(
+                *(
+                    merged.column(c).to_pylist()
+                    for c in ("symbol", "price_count", "price_min", "price_max", "price_first", "trade_time_max")
+                )
+            )
+        )
         return Summary(self.name, rows.num_rows, None, symbols, self.where)
 
     def describe(self, partitions: Iterable[int]) -> dict[str, object]:
@@ -250,9 +291,14 @@ class DeltaSink:
             return Filled(0, 0, held)
         try:
             merged = (
-                table.merge(with_partition_column(ticks), _MERGE_ON, source_alias="s", target_alias="t",
-                            streamed_exec=False,  # a materialised source lets delta-rs prune target files
-                            commit_properties=CommitProperties(max_commit_retries=MAX_COMMIT_RETRIES))
+                table.merge(
+                    with_partition_column(ticks),
+                    _MERGE_ON,
+                    source_alias="s",
+                    target_alias="t",
+                    streamed_exec=False,  # a materialised source lets delta-rs prune target files
+                    commit_properties=CommitProperties(max_commit_retries=MAX_COMMIT_RETRIES),
+                )
                 .when_not_matched_insert_all()
                 .execute()
             )

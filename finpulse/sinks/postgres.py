@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import orjson
@@ -14,11 +14,21 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from finpulse.batch import Offsets, TickBatch
+from finpulse.checks import clean_reason
 from finpulse.config import Settings
 from finpulse.errors import ServiceUnavailable, SinkRejected, first_line
-from finpulse.checks import clean_reason
 from finpulse.records import Reject
-from finpulse.schema import GAPS_TABLE, LAST_ORDER, OFFSETS_TABLE, PG_DDL, PG_INDEXES, PRICES_TABLE, REJECTS_TABLE, TICKS, pg_type
+from finpulse.schema import (
+    GAPS_TABLE,
+    LAST_ORDER,
+    OFFSETS_TABLE,
+    PG_DDL,
+    PG_INDEXES,
+    PRICES_TABLE,
+    REJECTS_TABLE,
+    TICKS,
+    pg_type,
+)
 from finpulse.sinks import pgcopy
 from finpulse.sinks.base import Filled, Summary, Written
 
@@ -42,13 +52,19 @@ _ADVANCE = (
     "SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset), "
     "topic_id = COALESCE(EXCLUDED.topic_id, o.topic_id), updated_at = now()"
 )
-_TOPIC_IDS = (f"SELECT kafka_partition, topic_id FROM {OFFSETS_TABLE} "
-              "WHERE topic = %s AND kafka_partition = ANY(%s) AND topic_id IS NOT NULL")
-_RECORD_GAP = (f"INSERT INTO {GAPS_TABLE} (topic, kafka_partition, from_offset, to_offset, reason, topic_id) "
-               "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING")
-_SUMMARY = (f"SELECT symbol, count(*), min(price), max(price), "
-            f"(array_agg(price ORDER BY {', '.join(f'{c} DESC' for c in LAST_ORDER)}))[1], max(trade_time) "
-            f"FROM {PRICES_TABLE} GROUP BY symbol ORDER BY count(*) DESC, symbol LIMIT %s")
+_TOPIC_IDS = (
+    f"SELECT kafka_partition, topic_id FROM {OFFSETS_TABLE} "
+    "WHERE topic = %s AND kafka_partition = ANY(%s) AND topic_id IS NOT NULL"
+)
+_RECORD_GAP = (
+    f"INSERT INTO {GAPS_TABLE} (topic, kafka_partition, from_offset, to_offset, reason, topic_id) "
+    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+)
+_SUMMARY = (
+    f"SELECT symbol, count(*), min(price), max(price), "
+    f"(array_agg(price ORDER BY {', '.join(f'{c} DESC' for c in LAST_ORDER)}))[1], max(trade_time) "
+    f"FROM {PRICES_TABLE} GROUP BY symbol ORDER BY count(*) DESC, symbol LIMIT %s"
+)
 _GAPS = f"SELECT kafka_partition, from_offset, to_offset, reason FROM {GAPS_TABLE} WHERE topic = %s ORDER BY 1, 2"
 
 # SQLSTATE classes that heal by themselves: connection trouble (08), the server shutting down or
@@ -62,8 +78,10 @@ _PG_KEY = np.dtype([("n", ">i2"), ("len0", ">i4"), ("offset", ">i8"), ("len1", "
 def _classify(exc: Exception, what: str) -> Exception:
     state = getattr(exc, "sqlstate", None) or ""
     if isinstance(exc, (PoolTimeout, psycopg.OperationalError)) and not state.startswith("28"):
-        return ServiceUnavailable(f"PostgreSQL connection failed while {what}: {first_line(exc)} "
-                                  "(check that it runs and the POSTGRES_* settings)")
+        return ServiceUnavailable(
+            f"PostgreSQL connection failed while {what}: {first_line(exc)} "
+            "(check that it runs and the POSTGRES_* settings)"
+        )
     if state.startswith(_TRANSIENT_CLASSES) or isinstance(exc, pgerr.UniqueViolation):
         return ServiceUnavailable(f"PostgreSQL busy while {what} ({state}): {first_line(exc)}")
     hint = {
@@ -71,7 +89,6 @@ def _classify(exc: Exception, what: str) -> Exception:
         "42": "run `finpulse init`, or fix the table so it has the columns of the canonical schema",
     }.get(state[:2], "see the PostgreSQL log")
     return SinkRejected(f"PostgreSQL refused {what} ({state or type(exc).__name__}): {first_line(exc)}; {hint}")
-
 
 
 def create_tables(conninfo: str, schema: str) -> list[str]:
@@ -87,11 +104,14 @@ def create_tables(conninfo: str, schema: str) -> list[str]:
             }
             for ddl in PG_DDL:
                 conn.execute(ddl)
-            columns = dict(conn.execute(
-                "SELECT column_name, format_type(atttypid, atttypmod) FROM information_schema.columns c "
-                "JOIN pg_attribute a ON a.attrelid = (quote_ident(c.table_schema) || '.' || quote_ident(c.table_name))::regclass "
-                "AND a.attname = c.column_name WHERE c.table_schema = %s AND c.table_name = %s",
-                (schema, PRICES_TABLE)).fetchall())
+            columns: dict[str, str] = dict(
+                conn.execute(
+                    "SELECT column_name, format_type(atttypid, atttypmod) FROM information_schema.columns c "
+                    "JOIN pg_attribute a ON a.attrelid = (quote_ident(c.table_schema) || '.' || quote_ident(c.table_name))::regclass "
+                    "AND a.attname = c.column_name WHERE c.table_schema = %s AND c.table_name = %s",
+                    (schema, PRICES_TABLE),
+                ).fetchall()
+            )
             _check_columns(columns, f"{schema}.{PRICES_TABLE}")
             for ddl in PG_INDEXES:
                 conn.execute(ddl)
@@ -110,8 +130,10 @@ def _check_columns(have: dict[str, str], table: str) -> None:
         elif have[f.name] != want:
             problems.append(f"{f.name} is {have[f.name]}, not {want}")
     if problems:
-        raise SinkRejected(f"{table} cannot take FinPulse rows: {'; '.join(problems)}; "
-                           "migrate it or set POSTGRES_SCHEMA to a new schema")
+        raise SinkRejected(
+            f"{table} cannot take FinPulse rows: {'; '.join(problems)}; "
+            "migrate it or set POSTGRES_SCHEMA to a new schema"
+        )
 
 
 # --------------------------------------------------------------------- replay: insert what is missing
@@ -147,23 +169,33 @@ class PostgresSink:
     keeps_rejects = True  # a key is held as a row of prices_raw or as a reject
 
     @classmethod
-    def from_settings(cls, settings: Settings, topic_id: str | None = None) -> "PostgresSink":
-        return cls(settings.postgres_conninfo(), settings.kafka_topic, topic_id,
-                   where=f"{settings.postgres_display()} ({settings.postgres_schema}.{PRICES_TABLE})")
+    def from_settings(cls, settings: Settings, topic_id: str | None = None) -> PostgresSink:
+        return cls(
+            settings.postgres_conninfo(),
+            settings.kafka_topic,
+            topic_id,
+            where=f"{settings.postgres_display()} ({settings.postgres_schema}.{PRICES_TABLE})",
+        )
 
     @staticmethod
     def prepare(settings: Settings) -> list[tuple[str, bool]]:
         """Create the schema and tables if absent; each table, and whether this call created it."""
         made = create_tables(settings.postgres_conninfo(), settings.postgres_schema)
-        return [(f"PostgreSQL table {settings.postgres_schema}.{t} at {settings.postgres_display()}", t in made)
-                for t in (PRICES_TABLE, REJECTS_TABLE, OFFSETS_TABLE, GAPS_TABLE)]
+        return [
+            (f"PostgreSQL table {settings.postgres_schema}.{t} at {settings.postgres_display()}", t in made)
+            for t in (PRICES_TABLE, REJECTS_TABLE, OFFSETS_TABLE, GAPS_TABLE)
+        ]
 
     def __init__(self, conninfo: str, topic: str, topic_id: str | None = None, where: str = "PostgreSQL"):
         self.topic, self.topic_id, self.where = topic, topic_id, where
         # One connection per worker is all a sequential writer needs; the pool gives us
         # reconnection after an outage and a health check before each use.
         self.pool = ConnectionPool(
-            conninfo, min_size=1, max_size=1, open=False, check=ConnectionPool.check_connection,
+            conninfo,
+            min_size=1,
+            max_size=1,
+            open=False,
+            check=ConnectionPool.check_connection,
             reconnect_timeout=0,  # retrying is the worker loop's job, with its own backoff
         )
         self.pool.open(wait=False)
@@ -195,8 +227,10 @@ class PostgresSink:
                     for g in gaps:
                         cur.execute(_RECORD_GAP, (self.topic, g.partition, g.start, g.end, g.reason, topic_id))
                     # Positions go to the targets (GREATEST: never lower); the stored id is replaced.
-                    cur.execute(_ADVANCE.replace("COALESCE(EXCLUDED.topic_id, o.topic_id)", "EXCLUDED.topic_id"),
-                                (self.topic, topic_id, [g.partition for g in gaps], [g.target for g in gaps]))
+                    cur.execute(
+                        _ADVANCE.replace("COALESCE(EXCLUDED.topic_id, o.topic_id)", "EXCLUDED.topic_id"),
+                        (self.topic, topic_id, [g.partition for g in gaps], [g.target for g in gaps]),
+                    )
         except (psycopg.Error, PoolTimeout) as exc:
             raise _classify(exc, "recording a gap") from None
 
@@ -212,8 +246,12 @@ class PostgresSink:
         try:
             return self._write(batch, narrow=False)
         except pgerr.DataError as exc:  # SQLSTATE class 22: some value of ours it cannot store
-            log.warning("PostgreSQL refused a batch of %d rows (%s: %s); finding the rows it refuses",
-                        batch.ticks.num_rows, exc.sqlstate, first_line(exc))
+            log.warning(
+                "PostgreSQL refused a batch of %d rows (%s: %s); finding the rows it refuses",
+                batch.ticks.num_rows,
+                exc.sqlstate,
+                first_line(exc),
+            )
         except (psycopg.Error, PoolTimeout) as exc:
             raise _classify(exc, f"writing {batch.ticks.num_rows} rows") from None
         try:
@@ -247,8 +285,9 @@ class PostgresSink:
                             copy.write_row(
                                 (r.partition, r.offset, r.tick_index, r.feed, r.reason, r.raw, r.kafka_timestamp_ms)
                             )
-                cur.execute(_ADVANCE, (self.topic, self.topic_id, list(todo.next_offsets),
-                                       list(todo.next_offsets.values())))
+                cur.execute(
+                    _ADVANCE, (self.topic, self.topic_id, list(todo.next_offsets), list(todo.next_offsets.values()))
+                )
             held.update(todo.next_offsets)
             return Written(held, todo.ticks.num_rows - len(refused), len(rejects))
 
@@ -258,13 +297,16 @@ class PostgresSink:
     # ------------------------------------------------------------------ read side
     def keys(self, partition: int, start: int, end: int) -> dict[str, pa.Table]:
         """(kafka_offset, tick_index) of the rows and of the rejects held for offsets [start, end)."""
-        return {"rows": self._keys(PRICES_TABLE, partition, start, end),
-                "rejects": self._keys(REJECTS_TABLE, partition, start, end)}
+        return {
+            "rows": self._keys(PRICES_TABLE, partition, start, end),
+            "rejects": self._keys(REJECTS_TABLE, partition, start, end),
+        }
 
     def _keys(self, table: str, partition: int, start: int, end: int) -> pa.Table:
-        query = sql.SQL("COPY (SELECT kafka_offset, tick_index FROM {} WHERE kafka_partition = {} "
-                        "AND kafka_offset >= {} AND kafka_offset < {}) TO STDOUT (FORMAT BINARY)").format(
-            sql.Identifier(table), sql.Literal(partition), sql.Literal(start), sql.Literal(end))
+        query = sql.SQL(
+            "COPY (SELECT kafka_offset, tick_index FROM {} WHERE kafka_partition = {} "
+            "AND kafka_offset >= {} AND kafka_offset < {}) TO STDOUT (FORMAT BINARY)"
+        ).format(sql.Identifier(table), sql.Literal(partition), sql.Literal(start), sql.Literal(end))
         try:
             with self.pool.connection(timeout=10) as conn, conn.cursor().copy(query) as copy:
                 data = b"".join(bytes(chunk) for chunk in copy)
@@ -272,8 +314,12 @@ class PostgresSink:
             raise _classify(exc, f"reading {table}") from None
         if len(data) <= len(pgcopy.HEADER):
             data = pgcopy.HEADER + pgcopy.TRAILER
-        rows = np.frombuffer(data, dtype=_PG_KEY, offset=len(pgcopy.HEADER),
-                             count=max(0, len(data) - len(pgcopy.HEADER) - len(pgcopy.TRAILER)) // _PG_KEY.itemsize)
+        rows = np.frombuffer(
+            data,
+            dtype=_PG_KEY,
+            offset=len(pgcopy.HEADER),
+            count=max(0, len(data) - len(pgcopy.HEADER) - len(pgcopy.TRAILER)) // _PG_KEY.itemsize,
+        )
         return pa.table({"kafka_offset": rows["offset"].astype(np.int64), "tick_index": rows["index"].astype(np.int32)})
 
     def summary(self, limit: int | None) -> Summary:
@@ -284,15 +330,21 @@ class PostgresSink:
                 symbols = conn.execute(_SUMMARY, (limit,)).fetchall()
         except (psycopg.Error, PoolTimeout) as exc:
             raise _classify(exc, "summarising what landed") from None
-        return Summary(self.name, rows[0] if rows else 0, rejected[0] if rejected else 0,
-                       [tuple(r) for r in symbols], self.where)
+        return Summary(
+            self.name, rows[0] if rows else 0, rejected[0] if rejected else 0, [tuple(r) for r in symbols], self.where
+        )
 
     def describe(self, partitions: Iterable[int]) -> dict[str, object]:
         """What `status` shows of this sink beyond positions: where it is, rejects per partition."""
         try:
             with self.pool.connection(timeout=10) as conn:
-                counts = dict(conn.execute(f"SELECT kafka_partition, count(*) FROM {REJECTS_TABLE} "
-                                           "WHERE kafka_partition = ANY(%s) GROUP BY 1", (list(partitions),)).fetchall())
+                counts: dict[int, int] = dict(
+                    conn.execute(
+                        f"SELECT kafka_partition, count(*) FROM {REJECTS_TABLE} "
+                        "WHERE kafka_partition = ANY(%s) GROUP BY 1",
+                        (list(partitions),),
+                    ).fetchall()
+                )
         except (psycopg.Error, PoolTimeout) as exc:
             raise _classify(exc, "counting rejects") from None
         return {"rejected": {p: counts.get(p, 0) for p in partitions}}
@@ -321,8 +373,9 @@ class PostgresSink:
                     if batch.rejects:
                         with cur.copy(f"COPY {_STAGE_REJECTS} ({_REJECT_COLUMNS}) FROM STDIN") as copy:
                             for r in batch.rejects:
-                                copy.write_row((r.partition, r.offset, r.tick_index, r.feed, r.reason, r.raw,
-                                                r.kafka_timestamp_ms))
+                                copy.write_row(
+                                    (r.partition, r.offset, r.tick_index, r.feed, r.reason, r.raw, r.kafka_timestamp_ms)
+                                )
                         cur.execute(_FILL_REJECTS, (self.topic,))
                         rejects = cur.rowcount
                 return Filled(rows, rejects, held)
@@ -344,8 +397,21 @@ def _copy_narrowing(conn: psycopg.Connection, cur: psycopg.Cursor, ticks: pa.Tab
             half = ticks.num_rows // 2
             return _copy_narrowing(conn, cur, ticks.slice(0, half)) + _copy_narrowing(conn, cur, ticks.slice(half))
         row = ticks.to_pylist()[0]
-        log.warning("PostgreSQL refused tick (%s, %s, %s): %s", row["kafka_partition"], row["kafka_offset"],
-                    row["tick_index"], first_line(exc))
-        return [Reject(row["kafka_partition"], row["kafka_offset"], row["tick_index"], "postgres",
-                       clean_reason(f"PostgreSQL refused the tick ({exc.sqlstate}): {first_line(exc)}"),
-                       orjson.dumps(row, default=str), None)]
+        log.warning(
+            "PostgreSQL refused tick (%s, %s, %s): %s",
+            row["kafka_partition"],
+            row["kafka_offset"],
+            row["tick_index"],
+            first_line(exc),
+        )
+        return [
+            Reject(
+                row["kafka_partition"],
+                row["kafka_offset"],
+                row["tick_index"],
+                "postgres",
+                clean_reason(f"PostgreSQL refused the tick ({exc.sqlstate}): {first_line(exc)}"),
+                orjson.dumps(row, default=str),
+                None,
+            )
+        ]
