@@ -23,7 +23,8 @@ import copy
 import json
 import random
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 MIB = 1 << 20
 
@@ -88,8 +89,12 @@ def _text(x: float) -> str:
 
 
 def canonical(rng, now_ms):
-    tick = {"symbol": rng.choice(SYMBOLS), "price": _price(rng), "size": float(rng.randint(0, 500)),
-            "timestamp_ms": _ms(rng, now_ms)}
+    tick = {
+        "symbol": rng.choice(SYMBOLS),
+        "price": _price(rng),
+        "size": float(rng.randint(0, 500)),
+        "timestamp_ms": _ms(rng, now_ms),
+    }
     if rng.random() < 0.7:
         tick["exchange"] = rng.choice(["NASDAQ", "nyse", "COINBASE"])
     if rng.random() < 0.3:
@@ -104,10 +109,30 @@ def canonical_frame(rng, now_ms):
 def binance_trade(rng, now_ms):
     t = _ms(rng, now_ms)
     if rng.random() < 0.5:
-        return {"e": "trade", "E": t + 1, "s": "BTCUSDT", "t": rng.randrange(10**10), "p": _text(_price(rng)),
-                "q": _text(rng.uniform(0, 5)), "T": t, "m": rng.random() < 0.5, "M": True}
-    return {"e": "aggTrade", "E": t + 1, "s": "ETHUSDT", "a": rng.randrange(10**10), "p": _text(_price(rng)),
-            "q": _text(rng.uniform(0, 5)), "f": 1, "l": 3, "T": t * rng.choice([1, 1000]), "m": False, "M": True}
+        return {
+            "e": "trade",
+            "E": t + 1,
+            "s": "BTCUSDT",
+            "t": rng.randrange(10**10),
+            "p": _text(_price(rng)),
+            "q": _text(rng.uniform(0, 5)),
+            "T": t,
+            "m": rng.random() < 0.5,
+            "M": True,
+        }
+    return {
+        "e": "aggTrade",
+        "E": t + 1,
+        "s": "ETHUSDT",
+        "a": rng.randrange(10**10),
+        "p": _text(_price(rng)),
+        "q": _text(rng.uniform(0, 5)),
+        "f": 1,
+        "l": 3,
+        "T": t * rng.choice([1, 1000]),
+        "m": False,
+        "M": True,
+    }
 
 
 def binance_combined(rng, now_ms):
@@ -116,62 +141,153 @@ def binance_combined(rng, now_ms):
 
 
 def coinbase_match(rng, now_ms):
-    return {"type": rng.choice(["match", "last_match"]), "trade_id": rng.randrange(10**9),
-            "maker_order_id": "9a1c5f0e-2d7b-4c83-9e61-0f3b5a7d2c14", "taker_order_id": "5e0b8d3a-71f2",
-            "side": rng.choice(["buy", "sell"]), "size": _text(rng.uniform(0, 2)), "price": str(_price(rng)),
-            "product_id": "BTC-USD", "sequence": rng.randrange(10**11), "time": _iso(rng, now_ms, 6)}
+    return {
+        "type": rng.choice(["match", "last_match"]),
+        "trade_id": rng.randrange(10**9),
+        "maker_order_id": "9a1c5f0e-2d7b-4c83-9e61-0f3b5a7d2c14",
+        "taker_order_id": "5e0b8d3a-71f2",
+        "side": rng.choice(["buy", "sell"]),
+        "size": _text(rng.uniform(0, 2)),
+        "price": str(_price(rng)),
+        "product_id": "BTC-USD",
+        "sequence": rng.randrange(10**11),
+        "time": _iso(rng, now_ms, 6),
+    }
 
 
 def coinbase_advanced(rng, now_ms):
     def trade():
-        return {"trade_id": str(rng.randrange(10**9)), "product_id": "ETH-USD", "price": str(_price(rng)),
-                "size": str(rng.uniform(0, 3)), "side": rng.choice(["BUY", "SELL"]), "time": _iso(rng, now_ms, 9)}
-    return {"channel": "market_trades", "client_id": "", "timestamp": _iso(rng, now_ms, 9),
-            "sequence_num": rng.randrange(1000),
-            "events": [{"type": rng.choice(["snapshot", "update"]), "trades": [trade() for _ in range(rng.randint(1, 3))]}
-                       for _ in range(rng.randint(1, 2))]}
+        return {
+            "trade_id": str(rng.randrange(10**9)),
+            "product_id": "ETH-USD",
+            "price": str(_price(rng)),
+            "size": str(rng.uniform(0, 3)),
+            "side": rng.choice(["BUY", "SELL"]),
+            "time": _iso(rng, now_ms, 9),
+        }
+
+    return {
+        "channel": "market_trades",
+        "client_id": "",
+        "timestamp": _iso(rng, now_ms, 9),
+        "sequence_num": rng.randrange(1000),
+        "events": [
+            {"type": rng.choice(["snapshot", "update"]), "trades": [trade() for _ in range(rng.randint(1, 3))]}
+            for _ in range(rng.randint(1, 2))
+        ],
+    }
 
 
 def alpaca(rng, now_ms):
     def stock():
-        return {"T": "t", "i": rng.randrange(10**14), "S": "AAPL", "x": "V", "p": _price(rng),
-                "s": rng.randint(1, 500), "t": _iso(rng, now_ms, 9), "c": ["@"], "z": "C"}
+        return {
+            "T": "t",
+            "i": rng.randrange(10**14),
+            "S": "AAPL",
+            "x": "V",
+            "p": _price(rng),
+            "s": rng.randint(1, 500),
+            "t": _iso(rng, now_ms, 9),
+            "c": ["@"],
+            "z": "C",
+        }
 
     def crypto():
-        return {"T": "t", "S": "BTC/USD", "p": _price(rng), "s": rng.uniform(0, 1), "t": _iso(rng, now_ms, 9),
-                "i": rng.randrange(2**63), "tks": rng.choice(["B", "S"])}
+        return {
+            "T": "t",
+            "S": "BTC/USD",
+            "p": _price(rng),
+            "s": rng.uniform(0, 1),
+            "t": _iso(rng, now_ms, 9),
+            "i": rng.randrange(2**63),
+            "tks": rng.choice(["B", "S"]),
+        }
+
     return [rng.choice([stock, crypto])() for _ in range(rng.randint(1, 3))]
 
 
 def polygon(rng, now_ms):
     def stock():
-        return {"ev": "T", "sym": "MSFT", "i": str(rng.randrange(10**14)), "x": 4, "p": _price(rng),
-                "s": rng.randint(0, 500), "c": [12, 37], "t": _ms(rng, now_ms), "q": 1276435, "z": 3}
+        return {
+            "ev": "T",
+            "sym": "MSFT",
+            "i": str(rng.randrange(10**14)),
+            "x": 4,
+            "p": _price(rng),
+            "s": rng.randint(0, 500),
+            "c": [12, 37],
+            "t": _ms(rng, now_ms),
+            "q": 1276435,
+            "z": 3,
+        }
 
     def crypto():
         t = _ms(rng, now_ms)
-        return {"ev": "XT", "pair": "BTC-USD", "p": _price(rng), "t": t, "s": rng.uniform(0, 1), "c": [2],
-                "i": "565219453", "x": 1, "r": t + 14}
+        return {
+            "ev": "XT",
+            "pair": "BTC-USD",
+            "p": _price(rng),
+            "t": t,
+            "s": rng.uniform(0, 1),
+            "c": [2],
+            "i": "565219453",
+            "x": 1,
+            "r": t + 14,
+        }
+
     return [rng.choice([stock, crypto])() for _ in range(rng.randint(1, 3))]
 
 
 def finnhub(rng, now_ms):
-    return {"type": "trade", "data": [{"c": None, "p": _price(rng), "s": rng.choice(["AAPL", "BINANCE:BTCUSDT"]),
-                                        "t": _ms(rng, now_ms), "v": rng.uniform(0, 100)}
-                                       for _ in range(rng.randint(1, 3))]}
+    return {
+        "type": "trade",
+        "data": [
+            {
+                "c": None,
+                "p": _price(rng),
+                "s": rng.choice(["AAPL", "BINANCE:BTCUSDT"]),
+                "t": _ms(rng, now_ms),
+                "v": rng.uniform(0, 100),
+            }
+            for _ in range(rng.randint(1, 3))
+        ],
+    }
 
 
 def kraken(rng, now_ms):
-    return {"channel": "trade", "type": rng.choice(["snapshot", "update"]),
-            "data": [{"symbol": "BTC/USD", "side": rng.choice(["buy", "sell"]), "price": _price(rng),
-                      "qty": rng.uniform(0, 1), "ord_type": "market", "trade_id": rng.randrange(10**8),
-                      "timestamp": _iso(rng, now_ms, 6)} for _ in range(rng.randint(1, 3))]}
+    return {
+        "channel": "trade",
+        "type": rng.choice(["snapshot", "update"]),
+        "data": [
+            {
+                "symbol": "BTC/USD",
+                "side": rng.choice(["buy", "sell"]),
+                "price": _price(rng),
+                "qty": rng.uniform(0, 1),
+                "ord_type": "market",
+                "trade_id": rng.randrange(10**8),
+                "timestamp": _iso(rng, now_ms, 6),
+            }
+            for _ in range(rng.randint(1, 3))
+        ],
+    }
 
 
 # name -> builder(rng, now_ms) of a valid message (plain dicts and lists)
 SHAPES: dict[str, Callable[[random.Random, int], Any]] = {
-    f.__name__: f for f in (canonical, canonical_frame, binance_trade, binance_combined, coinbase_match,
-                            coinbase_advanced, alpaca, polygon, finnhub, kraken)
+    f.__name__: f
+    for f in (
+        canonical,
+        canonical_frame,
+        binance_trade,
+        binance_combined,
+        coinbase_match,
+        coinbase_advanced,
+        alpaca,
+        polygon,
+        finnhub,
+        kraken,
+    )
 }
 
 
@@ -182,30 +298,131 @@ def _long(rng: random.Random) -> str:
 
 
 TEXT = [
-    "", " ", "\t", "\u0000", "A\u0000B", "BTC\u0000", "\x01\x1f\x7f", "\x1b[31mred", "\n", "\u0085", "\u2028",
-    "\u202eDSU-CTB", "\u200fAAPL", "\ufeffAAPL", "📈🚀", "Ä", "ß" * 40, "ﬁ", "İ", "\u00a0AAPL\u00a0",
-    "\ud800", "a\udfff", "\ud83d",  # lone surrogates (escaped, or invalid UTF-8 when written raw)
-    "buy", "SELL", "match", "trade", "t", "T", "market_trades", "snapshot",
+    "",
+    " ",
+    "\t",
+    "\u0000",
+    "A\u0000B",
+    "BTC\u0000",
+    "\x01\x1f\x7f",
+    "\x1b[31mred",
+    "\n",
+    "\u0085",
+    "\u2028",
+    "\u202eDSU-CTB",
+    "\u200fAAPL",
+    "\ufeffAAPL",
+    "📈🚀",
+    "Ä",
+    "ß" * 40,
+    "ﬁ",
+    "İ",
+    "\u00a0AAPL\u00a0",
+    "\ud800",
+    "a\udfff",
+    "\ud83d",  # lone surrogates (escaped, or invalid UTF-8 when written raw)
+    "buy",
+    "SELL",
+    "match",
+    "trade",
+    "t",
+    "T",
+    "market_trades",
+    "snapshot",
 ]
 RAW_TEXT = [Raw('"\\ud800"'), Raw('"x\\udc00y"'), Raw('"\\ud83d\\u0041"'), Raw('"\\u0000"'), Raw('"a\\u0000"')]
 NUMBERS = [
-    0, -0.0, -1, 1, 1e306, -1e308, 1.7976931348623157e308, 5e-324, 1e-320, 2**63, 2**63 - 1, 2**64, 10**30,
-    -(2**63) - 1, -(10**30), 1e17, 1e11, 99_999_999_999, 1e14, 1700000000000.5, 0.1,
+    0,
+    -0.0,
+    -1,
+    1,
+    1e306,
+    -1e308,
+    1.7976931348623157e308,
+    5e-324,
+    1e-320,
+    2**63,
+    2**63 - 1,
+    2**64,
+    10**30,
+    -(2**63) - 1,
+    -(10**30),
+    1e17,
+    1e11,
+    99_999_999_999,
+    1e14,
+    1700000000000.5,
+    0.1,
 ]
-RAW_NUMBERS = [Raw("1e400"), Raw("-1e400"), Raw("1E+999"), Raw("-0"), Raw("1" + "0" * 400), Raw("0.0000000000e-999"),
-               Raw("NaN"), Raw("Infinity"), Raw("-Infinity")]
+RAW_NUMBERS = [
+    Raw("1e400"),
+    Raw("-1e400"),
+    Raw("1E+999"),
+    Raw("-0"),
+    Raw("1" + "0" * 400),
+    Raw("0.0000000000e-999"),
+    Raw("NaN"),
+    Raw("Infinity"),
+    Raw("-Infinity"),
+]
 NUMBER_TEXT = [
-    "1e306", "-1e308", "1e400", "-1e400", str(2**63), str(2**64), str(10**30), "-" + str(2**63), "0", "-0", "-5",
-    "NaN", "nan", "Infinity", "-inf", "inf", "1_000", "0x10", " 42 ", "+7", "1e17", "1e-400", "١٢٣", "4\u0000",
+    "1e306",
+    "-1e308",
+    "1e400",
+    "-1e400",
+    str(2**63),
+    str(2**64),
+    str(10**30),
+    "-" + str(2**63),
+    "0",
+    "-0",
+    "-5",
+    "NaN",
+    "nan",
+    "Infinity",
+    "-inf",
+    "inf",
+    "1_000",
+    "0x10",
+    " 42 ",
+    "+7",
+    "1e17",
+    "1e-400",
+    "١٢٣",
+    "4\u0000",
 ]
 TIMES = [
-    "2024-02-30T00:00:00Z", "2023-13-01T00:00:00Z", "2024-01-01T25:61:61Z", "0001-01-01T00:00:00Z",
-    "9999-12-31T23:59:59.999999999Z", "0000-00-00T00:00:00Z", "2024-01-01T00:00:00+99:99", "2024-01-01T00:00:00-23:59",
-    "1969-12-31T23:59:59Z", "1989-12-31T23:59:59.999999Z", "2999-01-01T00:00:00Z", "2024-06-10T16:00:00.1234567890Z",
-    "2024-06-10 16:00:00", "2024-06-10T16:00:00Z\u0000", "2024-06-10", "T", "1718035200", "1e306",
+    "2024-02-30T00:00:00Z",
+    "2023-13-01T00:00:00Z",
+    "2024-01-01T25:61:61Z",
+    "0001-01-01T00:00:00Z",
+    "9999-12-31T23:59:59.999999999Z",
+    "0000-00-00T00:00:00Z",
+    "2024-01-01T00:00:00+99:99",
+    "2024-01-01T00:00:00-23:59",
+    "1969-12-31T23:59:59Z",
+    "1989-12-31T23:59:59.999999Z",
+    "2999-01-01T00:00:00Z",
+    "2024-06-10T16:00:00.1234567890Z",
+    "2024-06-10 16:00:00",
+    "2024-06-10T16:00:00Z\u0000",
+    "2024-06-10",
+    "T",
+    "1718035200",
+    "1e306",
 ]
-WRONG_TYPES = [True, False, None, {}, {"a": 1}, [], [1, "2"], [None], Raw("[" * 600 + "]" * 600),
-               Raw('{"a":' * 300 + "1" + "}" * 300)]
+WRONG_TYPES = [
+    True,
+    False,
+    None,
+    {},
+    {"a": 1},
+    [],
+    [1, "2"],
+    [None],
+    Raw("[" * 600 + "]" * 600),
+    Raw('{"a":' * 300 + "1" + "}" * 300),
+]
 
 
 def hostile(rng: random.Random, now_ms: int) -> Any:
@@ -226,15 +443,42 @@ def _hostile(rng: random.Random, now_ms: int) -> Any:
     if pick < 0.75:
         return rng.choice(TIMES)
     if pick < 0.85:  # times that overflow once scaled, or lie far out
-        return rng.choice([1e306, -1e306, 1e17 * rng.choice([1, 1000]), now_ms + 2 * 86_400_000,
-                           now_ms * 1000 + 2 * 86_400_000_000, (now_ms + 86_400_000) * 1_000_000, -now_ms,
-                           631_151_999_999, now_ms // 1000, float(now_ms) * 1e6, str(now_ms * 10**9)])
+        return rng.choice(
+            [
+                1e306,
+                -1e306,
+                1e17 * rng.choice([1, 1000]),
+                now_ms + 2 * 86_400_000,
+                now_ms * 1000 + 2 * 86_400_000_000,
+                (now_ms + 86_400_000) * 1_000_000,
+                -now_ms,
+                631_151_999_999,
+                now_ms // 1000,
+                float(now_ms) * 1e6,
+                str(now_ms * 10**9),
+            ]
+        )
     return rng.choice(WRONG_TYPES)
 
 
 def hostile_key(rng: random.Random) -> Any:
-    return rng.choice(["", "\u0000", "x" * 5000, "📈", "p", "T", "symbol", "price", "__proto__", Raw('"\\ud800"'),
-                       "timestamp_ms", "events", "data"])
+    return rng.choice(
+        [
+            "",
+            "\u0000",
+            "x" * 5000,
+            "📈",
+            "p",
+            "T",
+            "symbol",
+            "price",
+            "__proto__",
+            Raw('"\\ud800"'),
+            "timestamp_ms",
+            "events",
+            "data",
+        ]
+    )
 
 
 # ------------------------------------------------------------------------- mutations
@@ -347,14 +591,19 @@ def _valid(rng: random.Random, now_ms: int) -> bytes:
 
 
 def _cut(data: bytes, rng: random.Random) -> bytes:
-    return data[:rng.randrange(1, len(data))]
+    return data[: rng.randrange(1, len(data))]
 
 
 def _bad_utf8(rng, now_ms):
     data = _valid(rng, now_ms)
     i = rng.randrange(len(data) + 1)
-    return data[:i] + rng.choice([b"\xff", b"\xfe\xff", b"\xc3\x28", b"\xc0\xaf", b"\xed\xa0\x80", b"\xe2\x82",
-                                  b"\xf4\x90\x80\x80", b"\x80"]) + data[i:]
+    return (
+        data[:i]
+        + rng.choice(
+            [b"\xff", b"\xfe\xff", b"\xc3\x28", b"\xc0\xaf", b"\xed\xa0\x80", b"\xe2\x82", b"\xf4\x90\x80\x80", b"\x80"]
+        )
+        + data[i:]
+    )
 
 
 def _over_limit(rng, now_ms):
@@ -370,8 +619,26 @@ BROKEN: dict[str, tuple[float, Callable[[random.Random, int], bytes | None]]] = 
     "empty": (2, lambda rng, now: b""),
     "whitespace": (2, lambda rng, now: rng.choice([b" ", b"\n", b" \t\r\n "])),
     "tombstone": (3, lambda rng, now: None),
-    "scalar": (5, lambda rng, now: rng.choice([b"1", b"-0", b"1e400", b'"AAPL"', b"true", b"null", b"NaN", b"[]",
-                                               b"{}", b"[[]]", b"[{}]", b'"\\ud800"', b"\"\x00\""])),
+    "scalar": (
+        5,
+        lambda rng, now: rng.choice(
+            [
+                b"1",
+                b"-0",
+                b"1e400",
+                b'"AAPL"',
+                b"true",
+                b"null",
+                b"NaN",
+                b"[]",
+                b"{}",
+                b"[[]]",
+                b"[{}]",
+                b'"\\ud800"',
+                b'"\x00"',
+            ]
+        ),
+    ),
     "deep_arrays": (1, lambda rng, now: b"[" * rng.choice([1025, 100_000]) + b"]" * rng.choice([0, 1025])),
     "deep_objects": (1, lambda rng, now: b'{"a":' * 5000 + b"1" + b"}" * 5000),
     "raw_control_in_string": (3, lambda rng, now: _valid(rng, now).replace(b'"', b'"\x00', 1)),

@@ -45,7 +45,7 @@ AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 AZURITE_CONTAINER = "delta-lake"
 
-_live: list["_Service"] = []  # everything started and not yet closed, for the atexit hook
+_live: list[_Service] = []  # everything started and not yet closed, for the atexit hook
 
 
 def _missing(what: str) -> None:
@@ -73,13 +73,11 @@ def tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-def _wait(ready, what: str, log: Path, proc: subprocess.Popen | None = None,
-          timeout: float = READY_TIMEOUT_S) -> None:
+def _wait(ready, what: str, log: Path, proc: subprocess.Popen | None = None, timeout: float = READY_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"private {what} exited with {proc.returncode} during start-up; "
-                                 f"{log}:\n{tail(log)}")
+            raise AssertionError(f"private {what} exited with {proc.returncode} during start-up; {log}:\n{tail(log)}")
         if ready():
             return
         if time.monotonic() > deadline:
@@ -125,8 +123,11 @@ class _Service:
 # ============================================================================ PostgreSQL
 def _pg_bin() -> Path:
     """The newest installed major version's bin dir (scripts/services installs Debian's package)."""
-    for d in sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name)
-                    if p.parent.name.isdigit() else 0, reverse=True):
+    for d in sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+        reverse=True,
+    ):
         if all((d / b).exists() for b in ("initdb", "pg_ctl", "postgres")):
             return d
     _missing("PostgreSQL: no initdb/pg_ctl/postgres under /usr/lib/postgresql/*/bin")
@@ -158,33 +159,60 @@ class PrivatePostgres(_Service):
         pwfile.write_text(PG_PASSWORD + "\n")
         if pw is not None:
             os.chown(pwfile, pw.pw_uid, pw.pw_gid)
-        self._run_as([str(self.bin / "initdb"), "-D", str(self.data), "-U", PG_USER, f"--pwfile={pwfile}",
-                      "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C", "--no-sync"])
-        conf = (f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
-                f"unix_socket_directories = '{self.socket_dir}'\nmax_connections = 60\n"
-                "shared_buffers = 64MB\nfsync = on\nsynchronous_commit = on\n"
-                "wal_level = minimal\nmax_wal_senders = 0\nlogging_collector = off\n")
+        self._run_as(
+            [
+                str(self.bin / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                PG_USER,
+                f"--pwfile={pwfile}",
+                "--auth=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]
+        )
+        conf = (
+            f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
+            f"unix_socket_directories = '{self.socket_dir}'\nmax_connections = 60\n"
+            "shared_buffers = 64MB\nfsync = on\nsynchronous_commit = on\n"
+            "wal_level = minimal\nmax_wal_senders = 0\nlogging_collector = off\n"
+        )
         self._run_as(["sh", "-c", f"cat >> {self.data}/postgresql.conf"], input=conf)
         self.start()
         with psycopg.connect(self.conninfo("postgres"), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {PG_DB}")
 
     def _run_as(self, cmd: list[str], input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run(self.as_user + cmd, cwd="/", input=input, capture_output=True, text=True,
-                              timeout=READY_TIMEOUT_S, start_new_session=True)
+        proc = subprocess.run(
+            self.as_user + cmd,
+            cwd="/",
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=READY_TIMEOUT_S,
+            start_new_session=True,
+        )
         if check and proc.returncode != 0:
-            raise AssertionError(f"private postgres: {' '.join(cmd)} exited {proc.returncode}:\n"
-                                 f"{proc.stdout}{proc.stderr}\n{self.log}:\n{tail(self.log)}")
+            raise AssertionError(
+                f"private postgres: {' '.join(cmd)} exited {proc.returncode}:\n"
+                f"{proc.stdout}{proc.stderr}\n{self.log}:\n{tail(self.log)}"
+            )
         return proc
 
     def conninfo(self, db: str = PG_DB) -> str:
-        return (f"host=127.0.0.1 port={self.port} dbname={db} user={PG_USER} password={PG_PASSWORD} "
-                "connect_timeout=5")
+        return f"host=127.0.0.1 port={self.port} dbname={db} user={PG_USER} password={PG_PASSWORD} connect_timeout=5"
 
     @property
     def settings_overrides(self) -> dict:
-        return {"postgres_host": "127.0.0.1", "postgres_port": self.port, "postgres_db": PG_DB,
-                "postgres_user": PG_USER, "postgres_password": PG_PASSWORD}
+        return {
+            "postgres_host": "127.0.0.1",
+            "postgres_port": self.port,
+            "postgres_db": PG_DB,
+            "postgres_user": PG_USER,
+            "postgres_password": PG_PASSWORD,
+        }
 
     def running(self) -> bool:
         return self._run_as([str(self.bin / "pg_ctl"), "status", "-D", str(self.data)], check=False).returncode == 0
@@ -208,8 +236,10 @@ class PrivatePostgres(_Service):
 
     def _halt(self) -> None:
         if self.data.joinpath("postmaster.pid").exists():
-            self._run_as([str(self.bin / "pg_ctl"), "stop", "-D", str(self.data), "-m", "immediate", "-w",
-                          "-t", "60"], check=False)
+            self._run_as(
+                [str(self.bin / "pg_ctl"), "stop", "-D", str(self.data), "-m", "immediate", "-w", "-t", "60"],
+                check=False,
+            )
 
 
 # ============================================================================ Kafka
@@ -259,9 +289,23 @@ broker.heartbeat.interval.ms=500
 """)
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         tools_log = ROOT / "scripts" / "kafka" / "tools-log4j2.properties"
-        fmt = subprocess.run([self.java, f"-Dlog4j2.configurationFile={tools_log}", "-cp", f"{self.libs}/*",
-                              "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config)],
-                             capture_output=True, text=True, timeout=READY_TIMEOUT_S)
+        fmt = subprocess.run(
+            [
+                self.java,
+                f"-Dlog4j2.configurationFile={tools_log}",
+                "-cp",
+                f"{self.libs}/*",
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(self.config),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=READY_TIMEOUT_S,
+        )
         if fmt.returncode != 0:
             raise AssertionError(f"private kafka: formatting {self.data} failed:\n{fmt.stdout}{fmt.stderr}")
         self.start()
@@ -277,10 +321,24 @@ broker.heartbeat.interval.ms=500
             out.write(f"\n===== {time.strftime('%H:%M:%S')} starting private kafka =====\n")
             out.flush()
             self.proc = subprocess.Popen(
-                [self.java, "-Xms128m", "-Xmx512m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-                 "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={server_log}",
-                 "-cp", f"{self.libs}/*", "kafka.Kafka", str(self.config)],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                [
+                    self.java,
+                    "-Xms128m",
+                    "-Xmx512m",
+                    "-XX:+UseG1GC",
+                    "-XX:MaxGCPauseMillis=20",
+                    "-Djava.awt.headless=true",
+                    f"-Dlog4j2.configurationFile={server_log}",
+                    "-cp",
+                    f"{self.libs}/*",
+                    "kafka.Kafka",
+                    str(self.config),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         _wait(self._answers, "kafka", self.log, self.proc)
 
     def _answers(self) -> bool:
@@ -327,9 +385,13 @@ class PrivateAzurite(_Service):
 
     @property
     def env(self) -> dict[str, str]:
-        return {"AZURE_STORAGE_ACCOUNT_NAME": AZURITE_ACCOUNT, "AZURE_STORAGE_ACCOUNT_KEY": AZURITE_KEY,
-                "AZURE_STORAGE_USE_EMULATOR": "true", "AZURE_CONTAINER_NAME": AZURITE_CONTAINER,
-                "AZURITE_BLOB_STORAGE_URL": self.url}
+        return {
+            "AZURE_STORAGE_ACCOUNT_NAME": AZURITE_ACCOUNT,
+            "AZURE_STORAGE_ACCOUNT_KEY": AZURITE_KEY,
+            "AZURE_STORAGE_USE_EMULATOR": "true",
+            "AZURE_CONTAINER_NAME": AZURITE_CONTAINER,
+            "AZURITE_BLOB_STORAGE_URL": self.url,
+        }
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "private azurite is already running"
@@ -337,16 +399,43 @@ class PrivateAzurite(_Service):
             out.write(f"\n===== {time.strftime('%H:%M:%S')} starting private azurite =====\n")
             out.flush()
             self.proc = subprocess.Popen(
-                [str(self.bin), "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--location",
-                 str(self.data), "--skipApiVersionCheck", "--loose", "--disableTelemetry"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                [
+                    str(self.bin),
+                    "--blobHost",
+                    "127.0.0.1",
+                    "--blobPort",
+                    str(self.port),
+                    "--location",
+                    str(self.data),
+                    "--skipApiVersionCheck",
+                    "--loose",
+                    "--disableTelemetry",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         script = ROOT / "scripts" / "lib" / "azurite_container.py"
 
         def ready() -> bool:
             if not port_open(self.port):
                 return False
-            return subprocess.run([sys.executable, str(script), "--endpoint", f"{self.url}/{AZURITE_ACCOUNT}",
-                                   "ensure", AZURITE_CONTAINER], capture_output=True, timeout=30).returncode == 0
+            return (
+                subprocess.run(
+                    [
+                        sys.executable,
+                        str(script),
+                        "--endpoint",
+                        f"{self.url}/{AZURITE_ACCOUNT}",
+                        "ensure",
+                        AZURITE_CONTAINER,
+                    ],
+                    capture_output=True,
+                    timeout=30,
+                ).returncode
+                == 0
+            )
 
         _wait(ready, "azurite", self.log, self.proc)
 

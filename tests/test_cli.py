@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from support.cli import env_for, finpulse
 
-from conftest import env_for, finpulse
 from finpulse import source
 
 COMMANDS = ["init", "produce", "ingest", "show", "replay", "status", "verify"]
@@ -64,7 +64,7 @@ def test_init_is_idempotent_and_produce_fills_the_topic(isolated, tmp_path):
     assert f"Kafka topic {isolated.kafka_topic}: created with 4 partitions" in first
     assert "Delta table" in first and "created" in first
     second = finpulse("init", env=env, timeout=120).stdout
-    assert "created" not in second and second.count("exists") == 5
+    assert "created" not in second and second.count("exists") == 6
 
     finpulse("produce", "--count", "100000", env=env, timeout=120)
     highs = source.watermarks(isolated)
@@ -79,10 +79,16 @@ def test_init_is_idempotent_and_produce_fills_the_topic(isolated, tmp_path):
 def test_demo_script_runs_the_main_job_end_to_end(isolated):
     import subprocess
 
-    from conftest import ROOT
+    from support import ROOT
 
-    proc = subprocess.run([str(ROOT / "scripts" / "demo"), "--ticks", "20000"], env=env_for(isolated), cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "demo"), "--ticks", "20000"],
+        env=env_for(isolated),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "sent 20,000 ticks" in proc.stdout
     assert "ingested 20,000 ticks" in proc.stdout

@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from finpulse.config import Settings, load_settings
 from finpulse.errors import ConfigError
@@ -7,8 +8,16 @@ from finpulse.errors import ConfigError
 @pytest.fixture
 def clean_env(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no .env here
-    for var in ("KAFKA_TOPIC", "POSTGRES_PASSWORD", "POSTGRES_PORT", "DELTA_TABLE_URI", "AZURE_STORAGE_ACCOUNT_NAME",
-                "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_USE_EMULATOR", "FINPULSE_BATCH_SIZE"):
+    for var in (
+        "KAFKA_TOPIC",
+        "POSTGRES_PASSWORD",
+        "POSTGRES_PORT",
+        "DELTA_TABLE_URI",
+        "AZURE_STORAGE_ACCOUNT_NAME",
+        "AZURE_STORAGE_ACCOUNT_KEY",
+        "AZURE_STORAGE_USE_EMULATOR",
+        "FINPULSE_BATCH_SIZE",
+    ):
         monkeypatch.delenv(var, raising=False)
     return monkeypatch
 
@@ -16,7 +25,10 @@ def clean_env(monkeypatch, tmp_path):
 def test_defaults_are_the_original_projects(clean_env):
     s = load_settings()
     assert (s.kafka_topic, s.kafka_group_id, s.kafka_bootstrap_servers) == (
-        "raw_prices", "finpulse-price-consumer", "localhost:29092")
+        "raw_prices",
+        "finpulse-price-consumer",
+        "localhost:29092",
+    )
     assert (s.postgres_port, s.postgres_db, s.postgres_user, s.batch_size) == (5433, "finpulse", "finpulse", 5)
     assert s.delta_uri.endswith("data/delta/prices") and s.delta_storage_options == {}
 
@@ -67,11 +79,11 @@ def test_delta_uri_precedence(clean_env):
 def test_azure_uri_without_credentials_is_a_clear_error(clean_env):
     s = load_settings(delta_table_uri="abfss://c@a.dfs.core.windows.net/prices")
     with pytest.raises(ConfigError, match="AZURE_STORAGE_ACCOUNT_KEY"):
-        s.delta_storage_options
+        _ = s.delta_storage_options
 
 
 def test_settings_are_frozen(clean_env):
     s = load_settings()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         s.batch_size = 9  # type: ignore[misc]
     assert isinstance(s, Settings)

@@ -8,8 +8,9 @@ import time
 
 import pytest
 from confluent_kafka import TopicPartition
+from support.cli import env_for, finpulse
+from support.sinks import pg_count
 
-from conftest import env_for, finpulse, pg_count
 from finpulse import source
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]

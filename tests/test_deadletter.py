@@ -10,8 +10,8 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+from support.cli import env_for, finpulse
 
-from conftest import env_for, finpulse
 from finpulse import source
 from finpulse.config import load_settings
 from finpulse.deadletter import MAX_VALUE_BYTES, MESSAGE_MAX_BYTES, REASON_MAX_BYTES, DeadLetters
@@ -88,8 +88,13 @@ def test_rejects_reach_a_one_partition_dlq_and_a_huge_one_arrives_truncated(isol
     client = source.admin(s)
     try:
         # the source topic (and our producer) must take a 1.5 MiB message; the DLQ keeps its defaults
-        resource = ConfigResource(ResourceType.TOPIC, s.kafka_topic, incremental_configs=[
-            ConfigEntry("max.message.bytes", str(4 * MIB), incremental_operation=AlterConfigOpType.SET)])
+        resource = ConfigResource(
+            ResourceType.TOPIC,
+            s.kafka_topic,
+            incremental_configs=[
+                ConfigEntry("max.message.bytes", str(4 * MIB), incremental_operation=AlterConfigOpType.SET)
+            ],
+        )
         client.incremental_alter_configs([resource])[resource].result(timeout=30)
 
         huge = b'{"symbol": "A", "price": ' + b"9" * int(1.5 * MIB)  # broken JSON, 1.5 MiB
@@ -100,8 +105,12 @@ def test_rejects_reach_a_one_partition_dlq_and_a_huge_one_arrives_truncated(isol
         errors = []
         for part in range(4):
             for value in good[:10] + bad[part] + good[10:]:
-                p.produce(s.kafka_topic, value=value, partition=part,
-                          on_delivery=lambda err, _m: err is not None and errors.append(err.str()))
+                p.produce(
+                    s.kafka_topic,
+                    value=value,
+                    partition=part,
+                    on_delivery=lambda err, _m: err is not None and errors.append(err.str()),
+                )
         assert p.flush(30) == 0 and errors == []
 
         env = env_for(s, FINPULSE_BATCH_SIZE="10", FINPULSE_MAX_MESSAGE_BYTES=str(4 * MIB))
@@ -113,8 +122,13 @@ def test_rejects_reach_a_one_partition_dlq_and_a_huge_one_arrives_truncated(isol
             raws = sorted(bytes(r[0]) for r in conn.execute("SELECT raw FROM prices_rejected").fetchall())
         assert raws == sorted(expected)
 
-        consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers, "group.id": f"check-{uuid.uuid4()}",
-                             "auto.offset.reset": "earliest"})
+        consumer = Consumer(
+            {
+                "bootstrap.servers": s.kafka_bootstrap_servers,
+                "group.id": f"check-{uuid.uuid4()}",
+                "auto.offset.reset": "earliest",
+            }
+        )
         consumer.subscribe([dlq])
         seen = []
         deadline = time.monotonic() + 60
@@ -134,7 +148,8 @@ def test_rejects_reach_a_one_partition_dlq_and_a_huge_one_arrives_truncated(isol
         assert headers["finpulse.truncated"] == str(len(huge)).encode()
         assert len(value) == MAX_VALUE_BYTES and huge.startswith(value)
         assert sorted(v for _, v, h in seen if "finpulse.truncated" not in h) == sorted(
-            v for v in expected if v is not huge)
+            v for v in expected if v is not huge
+        )
         assert all(0 < len(h["finpulse.reason"]) <= REASON_MAX_BYTES for _, _, h in seen)
     finally:
         client.delete_topics([dlq])[dlq].result(timeout=30)

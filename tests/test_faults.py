@@ -23,14 +23,16 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from private_stack import PrivateAzurite, PrivateKafka, PrivatePostgres, running
+from support import ROOT
+from support.cli import env_for, finpulse
+from support.sinks import VALUE_COLUMNS, assert_exactly_once, delta_rows, pg_rows, produced
 
-from conftest import ROOT, VALUE_COLUMNS, assert_exactly_once, delta_rows, env_for, finpulse, pg_rows, produced
 from finpulse import source
 from finpulse.config import Settings, load_settings
 from finpulse.errors import ServiceUnavailable
 from finpulse.sinks.delta import create_table as create_delta_table
 from finpulse.sinks.postgres import create_tables
-from private_stack import PrivateAzurite, PrivateKafka, PrivatePostgres, running
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
@@ -62,12 +64,14 @@ def private_azurite():
 
 
 # ---------------------------------------------------------------------------- helpers
-def wait_for(predicate, what: str, timeout: float = WAIT_S, ingest: "Ingest | None" = None) -> None:
+def wait_for(predicate, what: str, timeout: float = WAIT_S, ingest: Ingest | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}"
-                                 + (f"\ningest output:\n{ingest.tail()}" if ingest else ""))
+            raise AssertionError(
+                f"timed out after {timeout:.0f}s waiting for {what}"
+                + (f"\ningest output:\n{ingest.tail()}" if ingest else "")
+            )
         time.sleep(0.1)
 
 
@@ -78,9 +82,15 @@ class Ingest:
     def __init__(self, env: dict[str, str], log: Path, *args: str):
         self.log = log
         self._out = log.open("w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "finpulse", "ingest", *args], env=env, cwd=ROOT,
-                                     stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "finpulse", "ingest", *args],
+            env=env,
+            cwd=ROOT,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -151,8 +161,12 @@ def ingests(tmp_path):
 def scenario(tmp_path: Path, partitions: int = 4, **overrides):
     """Settings for a fresh topic, consumer group, PostgreSQL schema and Delta table; removed after."""
     tag = uuid.uuid4().hex[:10]
-    defaults = {"kafka_topic": f"faults-{tag}", "kafka_group_id": f"finpulse-faults-{tag}",
-                "postgres_schema": f"faults_{tag}", "delta_table_uri": str(tmp_path / "delta" / "prices")}
+    defaults = {
+        "kafka_topic": f"faults-{tag}",
+        "kafka_group_id": f"finpulse-faults-{tag}",
+        "postgres_schema": f"faults_{tag}",
+        "delta_table_uri": str(tmp_path / "delta" / "prices"),
+    }
     s = load_settings(**{**defaults, **overrides})
     source.create_topic(s, partitions)
     create_tables(s.postgres_conninfo(), s.postgres_schema)
@@ -185,12 +199,16 @@ def pg_count(s: Settings) -> int:
 def delta_count(s: Settings) -> int:
     from deltalake import DeltaTable
 
-    return DeltaTable(s.delta_uri, storage_options=s.delta_storage_options).to_pyarrow_table(
-        columns=["kafka_offset"]).num_rows
+    return (
+        DeltaTable(s.delta_uri, storage_options=s.delta_storage_options)
+        .to_pyarrow_table(columns=["kafka_offset"])
+        .num_rows
+    )
 
 
-def check_exactly_once(s: Settings, env: dict[str, str], total: int, second: tuple[int, dict[int, int]] | None = None
-                       ) -> None:
+def check_exactly_once(
+    s: Settings, env: dict[str, str], total: int, second: tuple[int, dict[int, int]] | None = None
+) -> None:
     """`finpulse verify` exits 0, and each sink holds each produced tick once, with its values.
     `total` ticks came from one `produce --seed 7`; `second`: (count, high watermarks before it)
     of a later `produce --seed 8` (its own wall-clock start, so its values are compared apart)."""
@@ -198,7 +216,7 @@ def check_exactly_once(s: Settings, env: dict[str, str], total: int, second: tup
     count = total + (second[0] if second else 0)
     report = []
     for where, rows in (("postgres", pg_rows(s)), ("delta", delta_rows(s))):
-        keys = Counter(r[len(VALUE_COLUMNS):] for r in rows)
+        keys = Counter(r[len(VALUE_COLUMNS) :] for r in rows)
         duplicated = sum(n - 1 for n in keys.values())
         report.append(f"{where}: {len(rows):,} rows, {count - len(keys):,} lost, {duplicated:,} duplicated")
         if second is None:
@@ -207,8 +225,9 @@ def check_exactly_once(s: Settings, env: dict[str, str], total: int, second: tup
             n, highs = second
             p, o = len(VALUE_COLUMNS), len(VALUE_COLUMNS) + 1
             later = [r for r in rows if r[o] >= highs[r[p]]]
-            assert_exactly_once([r for r in rows if r[o] < highs[r[p]]], produced(total),
-                                f"{where}, first produce ({report[-1]})")
+            assert_exactly_once(
+                [r for r in rows if r[o] < highs[r[p]]], produced(total), f"{where}, first produce ({report[-1]})"
+            )
             assert_exactly_once(later, produced(n, seed=8), f"{where}, second produce ({report[-1]})")
     print("; ".join(report))
     assert verified.returncode == 0, f"verify exited {verified.returncode}:\n{verified.stdout}\n{verified.stderr}"
@@ -218,10 +237,11 @@ def produce(env: dict[str, str], total: int, seed: int = 7) -> None:
     finpulse("produce", "--count", str(total), "--seed", str(seed), env=env, timeout=120)
 
 
-def wait_writing(run: "Ingest", count, workers: int) -> int:
+def wait_writing(run: Ingest, count, workers: int) -> int:
     """Wait until `workers` workers own partitions and `count()` grew after that; return it."""
-    wait_for(lambda: len(assigned_pids(run.output())) == workers, f"{workers} workers to be assigned partitions",
-             ingest=run)
+    wait_for(
+        lambda: len(assigned_pids(run.output())) == workers, f"{workers} workers to be assigned partitions", ingest=run
+    )
     landed = count()
     wait_for(lambda: count() > landed, "rows after the assignment", ingest=run)
     return count()
@@ -236,15 +256,15 @@ def assigned_pids(output: str) -> set[int]:
 
 
 # ---------------------------------------------------------------------------- a. PostgreSQL outage
-def test_postgres_outage_longer_than_rebalance_grace_with_a_worker_killed(private_postgres, kafka, tmp_path,
-                                                                          ingests):
+def test_postgres_outage_longer_than_rebalance_grace_with_a_worker_killed(private_postgres, kafka, tmp_path, ingests):
     """PostgreSQL goes down; during the outage a worker is SIGKILLed, so the group rebalances while
     writes are pending, and the survivor gives its partitions up after FINPULSE_REBALANCE_GRACE_MS
     with the writes still queued. After PostgreSQL is back, every tick is in both sinks once."""
     total = 150_000
     with scenario(tmp_path, **private_postgres.settings_overrides) as s:
-        env = env_for(s, FINPULSE_REBALANCE_GRACE_MS="2000", FINPULSE_BATCH_SIZE="500",
-                      FINPULSE_MAX_INFLIGHT_TICKS="5000")
+        env = env_for(
+            s, FINPULSE_REBALANCE_GRACE_MS="2000", FINPULSE_BATCH_SIZE="500", FINPULSE_MAX_INFLIGHT_TICKS="5000"
+        )
         produce(env, total)
         run = ingests(env, "--workers", "2", "--drain")
         before = wait_writing(run, lambda: pg_count(s), workers=2)  # the first join's rebalance is over
@@ -253,11 +273,15 @@ def test_postgres_outage_longer_than_rebalance_grace_with_a_worker_killed(privat
             time.sleep(1.0)
             victim = run.workers()[0]
             os.kill(victim, signal.SIGKILL)
-            wait_for(lambda: len(run.workers()) == 2 and victim not in run.workers(), "the killed worker's restart",
-                     ingest=run)
+            wait_for(
+                lambda: len(run.workers()) == 2 and victim not in run.workers(),
+                "the killed worker's restart",
+                ingest=run,
+            )
             # the survivor's revoke waits the 2 s grace for its PostgreSQL writes, then lets go
-            wait_for(lambda: re.search(r"rebalance.*pending", run.output()), "the rebalance grace to expire",
-                     ingest=run)
+            wait_for(
+                lambda: re.search(r"rebalance.*pending", run.output()), "the rebalance grace to expire", ingest=run
+            )
             time.sleep(2.0)
             assert run.alive(), f"ingest must wait for PostgreSQL, not exit:\n{run.tail()}"
         finally:
@@ -296,8 +320,12 @@ def test_kafka_broker_restart_mid_ingest(private_kafka, postgres, tmp_path, inge
         assert sum(highs.values()) == first, highs
         produce(env, second, seed=8)
         total = first + second
-        wait_for(lambda: pg_count(s) == total and delta_count(s) == total, "both sinks to hold every tick",
-                 timeout=INGEST_TIMEOUT_S, ingest=run)
+        wait_for(
+            lambda: pg_count(s) == total and delta_count(s) == total,
+            "both sinks to hold every tick",
+            timeout=INGEST_TIMEOUT_S,
+            ingest=run,
+        )
         run.proc.send_signal(signal.SIGTERM)
         run.finish()
         ingests(env, "--drain").finish()  # a clean run after the fault finds nothing left to add
@@ -313,11 +341,17 @@ def test_azurite_outage_with_delta_on_abfss(private_azurite, kafka, postgres, tm
     # object_store sends emulator traffic to $AZURITE_BLOB_STORAGE_URL: this process's reads too
     monkeypatch.setenv("AZURITE_BLOB_STORAGE_URL", private_azurite.url)
     azure = private_azurite.env
-    uri = f"abfss://{azure['AZURE_CONTAINER_NAME']}@{azure['AZURE_STORAGE_ACCOUNT_NAME']}.dfs.core.windows.net/" \
-          f"faults-{uuid.uuid4().hex[:8]}/prices"
-    with scenario(tmp_path, delta_table_uri=uri, azure_storage_account_name=azure["AZURE_STORAGE_ACCOUNT_NAME"],
-                  azure_storage_account_key=azure["AZURE_STORAGE_ACCOUNT_KEY"],
-                  azure_storage_use_emulator=True) as s:
+    uri = (
+        f"abfss://{azure['AZURE_CONTAINER_NAME']}@{azure['AZURE_STORAGE_ACCOUNT_NAME']}.dfs.core.windows.net/"
+        f"faults-{uuid.uuid4().hex[:8]}/prices"
+    )
+    with scenario(
+        tmp_path,
+        delta_table_uri=uri,
+        azure_storage_account_name=azure["AZURE_STORAGE_ACCOUNT_NAME"],
+        azure_storage_account_key=azure["AZURE_STORAGE_ACCOUNT_KEY"],
+        azure_storage_use_emulator=True,
+    ) as s:
         assert s.delta_uri == uri
         env = env_for(s, FINPULSE_BATCH_SIZE="200", FINPULSE_MAX_INFLIGHT_TICKS="1000", **azure)
         produce(env, total)
@@ -326,8 +360,9 @@ def test_azurite_outage_with_delta_on_abfss(private_azurite, kafka, postgres, tm
         private_azurite.stop()
         try:
             # the Delta lane logs that its sink is unavailable and retries with backoff
-            wait_for(lambda: re.search(r"delta\b.*unavailable", run.output()), "ingest to notice the outage",
-                     ingest=run)
+            wait_for(
+                lambda: re.search(r"delta\b.*unavailable", run.output()), "ingest to notice the outage", ingest=run
+            )
             time.sleep(3.0)
             assert run.alive(), f"ingest must wait for Azure storage, not exit:\n{run.tail()}"
         finally:
@@ -353,7 +388,7 @@ def test_sigkill_of_the_ingest_process_group_during_commits(kafka, postgres, tmp
             for _ in range(2):
                 run = ingests(env, "--workers", "2", "--sinks", sink)
                 landed = count()
-                wait_for(lambda: count() > landed, f"{sink} rows to land", ingest=run)
+                wait_for(lambda count=count, landed=landed: count() > landed, f"{sink} rows to land", ingest=run)
                 time.sleep(rng.uniform(0.0, 1.0))
                 run.kill()
                 held = count()

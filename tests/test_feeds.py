@@ -4,62 +4,19 @@ duplicate keys and bad trades inside multi-trade frames. No services needed."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import orjson
 import pyarrow as pa
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support.samples import EXPECTED, EXPECTED_COLUMNS, FIXTURES, NON_TRADE, T0, fixture
 
 from finpulse import feeds
 from finpulse.feeds.fields import epoch_us
 from finpulse.normalize import Decoder, Messages
 
-FIXTURES = Path(__file__).parent / "fixtures" / "feeds"
 KAFKA_MS = 1_718_035_299_000  # the Kafka record time of every test message, after all trade times
-T0 = 1_718_035_200_000_000  # 2024-06-10T16:00:00Z in µs, the fixtures' base time
-
-COLUMNS = ("symbol", "price", "size", "timestamp_ms", "trade_time", "exchange", "side", "tick_index")
-# fixture -> (detected feed, rows as COLUMNS, trade_time in epoch µs)
-EXPECTED = {
-    "canonical": ("canonical", [("AAPL", 193.12, 100.0, 1718035200123, T0 + 123_000, "NASDAQ", "buy", 0)]),
-    "canonical_frame": ("canonical", [
-        ("MSFT", 427.88, 25.0, 1718035200250, T0 + 250_000, "NYSE", None, 0),
-        ("BTC-USD", 67318.22, 0.0125, 1718035200251, T0 + 251_000, None, "sell", 1),
-    ]),
-    "binance_trade": ("binance", [("BTCUSDT", 67321.45, 0.0015, 1718035200456, T0 + 456_000, "BINANCE", "sell", 0)]),
-    "binance_aggtrade": ("binance", [("ETHUSDT", 3687.12, 1.254, 1718035201001, T0 + 1_001_000, "BINANCE", "buy", 0)]),
-    "binance_combined_us": ("binance", [("SOLUSDT", 160.07, 12.5, 1718035202311, T0 + 2_311_456, "BINANCE", "buy", 0)]),
-    "coinbase_match": ("coinbase", [("BTC-USD", 67318.22, 0.0125, 1718035203141, T0 + 3_141_592, "COINBASE", "buy", 0)]),
-    "coinbase_advanced": ("coinbase-advanced", [
-        ("ETH-USD", 3686.91, 0.5, 1718035204499, T0 + 4_499_123, "COINBASE", "buy", 0),
-        ("ETH-USD", 3686.9, 0.0213, 1718035204499, T0 + 4_499_123, "COINBASE", "sell", 1),
-        ("BTC-USD", 67317.01, 0.00004125, 1718035204500, T0 + 4_500_000, "COINBASE", "sell", 2),
-    ]),
-    "alpaca_stocks": ("alpaca", [  # element 1 is a quote: skipped, and the MSFT trade keeps index 2
-        ("AAPL", 193.12, 100.0, 1718035205123, T0 + 5_123_456, "V", None, 0),
-        ("MSFT", 427.87, 5.0, 1718035205200, T0 + 5_200_100, "D", None, 2),
-    ]),
-    "alpaca_crypto": ("alpaca", [("BTC/USD", 67305.1, 0.00421, 1718035206712, T0 + 6_712_345, "ALPACA", "sell", 0)]),
-    "polygon_stocks": ("polygon", [
-        ("MSFT", 427.88, 100.0, 1718035207123, T0 + 7_123_000, "4", None, 0),
-        ("AAPL", 193.115, 0.25, 1718035207124, T0 + 7_124_000, "11", None, 1),
-    ]),
-    "polygon_crypto": ("polygon", [("BTC-USD", 67310.5, 0.0125, 1718035208456, T0 + 8_456_000, "1", None, 0)]),
-    "finnhub": ("finnhub", [
-        ("BINANCE:BTCUSDT", 67312.01, 0.0034, 1718035209001, T0 + 9_001_000, "FINNHUB", None, 0),
-        ("AAPL", 193.1, 25.0, 1718035209015, T0 + 9_015_000, "FINNHUB", None, 1),
-    ]),
-    "kraken": ("kraken", [
-        ("BTC/USD", 67299.9, 0.01872, 1718035210271, T0 + 10_271_839, "KRAKEN", "sell", 0),
-        ("BTC/USD", 67300.0, 0.5, 1718035210271, T0 + 10_271_901, "KRAKEN", "buy", 1),
-    ]),
-}
-NON_TRADE = orjson.loads((FIXTURES / "non_trade.json").read_bytes())
-
-
-def fixture(name: str) -> bytes:
-    return (FIXTURES / f"{name}.json").read_bytes()
 
 
 def decode(*values: bytes | None, feed: str | None = None, strict: bool = False, kafka_ms: int = KAFKA_MS):
@@ -69,12 +26,20 @@ def decode(*values: bytes | None, feed: str | None = None, strict: bool = False,
 
 def rows(out) -> list[tuple]:
     batch = out.ticks.set_column(4, "trade_time", out.ticks.column("trade_time").cast(pa.int64()))
-    return [tuple(r[c] for c in COLUMNS) for r in batch.to_pylist()]
+    return [tuple(r[c] for c in EXPECTED_COLUMNS) for r in batch.to_pylist()]
 
 
 def test_every_feed_has_a_fixture_and_a_stable_name():
-    assert feeds.names() == ["canonical", "binance", "coinbase", "coinbase-advanced", "alpaca", "polygon",
-                             "finnhub", "kraken"]
+    assert feeds.names() == [
+        "canonical",
+        "binance",
+        "coinbase",
+        "coinbase-advanced",
+        "alpaca",
+        "polygon",
+        "finnhub",
+        "kraken",
+    ]
     assert {feed for feed, _ in EXPECTED.values()} == set(feeds.names())
     assert {p.stem for p in FIXTURES.glob("*.json")} == set(EXPECTED) | {"non_trade"}
 
@@ -141,8 +106,15 @@ def test_a_non_trade_element_beside_trades_is_rejected_in_its_slot_under_strict(
 
 
 def test_a_frame_without_trades_is_one_skipped_event():
-    empty = orjson.dumps({"channel": "market_trades", "client_id": "", "timestamp": "2024-06-10T16:00:00Z",
-                          "sequence_num": 3, "events": [{"type": "update", "trades": []}]})
+    empty = orjson.dumps(
+        {
+            "channel": "market_trades",
+            "client_id": "",
+            "timestamp": "2024-06-10T16:00:00Z",
+            "sequence_num": 3,
+            "events": [{"type": "update", "trades": []}],
+        }
+    )
     assert decode(empty).skipped == 1
     assert decode(orjson.dumps({"type": "trade", "data": []})).skipped == 1
 
@@ -166,42 +138,58 @@ def test_last_match_is_a_trade_too():
 
 
 # ----------------------------------------------------------------------------------- times
-@pytest.mark.parametrize("text,us", [
-    ("2024-06-10T16:00:00Z", T0),
-    ("2024-06-10T16:00:00.1Z", T0 + 100_000),
-    ("2024-06-10T16:00:00.123456Z", T0 + 123_456),
-    ("2024-06-10T16:00:00.123456789Z", T0 + 123_456),  # nanoseconds: truncated to the µs
-    ("2024-06-10T16:00:00.999999999Z", T0 + 999_999),
-    ("2024-06-10T18:00:00.5+02:00", T0 + 500_000),
-    ("2024-06-10T11:30:00.000001-0430", T0 + 1),
-    ("2024-06-10T21:00:00+05", T0),
-    ("2024-06-10 16:00:00,25Z", T0 + 250_000),
-    ("2024-06-10t16:00:00z", T0),
-    ("2024-06-10T16:00:00", T0),  # no zone: UTC
-    (" 2024-06-10T16:00:00Z ", T0),
-])
+@pytest.mark.parametrize(
+    "text,us",
+    [
+        ("2024-06-10T16:00:00Z", T0),
+        ("2024-06-10T16:00:00.1Z", T0 + 100_000),
+        ("2024-06-10T16:00:00.123456Z", T0 + 123_456),
+        ("2024-06-10T16:00:00.123456789Z", T0 + 123_456),  # nanoseconds: truncated to the µs
+        ("2024-06-10T16:00:00.999999999Z", T0 + 999_999),
+        ("2024-06-10T18:00:00.5+02:00", T0 + 500_000),
+        ("2024-06-10T11:30:00.000001-0430", T0 + 1),
+        ("2024-06-10T21:00:00+05", T0),
+        ("2024-06-10 16:00:00,25Z", T0 + 250_000),
+        ("2024-06-10t16:00:00z", T0),
+        ("2024-06-10T16:00:00", T0),  # no zone: UTC
+        (" 2024-06-10T16:00:00Z ", T0),
+    ],
+)
 def test_iso_times_with_fractions_and_offsets(text, us):
     assert epoch_us(text, "ms", "test", "t") == us  # text is read as ISO whatever the numeric unit
 
 
-@pytest.mark.parametrize("text,reason", [
-    ("2024-13-10T16:00:00Z", "is not a valid time"),
-    ("2024-06-10T16:00:00.1234567890Z", "neither a number nor ISO-8601"),
-    ("yesterday", "neither a number nor ISO-8601"),
-])
+@pytest.mark.parametrize(
+    "text,reason",
+    [
+        ("2024-13-10T16:00:00Z", "is not a valid time"),
+        ("2024-06-10T16:00:00.1234567890Z", "neither a number nor ISO-8601"),
+        ("yesterday", "neither a number nor ISO-8601"),
+    ],
+)
 def test_bad_time_text_is_invalid(text, reason):
     with pytest.raises(feeds.Invalid, match=reason):
         epoch_us(text, "auto", "test", "t")
 
 
-@pytest.mark.parametrize("value", [
-    1718035200, 1718035200.123456, 1718035200123, 1718035200123.456, 1718035200123456, 1718035200123456789,
-    "1718035200123", "1718035200.123456",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        1718035200,
+        1718035200.123456,
+        1718035200123,
+        1718035200123.456,
+        1718035200123456,
+        1718035200123456789,
+        "1718035200123",
+        "1718035200.123456",
+    ],
+)
 def test_auto_unit_reads_seconds_ms_us_and_ns_off_the_magnitude(value):
     got = epoch_us(value, "auto", "test", "t")
-    assert got == (T0 if value == 1718035200 else T0 + 123_000 if value in (1718035200123, "1718035200123")
-                   else T0 + 123_456)
+    assert got == (
+        T0 if value == 1718035200 else T0 + 123_000 if value in (1718035200123, "1718035200123") else T0 + 123_456
+    )
 
 
 @pytest.mark.parametrize("value,unit", [(1718035200, "s"), (1718035200000, "ms"), (T0, "us"), (T0 * 1000, "ns")])
@@ -215,7 +203,8 @@ def test_a_feed_time_in_any_unit_lands_as_the_same_instant(t):
     [row] = rows(decode(orjson.dumps(msg)))
     assert row[3] == 1718035209001 or t == 1718035209
     assert row[4] == {1718035209: T0 + 9_000_000, 1718035209001: T0 + 9_001_000, "1718035209001": T0 + 9_001_000}.get(
-        t, T0 + 9_001_234)
+        t, T0 + 9_001_234
+    )
 
 
 def test_iso_offsets_through_a_feed():
@@ -238,17 +227,24 @@ def test_a_trade_without_time_takes_the_kafka_time():
 # ----------------------------------------------------------------------------------- duplicate keys
 DUPLICATES = {
     "canonical": (b'{"symbol":"AAPL","price":1.5,"size":1,"timestamp_ms":1718035200123,"price":2.5}', "price"),
-    "canonical with equal values": (b'{"symbol":"AAPL","price":1.5,"size":1,"size":1,"timestamp_ms":1718035200123}',
-                                    "size"),
-    "spelt with an escape": (b'{"symbol":"AAPL","price":1.5,"size":1,"timestamp_ms":1718035200123,"\\u0073ymbol":"X"}',
-                             "symbol"),
+    "canonical with equal values": (
+        b'{"symbol":"AAPL","price":1.5,"size":1,"size":1,"timestamp_ms":1718035200123}',
+        "size",
+    ),
+    "spelt with an escape": (
+        b'{"symbol":"AAPL","price":1.5,"size":1,"timestamp_ms":1718035200123,"\\u0073ymbol":"X"}',
+        "symbol",
+    ),
     "escapes balancing the quote count": (
         b'{"symbol":"AAPL","price":1.5,"size":1,"timestamp_ms":1718035200123,"exchange":"A","exchange":"\\u0022\\u0022"}',
-        "exchange"),
+        "exchange",
+    ),
     "binance": (fixture("binance_trade")[:-2] + b', "p": "1.00"}', "p"),
     "nested in a frame": (b'{"type":"trade","data":[{"s":"AAPL","p":1,"v":1,"t":1718035209001,"v":2}]}', "v"),
-    "in an ignored field": (b'{"e":"trade","E":1,"s":"BTCUSDT","p":"1","q":"1","T":1718035200456,"M":true,"M":false}',
-                            "M"),
+    "in an ignored field": (
+        b'{"e":"trade","E":1,"s":"BTCUSDT","p":"1","q":"1","T":1718035200456,"M":true,"M":false}',
+        "M",
+    ),
 }
 
 
@@ -263,12 +259,15 @@ def test_duplicate_keys_reject_the_message(name):
     assert rej.feed != "unknown"
 
 
-@pytest.mark.parametrize("value", [
-    b'[{"symbol":"A","price":1,"size":1,"timestamp_ms":1718035200123},{"symbol":"B","price":1,"size":1,"timestamp_ms":1718035200123}]',
-    b'{"symbol":"price","price":1,"size":1,"timestamp_ms":1718035200123,"exchange":"symbol"}',
-    b'{"symbol":"A\\"B","price":1,"size":1,"timestamp_ms":1718035200123}',
-    b'{"symbol":"\\u0041","price":1,"size":1,"timestamp_ms":1718035200123}',
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'[{"symbol":"A","price":1,"size":1,"timestamp_ms":1718035200123},{"symbol":"B","price":1,"size":1,"timestamp_ms":1718035200123}]',
+        b'{"symbol":"price","price":1,"size":1,"timestamp_ms":1718035200123,"exchange":"symbol"}',
+        b'{"symbol":"A\\"B","price":1,"size":1,"timestamp_ms":1718035200123}',
+        b'{"symbol":"\\u0041","price":1,"size":1,"timestamp_ms":1718035200123}',
+    ],
+)
 def test_repeated_text_that_is_not_a_duplicate_key_is_fine(value):
     out = decode(value)
     assert out.rejects == [] and out.ticks.num_rows >= 1
@@ -285,6 +284,7 @@ def _set(path: list, value):
         else:
             target[path[-1]] = value
         return msg
+
     return edit
 
 
@@ -318,15 +318,18 @@ def test_a_frame_element_that_is_not_an_object_is_rejected_in_its_slot():
 
 
 # ----------------------------------------------------------------------------------- unknown shapes
-@pytest.mark.parametrize("value,reason", [
-    (b'{"foo": 1, "bar": {"baz": 2}}', "no known feed shape has these keys: 'bar', 'foo'"),
-    (b'[{"x": 1}]', "JSON array of no known feed shape (first element: keys 'x')"),
-    (b'[1, 2]', "JSON array of no known feed shape (first element: int 1)"),
-    (b'[]', "empty JSON array"),
-    (b'{"e": "trade"}', "no known feed shape has these keys: 'e'"),  # a Binance event has E too
-    (b'{"type": "match"}', "no known feed shape has these keys: 'type'"),
-    (b'[{"T": "zz", "S": "AAPL"}]', "first element: keys 'S', 'T'"),  # not a type Alpaca documents
-])
+@pytest.mark.parametrize(
+    "value,reason",
+    [
+        (b'{"foo": 1, "bar": {"baz": 2}}', "no known feed shape has these keys: 'bar', 'foo'"),
+        (b'[{"x": 1}]', "JSON array of no known feed shape (first element: keys 'x')"),
+        (b"[1, 2]", "JSON array of no known feed shape (first element: int 1)"),
+        (b"[]", "empty JSON array"),
+        (b'{"e": "trade"}', "no known feed shape has these keys: 'e'"),  # a Binance event has E too
+        (b'{"type": "match"}', "no known feed shape has these keys: 'type'"),
+        (b'[{"T": "zz", "S": "AAPL"}]', "first element: keys 'S', 'T'"),  # not a type Alpaca documents
+    ],
+)
 def test_unknown_shapes_name_what_was_seen(value, reason):
     [rej] = decode(value).rejects
     assert reason in rej.reason and rej.feed == "unknown" and rej.tick_index == -1
@@ -351,8 +354,12 @@ def _paths(value, prefix=()):
 _FIXTURE_VALUES = {name: orjson.loads(fixture(name)) for name in EXPECTED}
 _MUTATIONS = [(name, path) for name, value in _FIXTURE_VALUES.items() for path in _paths(value) if path]
 _replacements = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=12) | st.sampled_from(["", " ", "1.5", "-1", "1e400", "2024-06-10T16:00:00Z", "BUY", "t", "T"]),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12)
+    | st.sampled_from(["", " ", "1.5", "-1", "1e400", "2024-06-10T16:00:00Z", "BUY", "t", "T"]),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=3), children, max_size=3),
     max_leaves=6,
 )

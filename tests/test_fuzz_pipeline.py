@@ -17,27 +17,41 @@ import threading
 import time
 from pathlib import Path
 
+import hostile
 import psycopg
 import pytest
+from support.cli import env_for, finpulse
 
-import hostile
-from conftest import env_for, finpulse
 from finpulse.normalize import MAX_FUTURE_US, MIN_TIMESTAMP_US, Decoder, Messages
 
 COUNT = int(os.environ.get("FINPULSE_FUZZ_COUNT", "3000"))
 SEED = int(os.environ.get("FINPULSE_FUZZ_SEED", "9"))
 TIMEOUT = float(os.environ.get("FINPULSE_FUZZ_TIMEOUT", "240"))
 MAX_REASON_CHARS = 1000
-COLUMNS = ("symbol", "price", "size", "timestamp_ms", "trade_time", "exchange", "side", "broker_time",
-           "kafka_partition", "kafka_offset", "tick_index")
+COLUMNS = (
+    "symbol",
+    "price",
+    "size",
+    "timestamp_ms",
+    "trade_time",
+    "exchange",
+    "side",
+    "broker_time",
+    "kafka_partition",
+    "kafka_offset",
+    "tick_index",
+)
 KEY = slice(8, 11)
 LAST_STORABLE_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant both sinks hold  # kafka_partition, kafka_offset, tick_index
 
 
 def show(label: str, value: bytes | None) -> str:
     """A message for a failure report: its label and its first bytes."""
-    return f"{label}: {value[:300]!r}{'...' if len(value) > 300 else ''} ({len(value)} bytes)" if value is not None \
+    return (
+        f"{label}: {value[:300]!r}{'...' if len(value) > 300 else ''} ({len(value)} bytes)"
+        if value is not None
         else f"{label}: None"
+    )
 
 
 def reason_problem(reason: str) -> str | None:
@@ -90,7 +104,9 @@ def test_decoder_never_raises_and_accounts_for_every_message(strict):
         if labels[i].startswith("broken:") and (out.ticks.num_rows or [r.tick_index for r in out.rejects] != [-1]):
             failures.append(f"broken message not rejected whole: {show(labels[i], values[i])}")
         if labels[i].startswith("valid:") and (out.rejects or not out.ticks.num_rows):
-            failures.append(f"valid message did not land: {show(labels[i], values[i])}: {[r.reason for r in out.rejects]}")
+            failures.append(
+                f"valid message did not land: {show(labels[i], values[i])}: {[r.reason for r in out.rejects]}"
+            )
     assert not failures, f"{len(failures)} failures, first ones:\n" + "\n".join(failures[:15])
 
     # batches, as a worker decodes them (fast path, halves, careful path): the same ticks and rejects
@@ -107,13 +123,17 @@ def test_decoder_never_raises_and_accounts_for_every_message(strict):
     # (the fast path may take a message alone that, in a batch with odd ones, goes the careful way)
     alone = {(t["kafka_offset"], t["tick_index"]): t for t in single_ticks}
     together = {(t["kafka_offset"], t["tick_index"]): t for t in batch_ticks}
-    differ = sorted({k[0] for k in alone.keys() ^ together.keys()}
-                    | {k[0] for k in alone.keys() & together.keys() if alone[k] != together[k]})
+    differ = sorted(
+        {k[0] for k in alone.keys() ^ together.keys()}
+        | {k[0] for k in alone.keys() & together.keys() if alone[k] != together[k]}
+    )
     assert not differ, f"{len(differ)} messages decode differently alone and in a batch:\n" + "\n".join(
         f"{show(labels[i], values[i])}\n  alone: {[(t['symbol'], t['exchange'], t['side']) for t in singles[i].ticks.to_pylist()]}"
         f" {[r.reason for r in singles[i].rejects]}\n  in a batch: "
         f"{[(t['symbol'], t['exchange'], t['side']) for t in batch_ticks if t['kafka_offset'] == i]}"
-        f" {[r[3] for r in batch_rejects if r[0] == i]}" for i in differ[:6])
+        f" {[r[3] for r in batch_rejects if r[0] == i]}"
+        for i in differ[:6]
+    )
     assert sorted(batch_rejects) == sorted(single_rejects)
     assert batch_skipped == sum(out.skipped for out in singles.values())
 
@@ -121,13 +141,23 @@ def test_decoder_never_raises_and_accounts_for_every_message(strict):
     def ceiling_ms(i: int) -> int:
         return stamps[i] + MAX_FUTURE_US // 1000 if stamps[i] == now_ms else LAST_STORABLE_MS
 
-    bad = [t for t in single_ticks
-           if not (t["symbol"] and t["symbol"].isprintable() and math.isfinite(t["price"]) and t["price"] > 0
-                   and math.isfinite(t["size"]) and t["size"] >= 0
-                   and MIN_TIMESTAMP_US // 1000 <= t["timestamp_ms"] <= ceiling_ms(t["kafka_offset"]))
-           or any("\x00" in (t[c] or "") for c in ("symbol", "exchange", "side"))]
+    bad = [
+        t
+        for t in single_ticks
+        if not (
+            t["symbol"]
+            and t["symbol"].isprintable()
+            and math.isfinite(t["price"])
+            and t["price"] > 0
+            and math.isfinite(t["size"])
+            and t["size"] >= 0
+            and MIN_TIMESTAMP_US // 1000 <= t["timestamp_ms"] <= ceiling_ms(t["kafka_offset"])
+        )
+        or any("\x00" in (t[c] or "") for c in ("symbol", "exchange", "side"))
+    ]
     assert not bad, f"{len(bad)} ticks no sink should take, e.g. {bad[:3]} from " + "; ".join(
-        show(labels[t["kafka_offset"]], values[t["kafka_offset"]]) for t in bad[:3])
+        show(labels[t["kafka_offset"]], values[t["kafka_offset"]]) for t in bad[:3]
+    )
     assert len(single_ticks) > 500 and len(single_rejects) > 500, (len(single_ticks), len(single_rejects))
 
 
@@ -140,15 +170,27 @@ def produce_all(settings, values: list[bytes | None], rng: random.Random) -> lis
     from finpulse import source
 
     # room for the over-1-MiB messages, which the ingester must reject rather than never see
-    topic = ConfigResource(ResourceType.TOPIC, settings.kafka_topic, incremental_configs=[
-        ConfigEntry("max.message.bytes", str(8 * hostile.MIB), incremental_operation=AlterConfigOpType.SET)])
+    topic = ConfigResource(
+        ResourceType.TOPIC,
+        settings.kafka_topic,
+        incremental_configs=[
+            ConfigEntry("max.message.bytes", str(8 * hostile.MIB), incremental_operation=AlterConfigOpType.SET)
+        ],
+    )
     client = source.admin(settings)  # kept alive until the change is acknowledged
     for future in client.incremental_alter_configs([topic]).values():
         future.result(timeout=30)
     partitions = source.partitions(settings)
 
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "linger.ms": 20,
-                         "compression.type": "lz4", "enable.idempotence": True, "message.max.bytes": 8 * hostile.MIB})
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "linger.ms": 20,
+            "compression.type": "lz4",
+            "enable.idempotence": True,
+            "message.max.bytes": 8 * hostile.MIB,
+        }
+    )
     positions: list[tuple[int, int] | None] = [None] * len(values)
     errors: list[str] = []
 
@@ -162,13 +204,24 @@ def produce_all(settings, values: list[bytes | None], rng: random.Random) -> lis
     for i, value in enumerate(values):
         pick = rng.random()
         # most records carry a recent time; some the producer's default (now); a few 1970 (out of range)
-        stamp = {"timestamp": now_ms - rng.randrange(3_600_000)} if pick < 0.8 else {} if pick < 0.95 else {
-            "timestamp": 86_400_000}
+        stamp = (
+            {"timestamp": now_ms - rng.randrange(3_600_000)}
+            if pick < 0.8
+            else {}
+            if pick < 0.95
+            else {"timestamp": 86_400_000}
+        )
         key = rng.choice([None, b"k%d" % (i % 13), b"\x00\xff"])
         while True:
             try:
-                producer.produce(settings.kafka_topic, value=value, key=key, partition=rng.choice(partitions),
-                                 on_delivery=lambda err, msg, i=i: delivered(i, err, msg), **stamp)
+                producer.produce(
+                    settings.kafka_topic,
+                    value=value,
+                    key=key,
+                    partition=rng.choice(partitions),
+                    on_delivery=lambda err, msg, i=i: delivered(i, err, msg),
+                    **stamp,
+                )
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -197,8 +250,10 @@ def run(*args: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, f
         timer.cancel()
     took = time.monotonic() - started
     if expired.is_set():
-        pytest.fail(f"finpulse {' '.join(args)} still running after {TIMEOUT:.0f}s\n"
-                    f"{proc.stdout[-3000:]}\n{proc.stderr[-8000:]}")
+        pytest.fail(
+            f"finpulse {' '.join(args)} still running after {TIMEOUT:.0f}s\n"
+            f"{proc.stdout[-3000:]}\n{proc.stderr[-8000:]}"
+        )
     return proc, took
 
 
@@ -227,15 +282,19 @@ def test_hostile_topic_drains_strictly_into_identical_sinks(isolated):
 
     proc, took = run("ingest", "--drain", "--strict", env=env)
     assert proc.returncode == 0, f"ingest exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-8000:]}"
-    summary = re.search(r"ingested ([\d,]+) ticks from ([\d,]+) messages.* ([\d,]+) rejected, ([\d,]+) skipped, "
-                        r"(\d+) restarts", proc.stdout)
+    summary = re.search(
+        r"ingested ([\d,]+) ticks from ([\d,]+) messages.* ([\d,]+) rejected, ([\d,]+) skipped, "
+        r"(\d+) restarts",
+        proc.stdout,
+    )
     assert summary, proc.stdout[-3000:]
     ticks, msgs, rejected, skipped, restarts = (int(x.replace(",", "")) for x in summary.groups())
 
     with psycopg.connect(isolated.postgres_conninfo()) as conn:
         pg = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM prices_raw").fetchall()
-        rejects = conn.execute("SELECT kafka_partition, kafka_offset, tick_index, feed, reason, raw "
-                               "FROM prices_rejected").fetchall()
+        rejects = conn.execute(
+            "SELECT kafka_partition, kafka_offset, tick_index, feed, reason, raw FROM prices_rejected"
+        ).fetchall()
     from deltalake import DeltaTable
 
     table = DeltaTable(isolated.delta_uri).to_pyarrow_table(columns=list(COLUMNS))
@@ -243,9 +302,11 @@ def test_hostile_topic_drains_strictly_into_identical_sinks(isolated):
 
     landed = {r[KEY][:2] for r in pg}
     rejected_at = {r[:2] for r in rejects}
-    print(f"\nfuzz: {COUNT:,} messages ({sum(len(v or b'') for v in values):,} bytes, seed {SEED}), "
-          f"{len(pg):,} ticks from {len(landed):,} messages, {len(rejects):,} rejects in {len(rejected_at):,} "
-          f"messages; ingest {took:.1f}s")
+    print(
+        f"\nfuzz: {COUNT:,} messages ({sum(len(v or b'') for v in values):,} bytes, seed {SEED}), "
+        f"{len(pg):,} ticks from {len(landed):,} messages, {len(rejects):,} rejects in {len(rejected_at):,} "
+        f"messages; ingest {took:.1f}s"
+    )
 
     assert (msgs, skipped, restarts) == (COUNT, 0, 0), proc.stdout[-3000:] + proc.stderr[-8000:]
     assert (ticks, rejected) == (len(pg), len(rejects))
@@ -253,20 +314,30 @@ def test_hostile_topic_drains_strictly_into_identical_sinks(isolated):
     # every message is rows, rejects or both (a frame with good and bad trades); nothing else is there
     missing = [i for i, pos in enumerate(positions) if pos not in landed and pos not in rejected_at]
     assert not missing, f"{len(missing)} messages neither landed nor rejected:\n" + "\n".join(
-        show(labels[i], values[i]) for i in missing[:10])
+        show(labels[i], values[i]) for i in missing[:10]
+    )
     assert (landed | rejected_at) <= set(index), "rows or rejects for messages never produced"
-    unlanded = [i for i, label in enumerate(labels) if label.startswith("valid:")
-                and (positions[i] not in landed or positions[i] in rejected_at)]
+    unlanded = [
+        i
+        for i, label in enumerate(labels)
+        if label.startswith("valid:") and (positions[i] not in landed or positions[i] in rejected_at)
+    ]
     assert not unlanded, "valid messages that did not land whole:\n" + "\n".join(
-        show(labels[i], values[i]) for i in unlanded[:10])
+        show(labels[i], values[i]) for i in unlanded[:10]
+    )
 
     whole = {r[:2] for r in rejects if r[2] == -1}
-    broken = [i for i, label in enumerate(labels)
-              if label.startswith("broken:") and (positions[i] in landed or positions[i] not in whole)]
-    assert not broken, "broken messages not rejected whole:\n" + "\n".join(show(labels[i], values[i]) for i in broken[:10])
+    broken = [
+        i
+        for i, label in enumerate(labels)
+        if label.startswith("broken:") and (positions[i] in landed or positions[i] not in whole)
+    ]
+    assert not broken, "broken messages not rejected whole:\n" + "\n".join(
+        show(labels[i], values[i]) for i in broken[:10]
+    )
 
     bad_rejects = []
-    for partition, offset, tick_index, feed, reason, raw in rejects:
+    for partition, offset, _tick_index, feed, reason, raw in rejects:
         i = index[(partition, offset)]
         raw = bytes(raw) if raw is not None else None
         problem = reason_problem(reason) or (None if raw == values[i] else "raw bytes differ from those produced")
@@ -284,5 +355,7 @@ def test_hostile_topic_drains_strictly_into_identical_sinks(isolated):
     assert len(pg) > COUNT // 10 and len(rejects) > COUNT // 10, "the fuzz landed too little to prove anything"
 
     verified, took = run("verify", "--strict", env=env)
-    assert verified.returncode == 0, f"verify --strict exited {verified.returncode} after {took:.0f}s\n" \
-                                     f"{verified.stdout[-4000:]}\n{verified.stderr[-4000:]}"
+    assert verified.returncode == 0, (
+        f"verify --strict exited {verified.returncode} after {took:.0f}s\n"
+        f"{verified.stdout[-4000:]}\n{verified.stderr[-4000:]}"
+    )

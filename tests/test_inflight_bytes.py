@@ -33,8 +33,10 @@ def _filled(*parts: tuple[int, list[int], list[bytes] | None]) -> Accumulator:
 def test_tick_batch_nbytes_is_arrow_rows_plus_raw_and_reason_of_rejects():
     acc = _filled((0, [0, 1, 2], None))
     ticks = acc.take().ticks
-    rejects = (Reject(0, 3, -1, "canonical", "bad", b"x" * 1000, None),
-               Reject(0, 4, -1, "unknown", "tombstone", None, None))
+    rejects = (
+        Reject(0, 3, -1, "canonical", "bad", b"x" * 1000, None),
+        Reject(0, 4, -1, "unknown", "tombstone", None, None),
+    )
     batch = TickBatch(ticks, rejects, {0: 5})
     assert ticks.nbytes > 0
     assert batch.nbytes == ticks.nbytes + (1000 + 3) + (0 + len("tombstone"))

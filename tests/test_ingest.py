@@ -7,33 +7,17 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import time
 import uuid
 
 import pytest
+from support import ROOT
+from support.cli import env_for, finish, finpulse, start_ingest
+from support.sinks import assert_exactly_once, delta_rows, pg_count, pg_rows, produced
 
-from conftest import (ROOT, assert_exactly_once, delta_rows, env_for, finpulse, pg_count, pg_rows, produced)
 from finpulse import source
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
-
-
-def start_ingest(env, *args) -> subprocess.Popen:
-    """`finpulse ingest` in its own process group, so a test can kill the whole group."""
-    return subprocess.Popen([sys.executable, "-m", "finpulse", "ingest", *args], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        raise AssertionError(f"ingest still running after {timeout}s:\n{out[-6000:]}") from None
-    assert proc.returncode == 0, f"ingest exited {proc.returncode}:\n{out[-4000:]}"
-    return out
 
 
 def test_drain_lands_every_tick_once_in_both_sinks(isolated):
@@ -133,9 +117,12 @@ def test_delta_on_azurite_holds_the_same_rows_as_a_local_table(isolated, azurite
 
     from finpulse.config import load_settings
 
-    on_azure = load_settings(delta_table_uri=azure_uri, azure_storage_account_name=azurite["AZURE_STORAGE_ACCOUNT_NAME"],
-                             azure_storage_account_key=azurite["AZURE_STORAGE_ACCOUNT_KEY"],
-                             azure_storage_use_emulator=True)
+    on_azure = load_settings(
+        delta_table_uri=azure_uri,
+        azure_storage_account_name=azurite["AZURE_STORAGE_ACCOUNT_NAME"],
+        azure_storage_account_key=azurite["AZURE_STORAGE_ACCOUNT_KEY"],
+        azure_storage_use_emulator=True,
+    )
     expected = produced(total)
     azure = delta_rows(on_azure)
     assert_exactly_once(azure, expected, "delta on azurite")
@@ -150,15 +137,17 @@ def test_errors_that_cannot_heal_stop_with_one_clear_line(isolated, tmp_path):
     env = env_for(isolated)
     finpulse("produce", "--count", "10", env=env)
 
-    wrong_password = finpulse("ingest", "--drain", env={**env, "POSTGRES_PASSWORD": "not-the-password"},
-                              check=False, timeout=120)
+    wrong_password = finpulse(
+        "ingest", "--drain", env={**env, "POSTGRES_PASSWORD": "not-the-password"}, check=False, timeout=120
+    )
     assert wrong_password.returncode != 0 and "POSTGRES_" in wrong_password.stderr
     assert "Traceback" not in wrong_password.stderr and "not-the-password" not in wrong_password.stderr
 
     unpartitioned = tmp_path / "other"
     write_deltalake(str(unpartitioned), pa.table({"symbol": ["A"], "price": ["text"]}))
-    bad_delta = finpulse("ingest", "--drain", env={**env, "DELTA_TABLE_URI": str(unpartitioned)},
-                         check=False, timeout=120)
+    bad_delta = finpulse(
+        "ingest", "--drain", env={**env, "DELTA_TABLE_URI": str(unpartitioned)}, check=False, timeout=120
+    )
     assert bad_delta.returncode == 4 and "partitioned by nothing" in bad_delta.stderr
 
     with psycopg.connect(isolated.postgres_conninfo(), autocommit=True) as conn:
@@ -180,8 +169,13 @@ def test_rejects_land_once_with_reason_and_bytes_and_go_to_the_dead_letter_topic
     from finpulse import produce
 
     good = [orjson.dumps(t) for t in produce.ticks(1000)]
-    bad = [b"\xff\xfe not utf-8", b'{"symbol": "A", "price"', b"null", b"{}",
-           b'{"symbol":"A","price":-1,"size":1,"timestamp_ms":1700000000000}']
+    bad = [
+        b"\xff\xfe not utf-8",
+        b'{"symbol": "A", "price"',
+        b"null",
+        b"{}",
+        b'{"symbol":"A","price":-1,"size":1,"timestamp_ms":1700000000000}',
+    ]
     values = good[:500] + bad + good[500:]
     produce.send(isolated, iter([(b"k%d" % (i % 7), v) for i, v in enumerate(values)]))
     dlq = f"{isolated.kafka_topic}-dlq"
@@ -190,14 +184,20 @@ def test_rejects_land_once_with_reason_and_bytes_and_go_to_the_dead_letter_topic
     finpulse("ingest", "--drain", "--dlq-topic", dlq, env=env)  # nothing new: no second reject
 
     import psycopg
+
     with psycopg.connect(isolated.postgres_conninfo()) as conn:
         rows = conn.execute("SELECT raw, reason, feed, tick_index FROM prices_rejected").fetchall()
     assert sorted(bytes(r[0]) for r in rows) == sorted(bad)
     assert all(r[1] for r in rows)
     assert len(pg_rows(isolated)) == 1000 and len(delta_rows(isolated)) == 1000
 
-    consumer = Consumer({"bootstrap.servers": isolated.kafka_bootstrap_servers, "group.id": f"check-{uuid.uuid4()}",
-                         "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": isolated.kafka_bootstrap_servers,
+            "group.id": f"check-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+        }
+    )
     consumer.subscribe([dlq])
     seen = []
     deadline = time.monotonic() + 30

@@ -8,11 +8,10 @@ import re
 import orjson
 import psycopg
 import pytest
+from support.cli import env_for, finpulse
+from support.samples import BAD, EXPECTED, NON_TRADE, fixture
 
-from conftest import env_for, finpulse
 from finpulse import produce
-from test_feeds import EXPECTED, NON_TRADE, fixture
-from test_normalize import BAD
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
@@ -24,22 +23,32 @@ def test_mixed_topic_lands_every_trade_once_and_rejects_every_bad_message(isolat
     trades = [(name, fixture(name)) for name in EXPECTED] * ROUNDS
     events = [orjson.dumps(item["message"]) for item in NON_TRADE] * ROUNDS
     bad = list(BAD.items())
-    messages = [("trade", name, v) for name, v in trades] + [("event", "", v) for v in events] + [
-        ("bad", name, value) for name, (value, _) in bad]
+    messages = (
+        [("trade", name, v) for name, v in trades]
+        + [("event", "", v) for v in events]
+        + [("bad", name, value) for name, (value, _) in bad]
+    )
     random.Random(42).shuffle(messages)
     produce.send(isolated, iter([(b"key-%d" % (i % 11), v) for i, (_, _, v) in enumerate(messages)]))
 
     out = finpulse("ingest", "--drain", "--workers", "2", env=env_for(isolated, FINPULSE_BATCH_SIZE="100")).stdout
     ticks, msgs, rejected, skipped, restarts = map(
         lambda x: int(x.replace(",", "")),
-        re.search(r"ingested ([\d,]+) ticks from ([\d,]+) messages.* ([\d,]+) rejected, ([\d,]+) skipped, (\d+) restarts",
-                  out).groups())
+        re.search(
+            r"ingested ([\d,]+) ticks from ([\d,]+) messages.* ([\d,]+) rejected, ([\d,]+) skipped, (\d+) restarts", out
+        ).groups(),
+    )
 
     # EXPECTED rows: symbol, price, size, timestamp_ms, trade_time µs, exchange, side, tick_index
     expected_rows = sorted([row[:4] + row[5:] for _, rows in EXPECTED.values() for row in rows] * ROUNDS)
     # alpaca_stocks carries one quote among its trades: skipped inside the frame
     assert (msgs, ticks, rejected, skipped, restarts) == (
-        len(messages), len(expected_rows), len(bad), ROUNDS * (len(NON_TRADE) + 1), 0)
+        len(messages),
+        len(expected_rows),
+        len(bad),
+        ROUNDS * (len(NON_TRADE) + 1),
+        0,
+    )
 
     with psycopg.connect(isolated.postgres_conninfo()) as conn:
         pg = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM prices_raw").fetchall()

@@ -15,8 +15,9 @@ def ticks(n: int, **over) -> pa.Table:
         "price": pa.array(np.linspace(1.5, 99.25, n)),
         "size": pa.array(np.arange(n, dtype=np.float64)),
         "timestamp_ms": pa.array(1_700_000_000_000 + np.arange(n, dtype=np.int64)),
-        "trade_time": pa.array((1_700_000_000_000 + np.arange(n, dtype=np.int64)) * 1000 + 123,
-                               pa.timestamp("us", tz="UTC")),
+        "trade_time": pa.array(
+            (1_700_000_000_000 + np.arange(n, dtype=np.int64)) * 1000 + 123, pa.timestamp("us", tz="UTC")
+        ),
         "exchange": pa.array([None if i % 3 == 0 else "NYSE" for i in range(n)], pa.string()),
         "side": pa.array(["buy" if i % 2 else "sell" for i in range(n)]),
         "broker_time": pa.array([i % 5 == 0 for i in range(n)]),
@@ -34,10 +35,18 @@ def test_one_row_matches_the_binary_copy_format_by_hand():
     pg_us = (1_700_000_000_000 * 1000 + 123) - 946_684_800_000_000
     expected = (
         struct.pack(">h", 11)
-        + struct.pack(">id", 8, 1.5) + struct.pack(">id", 8, 0.0)
-        + struct.pack(">iq", 8, 1_700_000_000_000) + struct.pack(">iq", 8, pg_us)
-        + struct.pack(">iB", 1, 1) + struct.pack(">ii", 4, 2) + struct.pack(">iq", 8, 0) + struct.pack(">ii", 4, 0)
-        + struct.pack(">i", 3) + "ÄB".encode() + struct.pack(">i", -1) + struct.pack(">i", 0)
+        + struct.pack(">id", 8, 1.5)
+        + struct.pack(">id", 8, 0.0)
+        + struct.pack(">iq", 8, 1_700_000_000_000)
+        + struct.pack(">iq", 8, pg_us)
+        + struct.pack(">iB", 1, 1)
+        + struct.pack(">ii", 4, 2)
+        + struct.pack(">iq", 8, 0)
+        + struct.pack(">ii", 4, 0)
+        + struct.pack(">i", 3)
+        + "ÄB".encode()
+        + struct.pack(">i", -1)
+        + struct.pack(">i", 0)
     )
     assert body == expected
 
@@ -51,7 +60,8 @@ def test_columns_put_fixed_width_first():
 def test_sliced_arrays_encode_only_their_rows():
     t = ticks(50)
     assert pgcopy.encode(t.slice(10, 5), with_header=False) == pgcopy.encode(
-        pa.Table.from_pylist(t.slice(10, 5).to_pylist(), schema=TICKS), with_header=False)
+        pa.Table.from_pylist(t.slice(10, 5).to_pylist(), schema=TICKS), with_header=False
+    )
 
 
 def test_null_in_a_fixed_column_is_refused():
@@ -66,9 +76,11 @@ def test_round_trip_through_postgres(postgres):
     t = ticks(1000, symbol=pa.array([("€" * (i % 4)) + f"X{i}" for i in range(1000)]))
     cols = pgcopy.copy_columns(TICKS)
     with psycopg.connect(postgres.postgres_conninfo()) as conn:
-        conn.execute("CREATE TEMP TABLE rt (symbol text, price float8, size float8, timestamp_ms int8, "
-                     "trade_time timestamptz, exchange text, side text, broker_time bool, kafka_partition int4, "
-                     "kafka_offset int8, tick_index int4)")
+        conn.execute(
+            "CREATE TEMP TABLE rt (symbol text, price float8, size float8, timestamp_ms int8, "
+            "trade_time timestamptz, exchange text, side text, broker_time bool, kafka_partition int4, "
+            "kafka_offset int8, tick_index int4)"
+        )
         with conn.cursor().copy(f"COPY rt ({', '.join(cols)}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.write(pgcopy.encode(t))
         rows = conn.execute(f"SELECT {', '.join(TICKS.names)} FROM rt ORDER BY kafka_offset").fetchall()

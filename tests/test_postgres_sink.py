@@ -8,8 +8,9 @@ import threading
 import orjson
 import psycopg
 import pytest
+from support.cli import env_for, finpulse
+from support.sinks import pg_count
 
-from conftest import env_for, finpulse, pg_count
 from finpulse import produce
 from finpulse.batch import Accumulator, TickBatch
 from finpulse.normalize import Decoder, Messages
@@ -22,8 +23,10 @@ T0 = 1_700_000_000_000
 
 def span(partition: int, start: int, end: int, poison: set[int] = frozenset()) -> TickBatch:
     offsets = list(range(start, end))
-    values = [orjson.dumps({"symbol": "POISON" if o in poison else "OK", "price": 1.0 + o, "size": 1,
-                            "timestamp_ms": T0 + o}) for o in offsets]
+    values = [
+        orjson.dumps({"symbol": "POISON" if o in poison else "OK", "price": 1.0 + o, "size": 1, "timestamp_ms": T0 + o})
+        for o in offsets
+    ]
     msgs = Messages(values, [partition] * len(offsets), offsets, [T0] * len(offsets))
     acc = Accumulator()
     acc.add(Decoder().decode(msgs), msgs.partitions, msgs.offsets)
@@ -89,8 +92,9 @@ def test_a_batch_refused_for_a_data_reason_is_narrowed_to_the_offending_rows(iso
         sink.close()
     with psycopg.connect(isolated.postgres_conninfo()) as conn:
         assert conn.execute("SELECT count(*) FROM prices_raw").fetchone()[0] == 998
-        rejects = conn.execute("SELECT kafka_offset, tick_index, feed, reason, raw FROM prices_rejected "
-                               "ORDER BY 1").fetchall()
+        rejects = conn.execute(
+            "SELECT kafka_offset, tick_index, feed, reason, raw FROM prices_rejected ORDER BY 1"
+        ).fetchall()
     assert [(o, i, f) for o, i, f, _, _ in rejects] == [(17, 0, "postgres"), (640, 0, "postgres")]
     assert all("22023" in reason and "poison tick" in reason for *_, reason, _ in rejects)
     assert orjson.loads(bytes(rejects[0][4]))["symbol"] == "POISON"
@@ -101,8 +105,10 @@ def test_a_batch_refused_for_a_data_reason_is_narrowed_to_the_offending_rows(iso
 def test_a_tick_postgres_refuses_does_not_stop_ingest_and_verify_agrees(isolated):
     with psycopg.connect(isolated.postgres_conninfo(), autocommit=True) as conn:
         conn.execute(POISON_TRIGGER)
-    ticks = [orjson.dumps({"symbol": "POISON" if i % 97 == 5 else "OK", "price": 2.5, "size": 1, "timestamp_ms": T0 + i})
-             for i in range(3000)]
+    ticks = [
+        orjson.dumps({"symbol": "POISON" if i % 97 == 5 else "OK", "price": 2.5, "size": 1, "timestamp_ms": T0 + i})
+        for i in range(3000)
+    ]
     produce.send(isolated, iter([(b"k%d" % (i % 7), v) for i, v in enumerate(ticks)]))
     env = env_for(isolated, FINPULSE_BATCH_SIZE="50")
     out = finpulse("ingest", "--drain", env=env, timeout=240).stdout

@@ -12,21 +12,28 @@ import time
 import psycopg
 import pytest
 from deltalake import DeltaTable
+from support import ROOT
+from support.cli import env_for, finpulse
+from support.sinks import assert_exactly_once, delta_rows, pg_count, pg_rows, produced
 
-from conftest import ROOT, assert_exactly_once, delta_rows, env_for, finpulse, pg_count, pg_rows, produced
 from finpulse import produce, source
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
 # Messages no feed can read: each must land in prices_rejected exactly once, whoever reads it.
-BAD = [b"\xff\xfe not utf-8", b'{"symbol": "A", "price"', b"null", b"{}",
-       b'{"symbol":"A","price":-1,"size":1,"timestamp_ms":1700000000000}']
+BAD = [
+    b"\xff\xfe not utf-8",
+    b'{"symbol": "A", "price"',
+    b"null",
+    b"{}",
+    b'{"symbol":"A","price":-1,"size":1,"timestamp_ms":1700000000000}',
+]
 
 
 def send(s, count: int, bad: list[bytes] = ()) -> None:
     """`count` ticks of the seeded walk (as `finpulse produce` sends them), `bad` in the middle."""
     good = list(produce.encoded(produce.ticks(count)))
-    produce.send(s, iter(good[: count // 2] + [(b"bad%d" % i, v) for i, v in enumerate(bad)] + good[count // 2:]))
+    produce.send(s, iter(good[: count // 2] + [(b"bad%d" % i, v) for i, v in enumerate(bad)] + good[count // 2 :]))
 
 
 def delta_version(s) -> int:
@@ -48,8 +55,14 @@ def test_replaying_an_ingested_range_twice_changes_nothing(isolated):
     env = env_for(isolated)
     send(isolated, 30_000, BAD)
     finpulse("ingest", "--drain", env=env)
+
     def contents():
-        return sorted(pg_rows(isolated)), sorted(rejects(isolated)), sorted(delta_rows(isolated)), delta_version(isolated)
+        return (
+            sorted(pg_rows(isolated)),
+            sorted(rejects(isolated)),
+            sorted(delta_rows(isolated)),
+            delta_version(isolated),
+        )
 
     before = contents()
     assert len(before[1]) == len(BAD)
@@ -131,9 +144,11 @@ def test_from_timestamp_starts_each_partition_at_the_first_later_message(isolate
     finpulse("ingest", "--drain", env=env)
     landed = sorted(pg_rows(isolated))
     with psycopg.connect(isolated.postgres_conninfo(), autocommit=True) as conn:
-        later = conn.execute("DELETE FROM prices_raw r USING unnest(%s::int[], %s::bigint[]) AS f(p, o) "
-                             "WHERE r.kafka_partition = f.p AND r.kafka_offset >= f.o",
-                             (list(first), list(first.values()))).rowcount
+        later = conn.execute(
+            "DELETE FROM prices_raw r USING unnest(%s::int[], %s::bigint[]) AS f(p, o) "
+            "WHERE r.kafka_partition = f.p AND r.kafka_offset >= f.o",
+            (list(first), list(first.values())),
+        ).rowcount
     assert later == 10_000
     out = finpulse("replay", "--from-timestamp", iso, "--sink", "postgres", env=env).stdout
     assert "replayed 10,000 messages" in out and "postgres +10,000 rows" in out
@@ -151,8 +166,15 @@ def test_replay_while_ingest_and_a_live_feed_run_ends_exact(isolated):
     removed = removed["num_deleted_rows"]
 
     def background(*args: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "finpulse", *args], env=env, cwd=ROOT, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "finpulse", *args],
+            env=env,
+            cwd=ROOT,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     ingest = background("ingest", "--workers", "2")
     feed = background("produce", "--count", "30000", "--rate", "10000", "--seed", "8")
@@ -192,8 +214,9 @@ def test_replay_while_ingest_and_a_live_feed_run_ends_exact(isolated):
     ],
 )
 def test_bad_flag_combinations_give_one_line(args, needle, tmp_path):
-    proc = finpulse(*args, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "COLUMNS": "200"}, check=False,
-                    timeout=60)
+    proc = finpulse(
+        *args, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "COLUMNS": "200"}, check=False, timeout=60
+    )
     assert proc.returncode == 2 and needle in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 

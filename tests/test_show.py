@@ -8,8 +8,9 @@ from datetime import datetime
 
 import orjson
 import pytest
+from support.cli import env_for, finpulse
+from support.sinks import KEY_COLUMNS, delta_rows, pg_rows
 
-from conftest import KEY_COLUMNS, delta_rows, env_for, finpulse, pg_rows
 from finpulse import produce
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]

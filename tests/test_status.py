@@ -5,14 +5,24 @@ from __future__ import annotations
 import json
 
 import pytest
+from support.cli import env_for, finpulse
 
-from conftest import env_for, finpulse
 from finpulse import source
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
-PARTITION_KEYS = {"partition", "low", "high", "committed", "committed_lag", "postgres_position", "postgres_lag",
-                  "delta_position", "delta_lag", "rejected"}
+PARTITION_KEYS = {
+    "partition",
+    "low",
+    "high",
+    "committed",
+    "committed_lag",
+    "postgres_position",
+    "postgres_lag",
+    "delta_position",
+    "delta_lag",
+    "rejected",
+}
 TOTAL_KEYS = {"messages", "committed_lag", "postgres_lag", "delta_lag", "rejected"}
 
 
@@ -55,8 +65,7 @@ def test_status_json_before_and_after_a_drain(isolated):
         high = marks[p["partition"]][1]
         assert p["postgres_position"] == p["delta_position"] == p["committed"] == high
         assert p["postgres_lag"] == p["delta_lag"] == p["committed_lag"] == 0
-    assert after["totals"] == {"messages": 20_006, "committed_lag": 0, "postgres_lag": 0, "delta_lag": 0,
-                               "rejected": 3}
+    assert after["totals"] == {"messages": 20_006, "committed_lag": 0, "postgres_lag": 0, "delta_lag": 0, "rejected": 3}
     assert after["delta"]["version"] >= 1 and after["delta"]["files"] >= 1 and after["delta"]["bytes"] > 0
     assert after["postgres"] == {"server": isolated.postgres_display(), "schema": isolated.postgres_schema}
 

@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import delta_rows, env_for, finpulse, pg_count, pg_rows, produced
-from test_ingest import start_ingest
+from support.cli import env_for, finpulse, start_ingest
+from support.sinks import delta_rows, pg_count, pg_rows, produced
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
@@ -125,8 +124,9 @@ def test_ingest_waits_for_an_unreachable_kafka_and_stops_promptly_on_sigterm(bas
 
 
 def test_ingest_of_a_missing_topic_still_stops_at_once(kafka):
-    proc = finpulse("ingest", "--drain", "--topic", "finpulse-no-such-topic", env=env_for(kafka), check=False,
-                    timeout=60)
+    proc = finpulse(
+        "ingest", "--drain", "--topic", "finpulse-no-such-topic", env=env_for(kafka), check=False, timeout=60
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "'finpulse-no-such-topic' does not exist" in proc.stderr
     assert "not reachable yet" not in proc.stdout + proc.stderr

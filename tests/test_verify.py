@@ -8,8 +8,9 @@ import psycopg
 import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable, write_deltalake
+from support.cli import env_for, finpulse
+from support.sinks import assert_exactly_once, delta_rows, pg_rows, produced
 
-from conftest import assert_exactly_once, delta_rows, env_for, finpulse, pg_rows, produced
 from finpulse import produce
 from finpulse.sinks.delta import with_partition_column
 
@@ -30,8 +31,12 @@ def test_verify_finds_a_deleted_tenth_and_repair_restores_it(isolated):
 
     with psycopg.connect(isolated.postgres_conninfo(), autocommit=True) as conn:
         conn.execute("SELECT setseed(0.7)")
-        gone = {r[0:3] for r in conn.execute(
-            "DELETE FROM prices_raw WHERE random() < 0.1 RETURNING kafka_partition, kafka_offset, tick_index")}
+        gone = {
+            r[0:3]
+            for r in conn.execute(
+                "DELETE FROM prices_raw WHERE random() < 0.1 RETURNING kafka_partition, kafka_offset, tick_index"
+            )
+        }
     table = DeltaTable(isolated.delta_uri)
     removed = table.delete("(kafka_offset * 7919 + kafka_partition * 104729) % 10 = 3")["num_deleted_rows"]
     assert 3_000 < len(gone) < 7_000 and 3_000 < removed < 7_000
@@ -65,11 +70,15 @@ def test_verify_counts_rejects_and_reports_duplicates_and_strays(isolated):
     assert counts(exact, "postgres") == counts(exact, "delta") == {"missing": 0, "duplicated": 0, "unexpected": 0}
 
     with psycopg.connect(isolated.postgres_conninfo(), autocommit=True) as conn:
-        reject = conn.execute("DELETE FROM prices_rejected WHERE kafka_offset = (SELECT min(kafka_offset) "
-                              "FROM prices_rejected) RETURNING kafka_partition, kafka_offset, tick_index").fetchone()
+        reject = conn.execute(
+            "DELETE FROM prices_rejected WHERE kafka_offset = (SELECT min(kafka_offset) "
+            "FROM prices_rejected) RETURNING kafka_partition, kafka_offset, tick_index"
+        ).fetchone()
         # a row the topic never carried: every message holds one tick, so tick_index 7 is a stray
-        conn.execute("INSERT INTO prices_raw SELECT symbol, price, size, timestamp_ms, trade_time, exchange, side, "
-                     "broker_time, 0, 5, 7 FROM prices_raw LIMIT 1")
+        conn.execute(
+            "INSERT INTO prices_raw SELECT symbol, price, size, timestamp_ms, trade_time, exchange, side, "
+            "broker_time, 0, 5, 7 FROM prices_raw LIMIT 1"
+        )
     table = DeltaTable(isolated.delta_uri)
     twice = table.to_pyarrow_dataset().to_table(filter=pc.field("kafka_partition") == 1).slice(0, 3)
     twice = twice.drop_columns(["trade_date"])

@@ -1,0 +1,78 @@
+"""Running the real `finpulse` CLI in subprocesses, as a user would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from finpulse.config import Settings
+from support import ROOT
+
+
+def env_for(s: Settings, **extra: str) -> dict[str, str]:
+    """Environment that makes a `finpulse` subprocess use the same topic, schema and table as `s`."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("KAFKA_", "POSTGRES_", "DELTA_", "AZURE_", "FINPULSE_"))
+    }
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=s.kafka_bootstrap_servers,
+        KAFKA_TOPIC=s.kafka_topic,
+        KAFKA_GROUP_ID=s.kafka_group_id,
+        POSTGRES_HOST=s.postgres_host,
+        POSTGRES_PORT=str(s.postgres_port),
+        POSTGRES_DB=s.postgres_db,
+        POSTGRES_USER=s.postgres_user,
+        POSTGRES_SCHEMA=s.postgres_schema,
+        POSTGRES_PASSWORD=s.postgres_password.get_secret_value() if s.postgres_password else "",
+        DELTA_TABLE_URI=s.delta_uri,
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def finpulse(
+    *args: str, env: dict[str, str], check: bool = True, timeout: float = 300, **kw
+) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess, as a user would."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "finpulse", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"finpulse {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def start_ingest(env, *args) -> subprocess.Popen:
+    """`finpulse ingest` in its own process group, so a test can kill the whole group."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "finpulse", "ingest", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    """Wait for a `start_ingest` run to end by itself and succeed; its output. A hang kills the group."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"ingest still running after {timeout}s:\n{out[-6000:]}") from None
+    assert proc.returncode == 0, f"ingest exited {proc.returncode}:\n{out[-4000:]}"
+    return out
