@@ -81,8 +81,9 @@ def delta_latencies(uri: str) -> list[float]:
         actions = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
         when = next((a["commitInfo"]["timestamp"] for a in actions if "commitInfo" in a), None)
         for a in actions:
-            if "txn" in a and when is not None:
-                steps.setdefault(int(a["txn"]["appId"].rsplit(":", 1)[1]), []).append((a["txn"]["version"], when))
+            tail = a["txn"]["appId"].rsplit(":", 1)[1] if "txn" in a else ""
+            if tail.isdigit() and when is not None:  # a partition's position, not the topic-id record
+                steps.setdefault(int(tail), []).append((a["txn"]["version"], when))
     table = DeltaTable(uri).to_pyarrow_dataset().to_table(columns=["kafka_partition", "kafka_offset", "timestamp_ms"])
     out = []
     for p, o, ts in zip(*(table.column(c).to_pylist() for c in table.column_names)):

@@ -101,7 +101,8 @@ def _refuses_data(exc: Exception) -> bool:
 
 def topic_app_id(topic: str) -> str:
     """The `txn` application id whose version is the fingerprint of the topic's Kafka id."""
-    return f"finpulse:{topic}:topic-id"
+    # Its own prefix: tools that read `finpulse:<topic>:<partition>` as positions never meet it.
+    return f"finpulse-topic-id:{topic}"
 
 
 class DeltaSink:
