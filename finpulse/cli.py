@@ -10,6 +10,20 @@ import typer
 from rich.console import Console
 
 from finpulse import views
+from finpulse.cli_options import (
+    AllowDataLoss,
+    Bootstrap,
+    DeltaUri,
+    Feed,
+    FromOffset,
+    FromTime,
+    Partitions,
+    SinkChoice,
+    Strict,
+    ToOffset,
+    Topic,
+    ToTime,
+)
 from finpulse.config import Settings, load_settings
 from finpulse.errors import ConfigError, FinpulseError
 
@@ -23,26 +37,6 @@ app = typer.Typer(
 )
 err = Console(stderr=True, soft_wrap=True)  # an error is one line, however narrow the terminal
 out = Console(soft_wrap=True)
-
-# Options shared by several commands; each names the variable it overrides.
-Topic = Annotated[Optional[str], typer.Option("--topic", help="Kafka topic (env KAFKA_TOPIC, default raw_prices)")]
-Bootstrap = Annotated[
-    Optional[str],
-    typer.Option("--bootstrap-servers", help="Kafka brokers (env KAFKA_BOOTSTRAP_SERVERS, default localhost:29092)"),
-]
-AllowDataLoss = Annotated[
-    bool,
-    typer.Option(
-        "--allow-data-loss",
-        help="When a sink's position lies outside the topic (a recreated topic, or messages "
-        "retention deleted before they were ingested), go on from the earliest offset still held and record the "
-        "gap instead of stopping (env FINPULSE_ALLOW_DATA_LOSS).",
-        show_default=False,
-    ),
-]
-DeltaUri = Annotated[
-    Optional[str], typer.Option("--delta-uri", help="Delta table: a path or abfss:// URI (env DELTA_TABLE_URI)")
-]
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -226,48 +220,6 @@ def show(
         views.print_json(out, showing.as_json(landed))
     else:
         views.landed(out, landed)
-
-
-# ------------------------------------------------------------------ replay, status, verify
-Partitions = Annotated[
-    Optional[list[int]],
-    typer.Option(
-        "--partition", "-p", min=0, help="Only this partition; repeat for several (default: every partition)."
-    ),
-]
-FromOffset = Annotated[
-    Optional[int],
-    typer.Option(
-        min=0, help="Start at this offset in each chosen partition (older than the oldest retained: from there)."
-    ),
-]
-ToOffset = Annotated[
-    Optional[int],
-    typer.Option(
-        min=1, help="Stop before this offset (exclusive) in each chosen partition (default: the high watermark now)."
-    ),
-]
-FromTime = Annotated[
-    Optional[str],
-    typer.Option(
-        help="Start at each partition's first message stamped at or after this time: ISO-8601 (UTC unless it "
-        "names an offset) or epoch milliseconds."
-    ),
-]
-ToTime = Annotated[
-    Optional[str],
-    typer.Option(help="Stop before each partition's first message stamped at or after this time (exclusive)."),
-]
-SinkChoice = Annotated[
-    Optional[str], typer.Option("--sink", "--sinks", help="all, postgres or delta (env FINPULSE_SINKS, default all).")
-]
-Feed = Annotated[
-    Optional[str],
-    typer.Option(
-        "--format", help="Decode with one feed shape, as `ingest --format` did (default: detect per message)."
-    ),
-]
-Strict = Annotated[bool, typer.Option("--strict", help="Reject non-trade events, as `ingest --strict` did.")]
 
 
 def _spans(s: Settings, partition, from_offset, to_offset, from_timestamp, to_timestamp, start_required: bool):

@@ -1,4 +1,5 @@
-"""PostgreSQL sink: binary COPY into prices_raw, rejects and offsets in the same transaction."""
+"""PostgreSQL sink: binary COPY into prices_raw, rejects and offsets in the same transaction.
+Its tables and its error table (SQLSTATE -> our errors) are in postgres_setup.py."""
 
 from __future__ import annotations
 
@@ -16,21 +17,19 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from finpulse.batch import Offsets, TickBatch
 from finpulse.checks import clean_reason
 from finpulse.config import Settings
-from finpulse.errors import ServiceUnavailable, SinkRejected, first_line
+from finpulse.errors import first_line
 from finpulse.records import Reject
 from finpulse.schema import (
     GAPS_TABLE,
     LAST_ORDER,
     OFFSETS_TABLE,
-    PG_DDL,
-    PG_INDEXES,
     PRICES_TABLE,
     REJECTS_TABLE,
     TICKS,
-    pg_type,
 )
 from finpulse.sinks import pgcopy
 from finpulse.sinks.base import Filled, Summary, Written
+from finpulse.sinks.postgres_setup import classify, create_tables
 
 log = logging.getLogger(__name__)
 
@@ -67,73 +66,8 @@ _SUMMARY = (
 )
 _GAPS = f"SELECT kafka_partition, from_offset, to_offset, reason FROM {GAPS_TABLE} WHERE topic = %s ORDER BY 1, 2"
 
-# SQLSTATE classes that heal by themselves: connection trouble (08), the server shutting down or
-# starting (57P), too many connections / out of resources (53), and conflicts with another writer
-# (40: serialization/deadlock; 23505: a concurrent first write of the same partition).
-_TRANSIENT_CLASSES = ("08", "53", "57", "40", "58")
 # One row of a binary COPY of (bigint, integer): field count, then length + value per field.
 _PG_KEY = np.dtype([("n", ">i2"), ("len0", ">i4"), ("offset", ">i8"), ("len1", ">i4"), ("index", ">i4")])
-
-
-def _classify(exc: Exception, what: str) -> Exception:
-    state = getattr(exc, "sqlstate", None) or ""
-    if isinstance(exc, (PoolTimeout, psycopg.OperationalError)) and not state.startswith("28"):
-        return ServiceUnavailable(
-            f"PostgreSQL connection failed while {what}: {first_line(exc)} "
-            "(check that it runs and the POSTGRES_* settings)"
-        )
-    if state.startswith(_TRANSIENT_CLASSES) or isinstance(exc, pgerr.UniqueViolation):
-        return ServiceUnavailable(f"PostgreSQL busy while {what} ({state}): {first_line(exc)}")
-    hint = {
-        "28": "check POSTGRES_USER and POSTGRES_PASSWORD",
-        "42": "run `finpulse init`, or fix the table so it has the columns of the canonical schema",
-    }.get(state[:2], "see the PostgreSQL log")
-    return SinkRejected(f"PostgreSQL refused {what} ({state or type(exc).__name__}): {first_line(exc)}; {hint}")
-
-
-def create_tables(conninfo: str, schema: str) -> list[str]:
-    """Create the schema and tables if absent; return the names of those that were created."""
-    try:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-            existing = {
-                r[0]
-                for r in conn.execute(
-                    "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,)
-                )
-            }
-            for ddl in PG_DDL:
-                conn.execute(ddl)
-            columns: dict[str, str] = dict(
-                conn.execute(
-                    "SELECT column_name, format_type(atttypid, atttypmod) FROM information_schema.columns c "
-                    "JOIN pg_attribute a ON a.attrelid = (quote_ident(c.table_schema) || '.' || quote_ident(c.table_name))::regclass "
-                    "AND a.attname = c.column_name WHERE c.table_schema = %s AND c.table_name = %s",
-                    (schema, PRICES_TABLE),
-                ).fetchall()
-            )
-            _check_columns(columns, f"{schema}.{PRICES_TABLE}")
-            for ddl in PG_INDEXES:
-                conn.execute(ddl)
-    except psycopg.Error as exc:
-        raise _classify(exc, "creating tables") from None
-    return [t for t in (PRICES_TABLE, REJECTS_TABLE, OFFSETS_TABLE) if t not in existing]
-
-
-def _check_columns(have: dict[str, str], table: str) -> None:
-    """SinkRejected when an existing prices_raw cannot take our rows."""
-    problems = []
-    for f in TICKS:
-        want = pg_type(f.type)
-        if f.name not in have:
-            problems.append(f"no column {f.name} ({want})")
-        elif have[f.name] != want:
-            problems.append(f"{f.name} is {have[f.name]}, not {want}")
-    if problems:
-        raise SinkRejected(
-            f"{table} cannot take FinPulse rows: {'; '.join(problems)}; "
-            "migrate it or set POSTGRES_SCHEMA to a new schema"
-        )
 
 
 # --------------------------------------------------------------------- replay: insert what is missing
@@ -205,7 +139,7 @@ class PostgresSink:
             with self.pool.connection(timeout=10) as conn:
                 rows = conn.execute(_HELD, (self.topic, list(partitions))).fetchall()
         except (psycopg.Error, PoolTimeout) as exc:
-            raise _classify(exc, "reading offsets") from None
+            raise classify(exc, "reading offsets") from None
         return {p: n for p, n in rows}
 
     def topic_keys(self, partitions: Iterable[int]) -> dict[int, int]:
@@ -215,7 +149,7 @@ class PostgresSink:
             with self.pool.connection(timeout=10) as conn:
                 rows = conn.execute(_TOPIC_IDS, (self.topic, list(partitions))).fetchall()
         except (psycopg.Error, PoolTimeout) as exc:
-            raise _classify(exc, "reading topic ids") from None
+            raise classify(exc, "reading topic ids") from None
         return {p: fingerprint(t) for p, t in rows}
 
     def accept_gaps(self, gaps: list, topic_id: str | None) -> None:
@@ -232,7 +166,7 @@ class PostgresSink:
                         (self.topic, topic_id, [g.partition for g in gaps], [g.target for g in gaps]),
                     )
         except (psycopg.Error, PoolTimeout) as exc:
-            raise _classify(exc, "recording a gap") from None
+            raise classify(exc, "recording a gap") from None
 
     def gaps(self) -> list[tuple[int, int, int, str]]:
         """(partition, from_offset, to_offset, reason) of every gap accepted on this topic."""
@@ -240,7 +174,7 @@ class PostgresSink:
             with self.pool.connection(timeout=10) as conn:
                 return [tuple(r) for r in conn.execute(_GAPS, (self.topic,)).fetchall()]
         except (psycopg.Error, PoolTimeout) as exc:
-            raise _classify(exc, "reading gaps") from None
+            raise classify(exc, "reading gaps") from None
 
     def write(self, batch: TickBatch) -> Written:
         try:
@@ -253,11 +187,11 @@ class PostgresSink:
                 first_line(exc),
             )
         except (psycopg.Error, PoolTimeout) as exc:
-            raise _classify(exc, f"writing {batch.ticks.num_rows} rows") from None
+            raise classify(exc, f"writing {batch.ticks.num_rows} rows") from None
         try:
             return self._write(batch, narrow=True)
         except (psycopg.Error, PoolTimeout) as exc:
-            raise _classify(exc, f"writing {batch.ticks.num_rows} rows") from None
+            raise classify(exc, f"writing {batch.ticks.num_rows} rows") from None
 
     def _write(self, batch: TickBatch, narrow: bool) -> Written:
         """One transaction: lock the partitions, skip what is held, COPY rows and rejects, advance.
@@ -311,7 +245,7 @@ class PostgresSink:
             with self.pool.connection(timeout=10) as conn, conn.cursor().copy(query) as copy:
                 data = b"".join(bytes(chunk) for chunk in copy)
         except (psycopg.Error, PoolTimeout) as exc:
-            raise _classify(exc, f"reading {table}") from None
+            raise classify(exc, f"reading {table}") from None
         if len(data) <= len(pgcopy.HEADER):
             data = pgcopy.HEADER + pgcopy.TRAILER
         rows = np.frombuffer(
@@ -329,7 +263,7 @@ class PostgresSink:
                 rejected = conn.execute(f"SELECT count(*) FROM {REJECTS_TABLE}").fetchone()
                 symbols = conn.execute(_SUMMARY, (limit,)).fetchall()
         except (psycopg.Error, PoolTimeout) as exc:
-            raise _classify(exc, "summarising what landed") from None
+            raise classify(exc, "summarising what landed") from None
         return Summary(
             self.name, rows[0] if rows else 0, rejected[0] if rejected else 0, [tuple(r) for r in symbols], self.where
         )
@@ -346,7 +280,7 @@ class PostgresSink:
                     ).fetchall()
                 )
         except (psycopg.Error, PoolTimeout) as exc:
-            raise _classify(exc, "counting rejects") from None
+            raise classify(exc, "counting rejects") from None
         return {"rejected": {p: counts.get(p, 0) for p in partitions}}
 
     def insert_missing(self, batch: TickBatch) -> Filled:
@@ -380,7 +314,7 @@ class PostgresSink:
                         rejects = cur.rowcount
                 return Filled(rows, rejects, held)
         except (psycopg.Error, PoolTimeout) as exc:
-            raise _classify(exc, f"inserting missing rows of {batch.ticks.num_rows}") from None
+            raise classify(exc, f"inserting missing rows of {batch.ticks.num_rows}") from None
 
 
 def _copy_narrowing(conn: psycopg.Connection, cur: psycopg.Cursor, ticks: pa.Table) -> list[Reject]:

@@ -1,0 +1,166 @@
+"""What the broker says about the topic, and the short-lived clients that ask it: partitions, the
+topic's id, watermarks, offsets for a time, the group's committed offsets, creating the topic.
+source.py holds the long-lived readers (the group consumer and RangeReader)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import uuid
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from finpulse.config import Settings
+from finpulse.errors import ConfigError, ServiceUnavailable
+
+# librdkafka prefetches up to this much per partition while we decode and write; 16 MiB keeps a
+# worker's memory bounded yet lets a consume() call return ~100k ticks at once during a backlog.
+PREFETCH_KBYTES = 16 * 1024
+METADATA_TIMEOUT_S = 10.0
+
+
+def client_config(settings: Settings) -> dict:
+    return {"bootstrap.servers": settings.kafka_bootstrap_servers, "logger": logging.getLogger("librdkafka")}
+
+
+def admin(settings: Settings) -> AdminClient:
+    return AdminClient(client_config(settings))
+
+
+def partitions(settings: Settings, topic: str | None = None, timeout: float = METADATA_TIMEOUT_S) -> list[int]:
+    """Partition ids of the topic; ServiceUnavailable when the broker does not answer within
+    `timeout` seconds."""
+    topic = topic or settings.kafka_topic
+    try:
+        md = admin(settings).list_topics(topic=topic, timeout=timeout)
+    except KafkaException as exc:
+        raise ServiceUnavailable(
+            f"Kafka at {settings.kafka_bootstrap_servers} did not answer: {exc.args[0].str()}; "
+            "is it running? (`scripts/services up` starts the local one)"
+        ) from None
+    meta = md.topics.get(topic)
+    if meta is None or meta.error is not None:
+        if meta is not None and meta.error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+            raise ServiceUnavailable(f"Kafka metadata for {topic}: {meta.error.str()}")
+        raise ConfigError(
+            f"topic {topic!r} does not exist on {settings.kafka_bootstrap_servers}: "
+            "run `finpulse init` (or set KAFKA_TOPIC)"
+        )
+    return sorted(meta.partitions)
+
+
+def topic_id(settings: Settings) -> str | None:
+    """Kafka's id of the topic (a recreated topic gets a new one); None when the broker does not
+    report ids (before Kafka 2.8)."""
+    from confluent_kafka import TopicCollection
+
+    client = admin(settings)  # keep a reference: the futures die with their client
+    try:
+        futures = client.describe_topics(TopicCollection([settings.kafka_topic]), request_timeout=METADATA_TIMEOUT_S)
+        described = futures[settings.kafka_topic].result(timeout=METADATA_TIMEOUT_S)
+    except concurrent.futures.TimeoutError:
+        raise ServiceUnavailable(
+            f"Kafka did not describe topic {settings.kafka_topic} within "
+            f"{METADATA_TIMEOUT_S:.0f}s; is the broker overloaded?"
+        ) from None
+    except KafkaException as exc:
+        if exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            raise ConfigError(
+                f"topic {settings.kafka_topic!r} does not exist on {settings.kafka_bootstrap_servers}: "
+                "run `finpulse init` (or set KAFKA_TOPIC)"
+            ) from None
+        raise ServiceUnavailable(
+            f"Kafka could not describe topic {settings.kafka_topic}: {exc.args[0].str()}"
+        ) from None
+    tid = str(described.topic_id) if described.topic_id is not None else ""
+    return tid if tid and tid != "AAAAAAAAAAAAAAAAAAAAAA" else None  # the all-zero id means "unknown"
+
+
+def create_topic(settings: Settings, num_partitions: int) -> bool:
+    """Create the topic if absent; True when this call created it."""
+    try:
+        partitions(settings)
+        return False
+    except ConfigError:
+        pass
+    client = admin(settings)  # keep a reference: the futures die with their client
+    futures = client.create_topics([NewTopic(settings.kafka_topic, num_partitions, 1)])
+    try:
+        futures[settings.kafka_topic].result(timeout=30)
+    except KafkaException as exc:
+        if exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            return False
+        raise ServiceUnavailable(f"cannot create topic {settings.kafka_topic}: {exc.args[0].str()}") from None
+    return True
+
+
+def watermarks(settings: Settings, parts: list[int] | None = None) -> dict[int, tuple[int, int]]:
+    """(low, high) watermark per partition, straight from the broker."""
+    parts = partitions(settings) if parts is None else parts
+    c = outsider(settings, "probe")
+    try:
+        out = {}
+        for p in parts:
+            out[p] = c.get_watermark_offsets(TopicPartition(settings.kafka_topic, p), timeout=METADATA_TIMEOUT_S)
+        return out
+    except KafkaException as exc:
+        raise ServiceUnavailable(f"Kafka watermarks: {exc.args[0].str()}") from None
+    finally:
+        c.close()
+
+
+def outsider(settings: Settings, purpose: str) -> Consumer:
+    """A consumer that never joins or commits to a group (its group id is unique and unused): what
+    replay, verify and status read with, so the live ingester never notices them."""
+    return Consumer(
+        {
+            **client_config(settings),
+            "group.id": f"{settings.kafka_group_id}.{purpose}-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",  # a start that retention deleted meanwhile: the oldest left
+            "queued.max.messages.kbytes": PREFETCH_KBYTES,
+            # A new range is assigned only after the broker answers the fetch in flight; its long-poll
+            # default (500 ms) would then stall every window of `verify`. Reads are short-lived, so a
+            # 20 ms poll at the end of a partition costs little.
+            "fetch.wait.max.ms": 20,
+            "client.id": f"finpulse-{purpose}",
+        }
+    )
+
+
+def offsets_for_time(settings: Settings, parts: list[int], timestamp_ms: int) -> dict[int, int]:
+    """Per partition, the first offset whose record timestamp is >= timestamp_ms (the broker's
+    offsets_for_times); the high watermark when every record is older."""
+    c = outsider(settings, "probe")
+    try:
+        found = c.offsets_for_times(
+            [TopicPartition(settings.kafka_topic, p, timestamp_ms) for p in parts], timeout=METADATA_TIMEOUT_S
+        )
+        out = {}
+        for tp in found:
+            if tp.error is not None:
+                raise ServiceUnavailable(f"Kafka offsets for time, partition {tp.partition}: {tp.error.str()}")
+            if tp.offset < 0:  # nothing at or after that time
+                _, tp.offset = c.get_watermark_offsets(tp, timeout=METADATA_TIMEOUT_S)
+            out[tp.partition] = tp.offset
+        return out
+    except KafkaException as exc:
+        raise ServiceUnavailable(f"Kafka offsets for time: {exc.args[0].str()}") from None
+    finally:
+        c.close()
+
+
+def committed(settings: Settings, parts: list[int]) -> dict[int, int | None]:
+    """KAFKA_GROUP_ID's committed offset per partition (None: never committed). Only asks the group
+    coordinator; it does not join the group."""
+    c = Consumer({**client_config(settings), "group.id": settings.kafka_group_id, "enable.auto.commit": False})
+    try:
+        found = c.committed([TopicPartition(settings.kafka_topic, p) for p in parts], timeout=METADATA_TIMEOUT_S)
+    except KafkaException as exc:
+        raise ServiceUnavailable(f"Kafka committed offsets of {settings.kafka_group_id}: {exc.args[0].str()}") from None
+    finally:
+        c.close()
+    return {tp.partition: tp.offset if tp.offset >= 0 else None for tp in found}
