@@ -2,7 +2,7 @@
 must exit 0 and both sinks must hold every produced tick exactly once.
 
 The shared services are never stopped: a scenario that takes a service down runs against a private
-instance of it (tests/private_stack.py, started from the binaries `scripts/services up` installs),
+instance of it (tests/support/private/, started from the binaries `scripts/services up` installs),
 and uses the shared ones for the rest. Each scenario has its own topic, consumer group, PostgreSQL
 schema and Delta table, so runs of other tests on the shared services cannot rebalance it.
 """
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from private_stack import PrivateAzurite, PrivateKafka, PrivatePostgres, running
 from support import ROOT
 from support.cli import env_for, finpulse
+from support.private import PrivateAzurite, PrivateKafka, PrivatePostgres, running
 from support.sinks import VALUE_COLUMNS, assert_exactly_once, delta_rows, pg_rows, produced
 
 from finpulse import source
@@ -42,7 +42,7 @@ WAIT_S = 60
 
 # ---------------------------------------------------------------------------- private services
 # Session-scoped and lazy: a service starts only when a scenario asks for it, and is stopped at the
-# end of the session even when a test fails (private_stack also stops it at interpreter exit).
+# end of the session even when a test fails (support.private also stops it at interpreter exit).
 # Their binaries are those `scripts/services up` installs (Debian's PostgreSQL, the Kafka jars in
 # .stack/kafka/libs, Azurite in .stack/azurite); a missing one fails the test with that hint.
 @pytest.fixture(scope="module")

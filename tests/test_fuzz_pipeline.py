@@ -1,4 +1,4 @@
-"""Issue #9, nothing a message can do stops ingestion: hostile messages (tests/hostile.py) through
+"""Issue #9, nothing a message can do stops ingestion: hostile messages (tests/support/hostile/) through
 the decoder, and through the whole pipeline (Kafka -> `finpulse ingest --drain --strict` ->
 PostgreSQL and Delta -> `finpulse verify --strict`).
 
@@ -17,9 +17,9 @@ import threading
 import time
 from pathlib import Path
 
-import hostile
 import psycopg
 import pytest
+from support import hostile
 from support.cli import env_for, finpulse
 
 from finpulse.normalize import MAX_FUTURE_US, MIN_TIMESTAMP_US, Decoder, Messages
