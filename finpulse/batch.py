@@ -164,3 +164,17 @@ class Accumulator:
 def reject_nbytes(r: Reject) -> int:
     """What a reject keeps in memory, roughly: its raw message and its reason."""
     return len(r.raw or b"") + len(r.reason)
+
+
+@dataclass(frozen=True)
+class FlushPolicy:
+    """When a lane writes what is queued: at once (interval 0: PostgreSQL, the low-latency store),
+    or `interval_s` after its last write unless `max_ticks` pile up first (Delta: one commit, one
+    file per date, per interval on a trickle; large writes on a backlog). A read (`call`), a
+    rebalance or a stop (`wait_idle`) writes at once."""
+
+    interval_s: float = 0.0
+    max_ticks: int = 0
+
+    def due(self, queued: int, since_last_write: float) -> bool:
+        return self.interval_s <= 0 or since_last_write >= self.interval_s or queued >= self.max_ticks

@@ -289,6 +289,28 @@ def replay(
 
 
 @app.command()
+def maintain(
+    target_file_mb: Annotated[
+        int, typer.Option(min=1, max=4096, help="Compact each date partition's small files toward this size.")
+    ] = 128,
+    retention_hours: Annotated[
+        int,
+        typer.Option(
+            min=168, help="Vacuum keeps files removed less than this long ago (Delta's minimum and default: 7 days)."
+        ),
+    ] = 168,
+    sinks: SinkChoice = None,
+    delta_uri: DeltaUri = None,
+) -> None:
+    """Keep the tables fast: compact Delta's small files per date partition, checkpoint, clean expired
+    log entries and vacuum (PostgreSQL: refresh statistics). Safe next to a running ingest."""
+    from finpulse import maintain as maintaining
+
+    s = settings(sinks=sinks, delta_table_uri=delta_uri)
+    views.maintained(out, maintaining.run(s, target_file_mb << 20, retention_hours))
+
+
+@app.command()
 def status(
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object on stdout, keys as in docs/operations.md.")

@@ -78,6 +78,25 @@ class Settings(BaseSettings):
     # stops ingest and replay with one line instead of skipping messages silently. On: carry on
     # from the earliest offset still held and record the gap (status and verify report it).
     allow_data_loss: bool = Field(False, validation_alias=AliasChoices("FINPULSE_ALLOW_DATA_LOSS", "allow_data_loss"))
+    # Delta's own flush policy (PostgreSQL keeps batch size and linger, it is the low-latency store):
+    # a commit at most every second per worker, so a live trickle makes one file per date partition
+    # per second instead of one per batch of 5; a backlog still commits as soon as this many ticks
+    # wait, so it drains in large writes (100k ticks are ~20 MB of Arrow rows, one Parquet file).
+    delta_flush_ms: int = Field(
+        1000, ge=0, le=600_000, validation_alias=AliasChoices("FINPULSE_DELTA_FLUSH_MS", "delta_flush_ms")
+    )
+    delta_flush_ticks: int = Field(
+        100_000, ge=1, validation_alias=AliasChoices("FINPULSE_DELTA_FLUSH_TICKS", "delta_flush_ticks")
+    )
+    # Background compaction during ingest: when this many Delta files are small (under 16 MiB),
+    # pack them. 200 files is a few minutes of a trickle with 4 workers; 0 turns it off (then run
+    # `finpulse maintain` on a schedule). Checked every FINPULSE_AUTO_COMPACT_EVERY_S seconds.
+    auto_compact_files: int = Field(
+        200, ge=0, validation_alias=AliasChoices("FINPULSE_AUTO_COMPACT_FILES", "auto_compact_files")
+    )
+    auto_compact_every_s: float = Field(
+        60.0, gt=0, le=86_400, validation_alias=AliasChoices("FINPULSE_AUTO_COMPACT_EVERY_S", "auto_compact_every_s")
+    )
     # Which sinks ingest writes to: "all" (the product), or one kind of finpulse.sinks.KINDS
     # (postgres, delta) alone, for a back-fill or a deployment that needs only one of them.
     sinks: str = Field("all", validation_alias=AliasChoices("FINPULSE_SINKS", "sinks"))

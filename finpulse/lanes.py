@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from finpulse.backoff import Backoff
-from finpulse.batch import Offsets, TickBatch
+from finpulse.batch import FlushPolicy, Offsets, TickBatch
 from finpulse.errors import ServiceUnavailable
 from finpulse.sinks import Sink, Written
 
@@ -50,8 +50,11 @@ class _Call:
 
 
 class Lane:
-    def __init__(self, sink: Sink):
+    def __init__(self, sink: Sink, policy: FlushPolicy | None = None):
         self.sink = sink
+        self.policy = policy or FlushPolicy()
+        self._last_write = float("-inf")  # monotonic time the last write started
+        self._hurry = 0  # callers in wait_idle: write what is queued now
         self.positions: Offsets = {}  # what the sink holds, as of its last write
         self.rows = 0  # rows this lane wrote (ticks, not rejects)
         self.rejects = 0
@@ -105,12 +108,17 @@ class Lane:
         """Block until everything submitted is durable (True) or the timeout passes (False)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while (self._queue or self._busy) and self.failure is None:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._cond.wait(left)
-            return self.failure is None
+            self._hurry += 1
+            self._cond.notify_all()
+            try:
+                while (self._queue or self._busy) and self.failure is None:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    self._cond.wait(left)
+                return self.failure is None
+            finally:
+                self._hurry -= 1
 
     def close(self) -> None:
         self._closing.set()
@@ -122,11 +130,15 @@ class Lane:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closing.is_set():
-                    self._cond.wait()
+                while not self._closing.is_set():
+                    if self._queue and self._due():
+                        break
+                    left = self.policy.interval_s - (time.monotonic() - self._last_write)
+                    self._cond.wait(max(left, 0.001) if self._queue else None)
                 if not self._queue:
                     return
                 items, self._queue, self._busy = self._queue, [], True
+                self._last_write = time.monotonic()
             batches: list[TickBatch] = []
             for item in [*items, None]:  # consecutive batches go out as one write; calls in between
                 if isinstance(item, TickBatch):
@@ -141,6 +153,12 @@ class Lane:
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
+
+    def _due(self) -> bool:
+        """The flush rule of this lane (FlushPolicy), with the reasons to write at once."""
+        if self._hurry or any(isinstance(item, _Call) for item in self._queue):
+            return True
+        return self.policy.due(self.waiting, time.monotonic() - self._last_write)
 
     def _write_all(self, batches: list[TickBatch]) -> bool:
         """Write `batches` as one; False when the lane failed (the failure is kept for the worker)."""

@@ -20,6 +20,7 @@ from rich.console import Console
 from finpulse import deadletter, resume, source
 from finpulse.backoff import Backoff
 from finpulse.batch import Offsets
+from finpulse.compactor import Compactor
 from finpulse.config import Settings
 from finpulse.errors import FinpulseError, ServiceUnavailable, WorkerFailed
 from finpulse.progress import Progress, Totals
@@ -122,6 +123,7 @@ def run(
     # sinks decide, not the workers: a worker may be assigned nothing for a while (another run of
     # the group, or members killed moments ago, hold the partitions) without anything being done.
     drained = _DrainCheck(settings, targets) if targets is not None else None
+    compactor = Compactor.start_if_enabled(settings)
     try:
         for i in range(n):
             spawn(i)
@@ -181,6 +183,8 @@ def run(
                 p.kill()
         for sig, handler in old.items():
             signal.signal(sig, handler)
+        if compactor is not None:
+            compactor.stop()
         listener.stop()
         if drained is not None:
             drained.close()

@@ -133,13 +133,31 @@ def replayed(out: Console, report: Report, partitions: int, topic: str) -> None:
     )
 
 
+# ---------------------------------------------------------------------------- maintain
+def maintained(out: Console, done: dict[str, dict]) -> None:
+    for name, report in done.items():
+        if "before" not in report:  # a sink with nothing to compact: say what it did
+            out.print(f"{name}: {', '.join(f'{k} {v}' for k, v in report.items())}", highlight=False)
+            continue
+        before, after = report["before"], report["after"]
+        out.print(
+            f"{name}: compacted {report['files_removed']:,} files into {report['files_added']:,} in "
+            f"{report['partitions']:,} date partitions; checkpoint at version {report['checkpoint']:,}; "
+            f"vacuumed {report['vacuumed']:,} files; live files {before['files']:,} -> {after['files']:,} "
+            f"({before['small_files']:,} -> {after['small_files']:,} small)",
+            highlight=False,
+        )
+
+
 # ---------------------------------------------------------------------------- status
 def status(out: Console, data: dict, topic: str, group_id: str) -> None:
     """`data`: Status.as_json(), so the table and `status --json` never disagree."""
     d = data["delta"]
     t = Table(
         title=f"{topic} (group {group_id}); Delta version {_num(d['version'])}, "
-        f"{_num(d['files'])} files, {_num(d['bytes'])} bytes",
+        f"{_num(d['files'])} files ({_num(d.get('small_files'))} small), {_num(d['bytes'])} bytes, "
+        f"last compaction {d.get('last_compaction') or 'never'}, "
+        f"last checkpoint {'-' if d.get('last_checkpoint') is None else 'v' + str(d['last_checkpoint'])}",
         title_justify="left",
         show_edge=False,
     )

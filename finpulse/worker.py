@@ -90,7 +90,7 @@ class Worker:
         self.settings = s
         self.stop = threading.Event()
         self.decoder = Decoder(s.max_message_bytes, feed=spec.feed, strict=spec.strict)
-        self.lanes = [Lane(sink) for sink in open_sinks(s, spec.topic_id)]
+        self.lanes = [Lane(sink, sink.flush) for sink in open_sinks(s, spec.topic_id)]
         self.sinks = [Remote(lane, self.stop) for lane in self.lanes]  # reads, run on each lane's thread
         self.dead_letters = DeadLetters(s) if s.dlq_topic else None
         self.acc = Accumulator()

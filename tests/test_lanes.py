@@ -4,10 +4,11 @@ and queued batches that overlap after a rebalance."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
-from finpulse.batch import Accumulator, Offsets, TickBatch
+from finpulse.batch import Accumulator, FlushPolicy, Offsets, TickBatch
 from finpulse.errors import ServiceUnavailable, SinkRejected
 from finpulse.lanes import Lane
 from finpulse.normalize import Decoder, Messages
@@ -167,5 +168,37 @@ def test_a_call_raises_the_lane_failure_or_its_own_error_and_can_be_cancelled():
         lane.submit(span(0, 0, 3))
         with pytest.raises(SinkRejected):
             lane.call(lambda s: s.positions([0]))
+    finally:
+        lane.close()
+
+
+def test_an_interval_policy_writes_once_per_interval_and_at_once_when_hurried():
+    sink = FakeSink()
+    lane = Lane(sink, FlushPolicy(interval_s=0.5, max_ticks=1_000))
+    try:
+        lane.submit(span(0, 0, 2))  # the first write goes at once
+        deadline = time.monotonic() + 5
+        while not sink.writes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for start in range(2, 20, 2):  # a trickle inside one interval
+            lane.submit(span(0, start, start + 2))
+            time.sleep(0.01)
+        assert len(sink.writes) == 1, "nothing more before the interval has passed"
+        assert lane.wait_idle(5)  # a rebalance or a stop does not wait for the interval
+        assert sink.writes == [2, 18] and sink.held == {0: 20}
+    finally:
+        lane.close()
+
+
+def test_an_interval_policy_still_writes_a_backlog_as_soon_as_it_reaches_the_size_trigger():
+    sink = FakeSink()
+    lane = Lane(sink, FlushPolicy(interval_s=60, max_ticks=50))
+    try:
+        lane.submit(span(0, 0, 1))
+        lane.submit(span(0, 1, 60))  # 59 ticks queued behind the first write: over the trigger
+        deadline = time.monotonic() + 5
+        while sum(sink.writes) < 60 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sum(sink.writes) == 60 and sink.held == {0: 60}
     finally:
         lane.close()

@@ -52,7 +52,15 @@ def test_status_json_before_and_after_a_drain(isolated):
         assert p["rejected"] == 0
     assert set(before["totals"]) == TOTAL_KEYS
     assert before["totals"]["messages"] == before["totals"]["postgres_lag"] == 20_000
-    assert before["delta"] == {"uri": isolated.delta_uri, "version": 0, "files": 0, "bytes": 0}
+    assert before["delta"] == {
+        "uri": isolated.delta_uri,
+        "version": 0,
+        "files": 0,
+        "bytes": 0,
+        "small_files": 0,
+        "last_compaction": None,
+        "last_checkpoint": None,
+    }
 
     finpulse("produce", "--count", "3", env=env)  # then three malformed messages
     from finpulse import produce

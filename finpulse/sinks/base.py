@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import pyarrow as pa
 
-from finpulse.batch import Offsets, TickBatch
+from finpulse.batch import FlushPolicy, Offsets, TickBatch
 
 if TYPE_CHECKING:
     from finpulse.config import Settings
@@ -59,6 +59,7 @@ class Sink(Protocol):
     name: str
     where: str  # where it is, for messages (no secrets)
     keeps_rejects: bool
+    flush: FlushPolicy  # when its lane writes what is queued
     topic_id: str | None  # Kafka's id of the topic; stored with every position this sink writes
 
     def topic_keys(self, partitions: Iterable[int]) -> dict[int, int]:
@@ -89,6 +90,10 @@ class Sink(Protocol):
 
     def summary(self, limit: int | None) -> Summary:
         """Rows, rejects and the `limit` busiest symbols (None: all) for `finpulse show`."""
+
+    def maintain(self, target_bytes: int, retention_hours: int) -> dict[str, object]:
+        """`finpulse maintain`: keep the sink fast (Delta: compact toward `target_bytes`, checkpoint,
+        clean the log, vacuum files older than `retention_hours`); what it did."""
 
     def gaps(self) -> list[tuple[int, int, int, str]]:
         """(partition, from_offset, to_offset, reason) of the gaps accepted with --allow-data-loss."""

@@ -10,10 +10,11 @@ import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError, TableNotFoundError
 
-from finpulse.batch import Offsets, TickBatch
+from finpulse.batch import FlushPolicy, Offsets, TickBatch
 from finpulse.config import Settings
 from finpulse.errors import ServiceUnavailable, SinkRejected, first_line
 from finpulse.schema import DELTA, DELTA_PARTITION, LAST_ORDER, LINEAGE
+from finpulse.sinks import delta_maintenance as maintenance
 from finpulse.sinks.base import Filled, Summary, Written
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,9 @@ class DeltaSink:
 
     @classmethod
     def from_settings(cls, settings: Settings, topic_id: str | None = None) -> DeltaSink:
-        return cls(settings.delta_uri, settings.delta_storage_options, settings.kafka_topic, topic_id)
+        sink = cls(settings.delta_uri, settings.delta_storage_options, settings.kafka_topic, topic_id)
+        sink.flush = FlushPolicy(settings.delta_flush_ms / 1000, settings.delta_flush_ticks)
+        return sink
 
     @staticmethod
     def prepare(settings: Settings) -> list[tuple[str, bool]]:
@@ -121,6 +124,7 @@ class DeltaSink:
     def __init__(self, uri: str, storage_options: dict[str, str], topic: str, topic_id: str | None = None):
         self.uri, self.storage_options, self.topic, self.topic_id = uri, storage_options, topic, topic_id
         self.where = uri
+        self.flush = FlushPolicy()  # from_settings sets Delta's interval and size trigger
         self._table: DeltaTable | None = None
 
     def _latest(self) -> DeltaTable:
@@ -268,14 +272,41 @@ class DeltaSink:
         return Summary(self.name, rows.num_rows, None, symbols, self.where)
 
     def describe(self, partitions: Iterable[int]) -> dict[str, object]:
-        """What `status` shows of the table: version, data files and their bytes."""
+        """What `status` shows of the table: its health (delta_maintenance.health)."""
         table = self._latest()
         try:
-            sizes = pa.table(table.get_add_actions(flatten=True)).column("size_bytes")
+            return maintenance.health(table)
         except (DeltaError, OSError) as exc:
             self._table = None
             raise ServiceUnavailable(f"Delta table {self.uri} unreadable: {first_line(exc)}") from None
-        return {"version": table.version(), "files": len(sizes), "bytes": int(pc.sum(sizes).as_py() or 0)}
+
+    def maintain(self, target_bytes: int, retention_hours: int) -> dict[str, object]:
+        """Compact small files per date partition, checkpoint, clean the log, vacuum; what was done."""
+        table = self._latest()
+        try:
+            before = maintenance.health(table)
+            compacted = maintenance.compact(table, target_bytes)
+            vacuumed = maintenance.vacuum(table, retention_hours)  # its own commits come before the checkpoint
+            checkpoint = maintenance.checkpoint_and_clean(table)
+            after = maintenance.health(table)
+        except CommitFailedError as exc:
+            self._table = None
+            raise ServiceUnavailable(f"Delta compaction lost commit races to ingest: {first_line(exc)}") from None
+        except (DeltaError, OSError) as exc:
+            self._table = None
+            raise ServiceUnavailable(f"Delta maintenance of {self.uri} failed: {first_line(exc)}") from None
+        return {**compacted, "checkpoint": checkpoint, "vacuumed": vacuumed, "before": before, "after": after}
+
+    def compact_if_needed(self, small_files: int, target_bytes: int) -> dict[str, int] | None:
+        """Background compaction: compact when at least `small_files` small files piled up."""
+        table = self._latest()
+        try:
+            if maintenance.health(table)["small_files"] < small_files:
+                return None
+            return maintenance.compact(table, target_bytes)
+        except (DeltaError, OSError) as exc:
+            self._table = None
+            raise ServiceUnavailable(f"Delta background compaction of {self.uri} failed: {first_line(exc)}") from None
 
     def gaps(self) -> list[tuple[int, int, int, str]]:
         return []  # recorded in commit metadata; PostgreSQL's finpulse_gaps is the one that is read

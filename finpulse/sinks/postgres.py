@@ -14,7 +14,7 @@ from psycopg import errors as pgerr
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from finpulse.batch import Offsets, TickBatch
+from finpulse.batch import FlushPolicy, Offsets, TickBatch
 from finpulse.checks import clean_reason
 from finpulse.config import Settings
 from finpulse.errors import first_line
@@ -122,6 +122,7 @@ class PostgresSink:
 
     def __init__(self, conninfo: str, topic: str, topic_id: str | None = None, where: str = "PostgreSQL"):
         self.topic, self.topic_id, self.where = topic, topic_id, where
+        self.flush = FlushPolicy()  # at once: the worker's batch size and linger are the trigger
         # One connection per worker is all a sequential writer needs; the pool gives us
         # reconnection after an outage and a health check before each use.
         self.pool = ConnectionPool(
@@ -267,6 +268,15 @@ class PostgresSink:
         return Summary(
             self.name, rows[0] if rows else 0, rejected[0] if rejected else 0, [tuple(r) for r in symbols], self.where
         )
+
+    def maintain(self, target_bytes: int, retention_hours: int) -> dict[str, object]:
+        """Refresh the planner's statistics of FinPulse's tables (autovacuum does the rest)."""
+        try:
+            with self.pool.connection(timeout=10) as conn:
+                conn.execute(f"ANALYZE {PRICES_TABLE}, {REJECTS_TABLE}, {OFFSETS_TABLE}")
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise classify(exc, "analysing tables") from None
+        return {"analyzed": [PRICES_TABLE, REJECTS_TABLE, OFFSETS_TABLE]}
 
     def describe(self, partitions: Iterable[int]) -> dict[str, object]:
         """What `status` shows of this sink beyond positions: where it is, rejects per partition."""
