@@ -24,7 +24,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from support import ROOT
-from support.cli import env_for, finpulse
+from support.cli import children, env_for, finpulse
 from support.private import PrivateAzurite, PrivateKafka, PrivatePostgres, running
 from support.sinks import VALUE_COLUMNS, assert_exactly_once, delta_rows, pg_rows, produced
 
@@ -106,16 +106,7 @@ class Ingest:
 
     def workers(self) -> list[int]:
         """Pids of the supervisor's worker processes (not multiprocessing's resource tracker)."""
-        out = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-                cmdline = (stat.parent / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if int(fields[1]) == self.proc.pid and fields[0] != "Z" and b"resource_tracker" not in cmdline:
-                out.append(int(stat.parent.name))
-        return out
+        return children(self.proc.pid)
 
     def kill(self) -> None:
         """SIGKILL the supervisor and every worker at once."""

@@ -10,24 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from support.cli import env_for, finpulse, start_ingest
+from support.cli import children, env_for, finpulse, start_ingest
 from support.sinks import delta_rows, pg_count, pg_rows, produced
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
-
-
-def children(pid: int) -> list[int]:
-    """Worker processes of a supervisor (multiprocessing also starts a resource tracker)."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and b"resource_tracker" not in cmdline and fields[0] != "Z":
-            out.append(int(stat.parent.name))
-    return out
 
 
 def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:

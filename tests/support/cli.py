@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from finpulse.config import Settings
 from support import ROOT
@@ -75,4 +76,18 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
         out, _ = proc.communicate()
         raise AssertionError(f"ingest still running after {timeout}s:\n{out[-6000:]}") from None
     assert proc.returncode == 0, f"ingest exited {proc.returncode}:\n{out[-4000:]}"
+    return out
+
+
+def children(pid: int) -> list[int]:
+    """Worker processes of a supervisor (multiprocessing also starts a resource tracker)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"resource_tracker" not in cmdline and fields[0] != "Z":
+            out.append(int(stat.parent.name))
     return out
