@@ -64,6 +64,9 @@ def produced(out: Console, sent: int, topic: str, servers: str) -> None:
 def ingested(out: Console, totals, workers: int, sinks: Iterable[str]) -> None:
     """`totals`: the supervisor's run totals (ticks, messages, elapsed, rows per sink, ...)."""
     t = totals
+    if workers == 0:  # stopped while waiting for Kafka: no worker ever started
+        out.print("stopped before Kafka answered: nothing was ingested")
+        return
     out.print(
         f"ingested {t.ticks:,} ticks from {t.messages:,} messages in {t.elapsed:.1f}s "
         f"({t.ticks / t.elapsed:,.0f} ticks/s) with {workers} workers: "

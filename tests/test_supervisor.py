@@ -105,6 +105,7 @@ def test_ingest_waits_for_an_unreachable_kafka_and_stops_promptly_on_sigterm(bas
     assert f"Kafka at {where} not reachable yet (" in text
     assert "retrying in 0.5 s — is the broker running?" in text
     assert "stopped while waiting for Kafka" in text
+    assert "stopped before Kafka answered: nothing was ingested" in text
     assert proc.returncode == 0, text
     assert "Traceback" not in text
 
