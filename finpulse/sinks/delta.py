@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -140,6 +141,20 @@ class DeltaSink:
             self._table = None
             raise ServiceUnavailable(f"Delta table {self.uri} unavailable: {exc}") from None
 
+    @contextmanager
+    def _io(self, what: str) -> Iterator[None]:
+        """The one mapping of delta-rs errors for every operation but `_latest` and `write`: a lost
+        commit race or an unreachable store is ServiceUnavailable (retry later), and the cached
+        table is dropped so the next operation reads the log afresh."""
+        try:
+            yield
+        except CommitFailedError as exc:
+            self._table = None
+            raise ServiceUnavailable(f"Delta commit conflict while {what} at {self.uri}: {first_line(exc)}") from None
+        except (DeltaError, OSError) as exc:
+            self._table = None
+            raise ServiceUnavailable(f"Delta table {self.uri}: {what} failed: {first_line(exc)}") from None
+
     def positions(self, partitions: Iterable[int]) -> Offsets:
         return self._held(self._latest(), partitions)
 
@@ -172,13 +187,10 @@ class DeltaSink:
             max_commit_retries=MAX_COMMIT_RETRIES,
             custom_metadata={"finpulse.gaps": json.dumps(record)},
         )
-        try:
+        with self._io("committing a gap record"):
             table.create_write_transaction(
                 [], mode="append", schema=DELTA, partition_by=[DELTA_PARTITION], commit_properties=commit
             )
-        except (DeltaError, OSError) as exc:
-            self._table = None
-            raise ServiceUnavailable(f"Delta commit of a gap record to {self.uri} failed: {exc}") from None
 
     def write(self, batch: TickBatch) -> Written:
         table = self._latest()  # one log refresh serves the guard and the commit's read version
@@ -230,7 +242,7 @@ class DeltaSink:
         """(kafka_offset, tick_index) of the rows held for offsets [start, end) of a partition."""
         table = self._latest()
         where = f"kafka_partition = {int(partition)} AND kafka_offset >= {int(start)} AND kafka_offset < {int(end)}"
-        try:
+        with self._io("reading the table"):
             dataset = table.to_pyarrow_dataset(file_pruning_predicate=where)  # files by their min/max
             rows = dataset.to_table(
                 columns=["kafka_offset", "tick_index"],
@@ -240,18 +252,12 @@ class DeltaSink:
                     & (pc.field("kafka_offset") < end)
                 ),
             )
-        except (DeltaError, OSError) as exc:
-            self._table = None
-            raise ServiceUnavailable(f"Delta table {self.uri} unreadable: {first_line(exc)}") from None
         return {"rows": rows}
 
     def summary(self, limit: int | None) -> Summary:
         table = self._latest()
-        try:
+        with self._io("reading the table"):
             rows = table.to_pyarrow_dataset().to_table(columns=["symbol", "price", *LAST_ORDER])
-        except (DeltaError, OSError) as exc:
-            self._table = None
-            raise ServiceUnavailable(f"Delta table {self.uri} unreadable: {first_line(exc)}") from None
         if rows.num_rows == 0:
             return Summary(self.name, 0, None, [], self.where)
         grouped = rows.group_by("symbol").aggregate(
@@ -274,39 +280,27 @@ class DeltaSink:
     def describe(self, partitions: Iterable[int]) -> dict[str, object]:
         """What `status` shows of the table: its health (delta_maintenance.health)."""
         table = self._latest()
-        try:
+        with self._io("reading the table"):
             return maintenance.health(table)
-        except (DeltaError, OSError) as exc:
-            self._table = None
-            raise ServiceUnavailable(f"Delta table {self.uri} unreadable: {first_line(exc)}") from None
 
     def maintain(self, target_bytes: int, retention_hours: int) -> dict[str, object]:
         """Compact small files per date partition, checkpoint, clean the log, vacuum; what was done."""
         table = self._latest()
-        try:
+        with self._io("maintenance"):
             before = maintenance.health(table)
             compacted = maintenance.compact(table, target_bytes)
             vacuumed = maintenance.vacuum(table, retention_hours)  # its own commits come before the checkpoint
             checkpoint = maintenance.checkpoint_and_clean(table)
             after = maintenance.health(table)
-        except CommitFailedError as exc:
-            self._table = None
-            raise ServiceUnavailable(f"Delta compaction lost commit races to ingest: {first_line(exc)}") from None
-        except (DeltaError, OSError) as exc:
-            self._table = None
-            raise ServiceUnavailable(f"Delta maintenance of {self.uri} failed: {first_line(exc)}") from None
         return {**compacted, "checkpoint": checkpoint, "vacuumed": vacuumed, "before": before, "after": after}
 
     def compact_if_needed(self, small_files: int, target_bytes: int) -> dict[str, int] | None:
         """Background compaction: compact when at least `small_files` small files piled up."""
         table = self._latest()
-        try:
+        with self._io("background compaction"):
             if maintenance.health(table)["small_files"] < small_files:
                 return None
             return maintenance.compact(table, target_bytes)
-        except (DeltaError, OSError) as exc:
-            self._table = None
-            raise ServiceUnavailable(f"Delta background compaction of {self.uri} failed: {first_line(exc)}") from None
 
     def gaps(self) -> list[tuple[int, int, int, str]]:
         return []  # recorded in commit metadata; PostgreSQL's finpulse_gaps is the one that is read
@@ -321,7 +315,7 @@ class DeltaSink:
         ticks = batch.below(held)
         if not ticks.num_rows:
             return Filled(0, 0, held)
-        try:
+        with self._io("merging missing rows"):
             merged = (
                 table.merge(
                     with_partition_column(ticks),
@@ -334,10 +328,4 @@ class DeltaSink:
                 .when_not_matched_insert_all()
                 .execute()
             )
-        except CommitFailedError as exc:
-            self._table = None  # a concurrent commit touched what the merge read; re-read and retry
-            raise ServiceUnavailable(f"Delta commit conflict while merging missing rows: {exc}") from None
-        except (DeltaError, OSError) as exc:
-            self._table = None
-            raise ServiceUnavailable(f"Delta merge into {self.uri} failed: {exc}") from None
         return Filled(int(merged["num_target_rows_inserted"]), 0, held)

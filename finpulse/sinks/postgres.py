@@ -4,7 +4,8 @@ Its tables and its error table (SQLSTATE -> our errors) are in postgres_setup.py
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import orjson
@@ -33,6 +34,10 @@ from finpulse.sinks.postgres_setup import classify, create_tables
 
 log = logging.getLogger(__name__)
 
+# A writer waits this long for its pooled connection: longer means PostgreSQL is down or gone, which
+# the caller's backoff rides out (ServiceUnavailable), instead of hanging on the pool.
+POOL_WAIT_S = 10
+
 _COPY_TICKS = f"COPY {PRICES_TABLE} ({', '.join(pgcopy.copy_columns(TICKS))}) FROM STDIN (FORMAT BINARY)"
 _COPY_REJECTS = (
     f"COPY {REJECTS_TABLE} (kafka_partition, kafka_offset, tick_index, feed, reason, raw, kafka_timestamp_ms) "
@@ -51,6 +56,8 @@ _ADVANCE = (
     "SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset), "
     "topic_id = COALESCE(EXCLUDED.topic_id, o.topic_id), updated_at = now()"
 )
+# Accepting a gap: positions move to the gaps' targets (still GREATEST) and the topic id is replaced.
+_REBASE = _ADVANCE.replace("COALESCE(EXCLUDED.topic_id, o.topic_id)", "EXCLUDED.topic_id")
 _TOPIC_IDS = (
     f"SELECT kafka_partition, topic_id FROM {OFFSETS_TABLE} "
     "WHERE topic = %s AND kafka_partition = ANY(%s) AND topic_id IS NOT NULL"
@@ -135,47 +142,41 @@ class PostgresSink:
         )
         self.pool.open(wait=False)
 
-    def positions(self, partitions: Iterable[int]) -> Offsets:
+    @contextmanager
+    def _connection(self, what: str) -> Iterator[psycopg.Connection]:
+        """A pooled connection; a driver error leaves it as FinPulse's error (postgres_setup.classify)."""
         try:
-            with self.pool.connection(timeout=10) as conn:
-                rows = conn.execute(_HELD, (self.topic, list(partitions))).fetchall()
+            with self.pool.connection(timeout=POOL_WAIT_S) as conn:
+                yield conn
         except (psycopg.Error, PoolTimeout) as exc:
-            raise classify(exc, "reading offsets") from None
+            raise classify(exc, what) from None
+
+    def positions(self, partitions: Iterable[int]) -> Offsets:
+        with self._connection("reading offsets") as conn:
+            rows = conn.execute(_HELD, (self.topic, list(partitions))).fetchall()
         return {p: n for p, n in rows}
 
     def topic_keys(self, partitions: Iterable[int]) -> dict[int, int]:
         from finpulse.resume import fingerprint
 
-        try:
-            with self.pool.connection(timeout=10) as conn:
-                rows = conn.execute(_TOPIC_IDS, (self.topic, list(partitions))).fetchall()
-        except (psycopg.Error, PoolTimeout) as exc:
-            raise classify(exc, "reading topic ids") from None
+        with self._connection("reading topic ids") as conn:
+            rows = conn.execute(_TOPIC_IDS, (self.topic, list(partitions))).fetchall()
         return {p: fingerprint(t) for p, t in rows}
 
     def accept_gaps(self, gaps: list, topic_id: str | None) -> None:
         parts = sorted({g.partition for g in gaps})
-        try:
-            with self.pool.connection(timeout=10) as conn, conn.transaction():
-                conn.execute(_LOCK, (self.topic, parts))
-                with conn.cursor() as cur:
-                    for g in gaps:
-                        cur.execute(_RECORD_GAP, (self.topic, g.partition, g.start, g.end, g.reason, topic_id))
-                    # Positions go to the targets (GREATEST: never lower); the stored id is replaced.
-                    cur.execute(
-                        _ADVANCE.replace("COALESCE(EXCLUDED.topic_id, o.topic_id)", "EXCLUDED.topic_id"),
-                        (self.topic, topic_id, [g.partition for g in gaps], [g.target for g in gaps]),
-                    )
-        except (psycopg.Error, PoolTimeout) as exc:
-            raise classify(exc, "recording a gap") from None
+        with self._connection("recording a gap") as conn, conn.transaction():
+            conn.execute(_LOCK, (self.topic, parts))
+            with conn.cursor() as cur:
+                for g in gaps:
+                    cur.execute(_RECORD_GAP, (self.topic, g.partition, g.start, g.end, g.reason, topic_id))
+                # Positions go to the targets (GREATEST: never lower); the stored id is replaced.
+                cur.execute(_REBASE, (self.topic, topic_id, [g.partition for g in gaps], [g.target for g in gaps]))
 
     def gaps(self) -> list[tuple[int, int, int, str]]:
         """(partition, from_offset, to_offset, reason) of every gap accepted on this topic."""
-        try:
-            with self.pool.connection(timeout=10) as conn:
-                return [tuple(r) for r in conn.execute(_GAPS, (self.topic,)).fetchall()]
-        except (psycopg.Error, PoolTimeout) as exc:
-            raise classify(exc, "reading gaps") from None
+        with self._connection("reading gaps") as conn:
+            return [tuple(r) for r in conn.execute(_GAPS, (self.topic,)).fetchall()]
 
     def write(self, batch: TickBatch) -> Written:
         try:
@@ -199,7 +200,7 @@ class PostgresSink:
         `narrow`: COPY the rows in savepoints, halving on a data error down to single rows, each
         of which becomes a reject; the rest of the batch lands."""
         parts = sorted(batch.next_offsets)
-        with self.pool.connection(timeout=10) as conn, conn.transaction():
+        with self.pool.connection(timeout=POOL_WAIT_S) as conn, conn.transaction():
             conn.execute(_LOCK, (self.topic, parts))
             held = {p: n for p, n in conn.execute(_HELD, (self.topic, parts)).fetchall()}
             todo = batch.after(held)
@@ -215,11 +216,7 @@ class PostgresSink:
                     refused = _copy_narrowing(conn, cur, todo.ticks)
                     rejects += refused
                 if rejects:
-                    with cur.copy(_COPY_REJECTS) as copy:
-                        for r in rejects:
-                            copy.write_row(
-                                (r.partition, r.offset, r.tick_index, r.feed, r.reason, r.raw, r.kafka_timestamp_ms)
-                            )
+                    _copy_rejects(cur, _COPY_REJECTS, rejects)
                 cur.execute(
                     _ADVANCE, (self.topic, self.topic_id, list(todo.next_offsets), list(todo.next_offsets.values()))
                 )
@@ -242,11 +239,8 @@ class PostgresSink:
             "COPY (SELECT kafka_offset, tick_index FROM {} WHERE kafka_partition = {} "
             "AND kafka_offset >= {} AND kafka_offset < {}) TO STDOUT (FORMAT BINARY)"
         ).format(sql.Identifier(table), sql.Literal(partition), sql.Literal(start), sql.Literal(end))
-        try:
-            with self.pool.connection(timeout=10) as conn, conn.cursor().copy(query) as copy:
-                data = b"".join(bytes(chunk) for chunk in copy)
-        except (psycopg.Error, PoolTimeout) as exc:
-            raise classify(exc, f"reading {table}") from None
+        with self._connection(f"reading {table}") as conn, conn.cursor().copy(query) as copy:
+            data = b"".join(bytes(chunk) for chunk in copy)
         if len(data) <= len(pgcopy.HEADER):
             data = pgcopy.HEADER + pgcopy.TRAILER
         rows = np.frombuffer(
@@ -258,39 +252,29 @@ class PostgresSink:
         return pa.table({"kafka_offset": rows["offset"].astype(np.int64), "tick_index": rows["index"].astype(np.int32)})
 
     def summary(self, limit: int | None) -> Summary:
-        try:
-            with self.pool.connection(timeout=10) as conn:
-                rows = conn.execute(f"SELECT count(*) FROM {PRICES_TABLE}").fetchone()
-                rejected = conn.execute(f"SELECT count(*) FROM {REJECTS_TABLE}").fetchone()
-                symbols = conn.execute(_SUMMARY, (limit,)).fetchall()
-        except (psycopg.Error, PoolTimeout) as exc:
-            raise classify(exc, "summarising what landed") from None
+        with self._connection("summarising what landed") as conn:
+            rows = conn.execute(f"SELECT count(*) FROM {PRICES_TABLE}").fetchone()
+            rejected = conn.execute(f"SELECT count(*) FROM {REJECTS_TABLE}").fetchone()
+            symbols = conn.execute(_SUMMARY, (limit,)).fetchall()
         return Summary(
             self.name, rows[0] if rows else 0, rejected[0] if rejected else 0, [tuple(r) for r in symbols], self.where
         )
 
     def maintain(self, target_bytes: int, retention_hours: int) -> dict[str, object]:
         """Refresh the planner's statistics of FinPulse's tables (autovacuum does the rest)."""
-        try:
-            with self.pool.connection(timeout=10) as conn:
-                conn.execute(f"ANALYZE {PRICES_TABLE}, {REJECTS_TABLE}, {OFFSETS_TABLE}")
-        except (psycopg.Error, PoolTimeout) as exc:
-            raise classify(exc, "analysing tables") from None
+        with self._connection("analysing tables") as conn:
+            conn.execute(f"ANALYZE {PRICES_TABLE}, {REJECTS_TABLE}, {OFFSETS_TABLE}")
         return {"analyzed": [PRICES_TABLE, REJECTS_TABLE, OFFSETS_TABLE]}
 
     def describe(self, partitions: Iterable[int]) -> dict[str, object]:
         """What `status` shows of this sink beyond positions: where it is, rejects per partition."""
-        try:
-            with self.pool.connection(timeout=10) as conn:
-                counts: dict[int, int] = dict(
-                    conn.execute(
-                        f"SELECT kafka_partition, count(*) FROM {REJECTS_TABLE} "
-                        "WHERE kafka_partition = ANY(%s) GROUP BY 1",
-                        (list(partitions),),
-                    ).fetchall()
-                )
-        except (psycopg.Error, PoolTimeout) as exc:
-            raise classify(exc, "counting rejects") from None
+        with self._connection("counting rejects") as conn:
+            counts: dict[int, int] = dict(
+                conn.execute(
+                    f"SELECT kafka_partition, count(*) FROM {REJECTS_TABLE} WHERE kafka_partition = ANY(%s) GROUP BY 1",
+                    (list(partitions),),
+                ).fetchall()
+            )
         return {"rejected": {p: counts.get(p, 0) for p in partitions}}
 
     def insert_missing(self, batch: TickBatch) -> Filled:
@@ -299,32 +283,32 @@ class PostgresSink:
         (_LOCK) until commit, so a live ingest of the same partitions waits for this transaction.
         Rows at or above a position are left out: they belong to `write`, which advances it."""
         parts = sorted(batch.next_offsets)
-        try:
-            with self.pool.connection(timeout=10) as conn, conn.transaction():
-                conn.execute(_LOCK, (self.topic, parts))
-                held = {p: n for p, n in conn.execute(_HELD, (self.topic, parts)).fetchall()}
-                if batch.after(held).size == batch.size:  # nothing below any position
-                    return Filled(0, 0, held)
-                with conn.cursor() as cur:
-                    for ddl in _CREATE_STAGES:
-                        cur.execute(ddl)
-                    rows = rejects = 0
-                    if batch.ticks.num_rows:
-                        with cur.copy(f"COPY {_STAGE_TICKS} ({_TICK_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-                            copy.write(pgcopy.encode(batch.ticks))
-                        cur.execute(_FILL_TICKS, (self.topic,))
-                        rows = cur.rowcount
-                    if batch.rejects:
-                        with cur.copy(f"COPY {_STAGE_REJECTS} ({_REJECT_COLUMNS}) FROM STDIN") as copy:
-                            for r in batch.rejects:
-                                copy.write_row(
-                                    (r.partition, r.offset, r.tick_index, r.feed, r.reason, r.raw, r.kafka_timestamp_ms)
-                                )
-                        cur.execute(_FILL_REJECTS, (self.topic,))
-                        rejects = cur.rowcount
-                return Filled(rows, rejects, held)
-        except (psycopg.Error, PoolTimeout) as exc:
-            raise classify(exc, f"inserting missing rows of {batch.ticks.num_rows}") from None
+        with self._connection(f"inserting missing rows of {batch.ticks.num_rows}") as conn, conn.transaction():
+            conn.execute(_LOCK, (self.topic, parts))
+            held = {p: n for p, n in conn.execute(_HELD, (self.topic, parts)).fetchall()}
+            if batch.after(held).size == batch.size:  # nothing below any position
+                return Filled(0, 0, held)
+            with conn.cursor() as cur:
+                for ddl in _CREATE_STAGES:
+                    cur.execute(ddl)
+                rows = rejects = 0
+                if batch.ticks.num_rows:
+                    with cur.copy(f"COPY {_STAGE_TICKS} ({_TICK_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+                        copy.write(pgcopy.encode(batch.ticks))
+                    cur.execute(_FILL_TICKS, (self.topic,))
+                    rows = cur.rowcount
+                if batch.rejects:
+                    _copy_rejects(cur, f"COPY {_STAGE_REJECTS} ({_REJECT_COLUMNS}) FROM STDIN", batch.rejects)
+                    cur.execute(_FILL_REJECTS, (self.topic,))
+                    rejects = cur.rowcount
+            return Filled(rows, rejects, held)
+
+
+def _copy_rejects(cur: psycopg.Cursor, statement: str, rejects) -> None:
+    """Rejects are few and carry raw bytes: a text COPY, row by row, is all they need."""
+    with cur.copy(statement) as copy:
+        for r in rejects:
+            copy.write_row((r.partition, r.offset, r.tick_index, r.feed, r.reason, r.raw, r.kafka_timestamp_ms))
 
 
 def _copy_narrowing(conn: psycopg.Connection, cur: psycopg.Cursor, ticks: pa.Table) -> list[Reject]:
