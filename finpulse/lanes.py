@@ -191,7 +191,7 @@ class Lane:
         backoff = Backoff(RETRY_FIRST_S, RETRY_MAX_S)
         while True:
             try:
-                held = self.sink.write(batch)
+                written = self.sink.write(batch)
             except ServiceUnavailable as exc:
                 if self.down is None:
                     log.warning("%s unavailable, pausing its writes and retrying: %s", self.name, exc)
@@ -202,7 +202,7 @@ class Lane:
             if self.down is not None:
                 log.warning("%s is back; resuming with %d waiting", self.name, batch.size)
                 self.down = None
-            return held
+            return written
 
 
 class Remote:

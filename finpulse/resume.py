@@ -94,25 +94,29 @@ def refuse(topic: str, gaps: list[Gap]) -> DataLoss:
     )
 
 
-def settle(topic: str, sinks: list, marks: Marks, topic_id: str | None, allow: bool) -> list[Gap]:
+def settle(topic: str, sinks: list, marks: Marks, topic_id: str | None, allow: bool) -> dict[str, Offsets]:
     """Hold every sink's positions against the topic (`marks`, Kafka's `topic_id`). No gap: nothing
     happens. Gaps and not `allow`: DataLoss. Gaps and `allow`: each sink records its gaps and moves
-    its positions to where ingest goes on (storing `topic_id` with them); returns the gaps."""
+    its positions to where ingest goes on (storing `topic_id` with them). Returns each sink's
+    positions after that, so a caller need not read them again."""
     current = fingerprint(topic_id) if topic_id else None
+    parts = list(marks)
+    held: dict[str, Offsets] = {}
     found: dict[str, list[Gap]] = {}
     for sink in sinks:
-        parts = list(marks)
-        gaps = find_gaps(sink.name, sink.positions(parts), sink.topic_keys(parts), marks, current)
+        held[sink.name] = sink.positions(parts)
+        gaps = find_gaps(sink.name, held[sink.name], sink.topic_keys(parts), marks, current)
         if gaps:
             found[sink.name] = gaps
     every = [g for gaps in found.values() for g in gaps]
     if not every:
-        return []
+        return held
     if not allow:
         raise refuse(topic, every)
     for sink in sinks:
         if sink.name in found:
             sink.accept_gaps(found[sink.name], topic_id)
+            held[sink.name].update({g.partition: g.target for g in found[sink.name]})
     for g in every:
         log.warning(
             "data loss accepted (--allow-data-loss): %s; recorded as a gap of offsets %d-%d",
@@ -120,4 +124,4 @@ def settle(topic: str, sinks: list, marks: Marks, topic_id: str | None, allow: b
             g.start,
             g.end,
         )
-    return every
+    return held

@@ -104,14 +104,7 @@ class Worker:
     def _on_assign(self, parts: list[int]) -> dict[int, int]:
         """Where each newly assigned partition starts: the lowest position any sink holds, once the
         positions are held against the topic; a partition no sink holds anything of: the earliest."""
-        marks = self._retrying("check sink positions against the topic", lambda: self._settle(parts))
-        starts = self._retrying("read sink positions", lambda: self._start_positions(parts))
-        # Past the end: a recreated topic whose gap was accepted. Read it from its start; each
-        # sink's guard skips what lies below its position.
-        starts = {
-            p: OFFSET_BEGINNING if p in starts and starts[p] > marks[p][1] else starts.get(p, OFFSET_BEGINNING)
-            for p in parts
-        }
+        starts = self._retrying("check sink positions against the topic", lambda: self._starts(parts))
         self.consumed = {p: n for p, n in starts.items() if n >= 0}
         log.info(
             "assigned partitions %s, starting at %s",
@@ -152,25 +145,28 @@ class Worker:
             lane.wait_idle(STOP_GRACE_S)
         self._raise_lane_failure()
         parts = sorted(self.source.assigned)
-        self._retrying("check sink positions against the topic", lambda: self._settle(parts))
-        starts = self._retrying("read sink positions", lambda: self._start_positions(parts))
-        self.source.seek({p: starts.get(p, OFFSET_BEGINNING) for p in parts})
+        self.source.seek(self._retrying("check sink positions against the topic", lambda: self._starts(parts)))
 
-    def _settle(self, parts: list[int]) -> dict[int, tuple[int, int]]:
-        """The partitions' watermarks, once the sinks' positions were held against them (resume.settle):
-        a recreated topic or a retention gap raises DataLoss unless --allow-data-loss."""
+    def _starts(self, parts: list[int]) -> dict[int, int]:
+        """Where each partition starts: the lowest position any sink holds, once the positions were
+        held against the topic (resume.settle: a recreated topic or a retention gap raises DataLoss
+        unless --allow-data-loss). A partition some sink holds nothing of starts at the earliest
+        offset, and so does one whose position lies past the end (a recreated topic whose gap was
+        accepted): each sink's guard skips what lies below its position."""
         assert self.source is not None
         try:
             marks = self.source.watermarks(parts)
         except KafkaException as exc:
             raise ServiceUnavailable(f"Kafka watermarks: {exc.args[0].str()}") from None
-        resume.settle(self.settings.kafka_topic, self.sinks, marks, self.spec.topic_id, self.settings.allow_data_loss)
-        return marks
-
-    def _start_positions(self, parts: list[int]) -> Offsets:
-        """Lowest position any sink holds per partition; absent = a sink holds nothing: earliest."""
-        held = [sink.positions(parts) for sink in self.sinks]
-        return {p: min(h[p] for h in held) for p in parts if all(p in h for h in held)}
+        held = resume.settle(
+            self.settings.kafka_topic, self.sinks, marks, self.spec.topic_id, self.settings.allow_data_loss
+        ).values()
+        starts = {}
+        for p in parts:
+            lowest = min((h[p] for h in held if p in h), default=None)
+            whole = all(p in h for h in held)
+            starts[p] = lowest if whole and lowest is not None and lowest <= marks[p][1] else OFFSET_BEGINNING
+        return starts
 
     def _retrying(self, what: str, step):
         """`step()` until a sink or Kafka answers; the stop flag ends the wait."""
