@@ -378,9 +378,10 @@ def test_sigkill_of_the_ingest_process_group_during_commits(kafka, postgres, tmp
             mid_run = 0
             for _ in range(2):
                 run = ingests(env, "--workers", "2", "--sinks", sink)
+                # kill on progress, not after a delay, so a fast machine cannot finish first
                 landed = count()
-                wait_for(lambda count=count, landed=landed: count() > landed, f"{sink} rows to land", ingest=run)
-                time.sleep(rng.uniform(0.0, 1.0))
+                target = landed + max(1, int(rng.uniform(0.05, 0.4) * (total - landed)))
+                wait_for(lambda count=count, target=target: count() >= target, f"{sink} rows to land", ingest=run)
                 run.kill()
                 held = count()
                 mid_run += held < total

@@ -48,11 +48,14 @@ def test_sigkill_of_the_whole_process_group_loses_and_duplicates_nothing(isolate
     rng = random.Random(1234)
     partial_kills = 0
     for _ in range(3):
+        # Kill on progress, not after a delay: a fast machine drains 300k ticks in about two
+        # seconds, so a timed kill can land after the end and prove nothing.
+        before = pg_count(isolated)
+        target = before + int(rng.uniform(0.05, 0.4) * (total - before))
         proc = start_ingest(env, "--workers", "2")
         deadline = time.monotonic() + 60
-        while pg_count(isolated) == 0 and time.monotonic() < deadline:  # let it get going
-            time.sleep(0.1)
-        time.sleep(rng.uniform(0.0, 1.5))
+        while pg_count(isolated) < target and time.monotonic() < deadline:
+            time.sleep(0.01)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=10)
         landed = pg_count(isolated)
