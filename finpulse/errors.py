@@ -5,7 +5,8 @@
     ├── ServiceUnavailable        Kafka, PostgreSQL or storage cannot be reached right now;
     │                             the worker loop waits and retries, the CLI says what to start
     ├── SinkRejected              a sink refused our rows for a reason that will not heal
-    │                             (credentials, permissions, a table whose schema cannot take them)
+    │   │                         (credentials, permissions, a table whose schema cannot take them)
+    │   └── RulesChanged          the table refused rows its rules, as last read, let through
     ├── WorkerFailed              a worker process ended with an error; the supervisor reports it
     └── DataLoss                  a sink's position lies outside what the topic holds (a recreated
                                   topic, or retention deleted messages never ingested); exit code 6
@@ -42,6 +43,11 @@ class SinkRejected(FinpulseError):
     """A sink refuses the write for good (auth, permissions, incompatible schema)."""
 
     exit_code = 4
+
+
+class RulesChanged(SinkRejected):
+    """A sink refused rows that admission (finpulse.admission), with the rules it last read,
+    let through: a rule was added meanwhile. The lane reads the rules again and retries once."""
 
 
 class WorkerFailed(FinpulseError):

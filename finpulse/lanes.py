@@ -5,6 +5,10 @@ commit): the batch size is a trigger, and a backlog still drains in large writes
 down (ServiceUnavailable) is retried with backoff; nothing is dropped, and the pile-up is what
 makes the worker pause consumption. Anything else stops the lane and is re-raised by the worker.
 
+Before each write the lane passes the rows through its admission (finpulse.admission): rows some
+sink's own rules refuse become rejects in every lane alike. A sink that refuses rows anyway
+(RulesChanged: a rule added since they were read) gets one retry with the rules read afresh.
+
 Reads the worker needs (positions on an assignment) go through the lane as well (`call`, or the
 `remote` proxy), queued behind the writes already handed over, so they see what those wrote.
 """
@@ -17,9 +21,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from finpulse.admission import Admission
 from finpulse.backoff import Backoff
 from finpulse.batch import FlushPolicy, Offsets, TickBatch
-from finpulse.errors import ServiceUnavailable
+from finpulse.errors import RulesChanged, ServiceUnavailable
 from finpulse.sinks import Sink, Written
 
 log = logging.getLogger(__name__)
@@ -50,8 +55,9 @@ class _Call:
 
 
 class Lane:
-    def __init__(self, sink: Sink, policy: FlushPolicy | None = None):
+    def __init__(self, sink: Sink, policy: FlushPolicy | None = None, admission: Admission | None = None):
         self.sink = sink
+        self.admission = admission  # used on this lane's thread only
         self.policy = policy or FlushPolicy()
         self._last_write = float("-inf")  # monotonic time the last write started
         self._hurry = 0  # callers in wait_idle: write what is queued now
@@ -126,6 +132,8 @@ class Lane:
             self._cond.notify_all()
         self._thread.join(timeout=5)
         self.sink.close()
+        if self.admission is not None:
+            self.admission.close()
 
     def _run(self) -> None:
         while True:
@@ -189,9 +197,18 @@ class Lane:
 
     def _write(self, batch: TickBatch) -> Written:
         backoff = Backoff(RETRY_FIRST_S, RETRY_MAX_S)
+        reread = False
         while True:
             try:
-                written = self.sink.write(batch)
+                admitted = batch if self.admission is None else self.admission.admit(batch)
+                written = self.sink.write(admitted)
+            except RulesChanged as exc:
+                if self.admission is None or reread:
+                    raise
+                log.warning("%s refused rows admission let through; reading its rules again: %s", self.name, exc)
+                self.admission.reload()
+                reread = True
+                continue
             except ServiceUnavailable as exc:
                 if self.down is None:
                     log.warning("%s unavailable, pausing its writes and retrying: %s", self.name, exc)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from finpulse import resume, source
+from finpulse.admission import Admission
 from finpulse.backoff import Backoff
 from finpulse.batch import Accumulator, Offsets, TickBatch
 from finpulse.config import Settings
@@ -140,10 +141,17 @@ def positions(settings: Settings, partitions: list[int]) -> dict[str, Offsets]:
 
 
 def run(
-    settings: Settings, spans: list[Span], feed: str | None = None, strict: bool = False, console: Console | None = None
+    settings: Settings,
+    spans: list[Span],
+    feed: str | None = None,
+    strict: bool = False,
+    console: Console | None = None,
+    admission: Admission | None = None,
 ) -> Report:
-    """Replay `spans` into the sinks `settings.sinks` names, creating their tables if absent."""
+    """Replay `spans` into the sinks `settings.sinks` names, creating their tables if absent.
+    `admission`: whose rules rows are held against (default: those same sinks')."""
     prepare_sinks(settings)
+    admission = admission or Admission(settings)
     decoder = Decoder(settings.max_message_bytes, feed=feed, strict=strict)
     topic_id = source.topic_id(settings)
     sinks: list[Sink] = open_sinks(settings, topic_id)
@@ -151,14 +159,20 @@ def run(
         marks = source.watermarks(settings, [s.partition for s in spans])
         resume.settle(settings.kafka_topic, sinks, marks, topic_id, settings.allow_data_loss)
         with source.RangeReader(settings) as reader, Meter("replaying", sum(s.size for s in spans), console) as meter:
-            return replay(spans, sinks, reader, decoder, meter)
+            return replay(spans, sinks, reader, decoder, meter, admission)
     finally:
+        admission.close()
         for sink in sinks:
             sink.close()
 
 
 def replay(
-    spans: list[Span], sinks: list[Sink], reader: source.RangeReader, decoder: Decoder, meter: Meter | None = None
+    spans: list[Span],
+    sinks: list[Sink],
+    reader: source.RangeReader,
+    decoder: Decoder,
+    meter: Meter | None = None,
+    admission: Admission | None = None,
 ) -> Report:
     """Read each span and hand every batch to every sink (see the module's rules)."""
     started = time.monotonic()
@@ -169,7 +183,7 @@ def replay(
         for msgs in reader.read(span.partition, span.start, span.end):
             acc = Accumulator()
             acc.add(decoder.decode(msgs), msgs.partitions, msgs.offsets)
-            batch = acc.take()
+            batch = acc.take() if admission is None else _retrying(admission.admit, acc.take())
             for sink in sinks:
                 _give(sink, batch, at, span, tallies[sink.name])
             at = batch.next_offsets[span.partition]

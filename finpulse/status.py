@@ -45,6 +45,7 @@ class Status:
     postgres: dict[str, object]  # server (no password), schema
     errors: dict[str, FinpulseError] = field(default_factory=dict)  # what could not be read
     gaps: list[tuple[int, int, int, str]] = field(default_factory=list)  # accepted with --allow-data-loss
+    rules: dict[str, list[str]] = field(default_factory=dict)  # per sink, the table's own rules (admission)
 
     def as_json(self) -> dict:
         parts = []
@@ -73,6 +74,7 @@ class Status:
             "delta": self.delta,
             "postgres": self.postgres,
             "gaps": [{"partition": p, "from_offset": a, "to_offset": b, "reason": r} for p, a, b, r in self.gaps],
+            "rules": self.rules,
             "errors": {sink: str(exc) for sink, exc in self.errors.items()},
         }
 
@@ -86,6 +88,7 @@ def collect(settings: Settings) -> Status:
     positions: dict[str, dict[int, int]] = {}
     described: dict[str, dict[str, object]] = {}
     gaps: list[tuple[int, int, int, str]] = []
+    rules: dict[str, list[str]] = {}
     for name, kind in sinks.KINDS.items():
         positions[name], described[name] = {}, {}
         try:
@@ -96,6 +99,10 @@ def collect(settings: Settings) -> Status:
                 gaps += sink.gaps()
             finally:
                 sink.close()
+            checker = kind.rules(settings)
+            if checker is not None:
+                rules[name] = checker.described
+                checker.close()
         except (ServiceUnavailable, SinkRejected) as exc:
             errors[name] = exc
     # Rejects per partition, from the sink that keeps them (None when it could not be read).
@@ -120,4 +127,5 @@ def collect(settings: Settings) -> Status:
         {"server": settings.postgres_display(), "schema": settings.postgres_schema},
         errors,
         sorted(set(gaps)),
+        rules,
     )

@@ -1,9 +1,10 @@
 """Verify: reconcile each sink with the topic, key by key, without holding the table in memory.
 
 A key is (partition, offset, tick_index). The topic's keys come from decoding its messages with the
-ingest Decoder: a sink that keeps rejects (PostgreSQL) should hold each as a row or a reject, one
-that does not (Delta) each valid tick as a row. The keys come from each sink's own read side. Work goes partition by partition in offset windows; within a window a
-key is one int64, `offset << 20 | tick_index + 1`, so a comparison is a few numpy set operations.
+ingest Decoder and the same admission (a tick some sink's own rules refuse is a reject): a sink
+that keeps rejects (PostgreSQL) should hold each as a row or a reject, one that does not (Delta)
+each admitted tick as a row. The keys come from each sink's own read side. Work goes partition by
+partition in offset windows; within a window a key is one int64, `offset << 20 | tick_index + 1`, so a comparison is a few numpy set operations.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
 
 from finpulse import replay, sinks, source
+from finpulse.admission import Admission
+from finpulse.batch import TickBatch
 from finpulse.config import Settings
 from finpulse.normalize import Decoder
 from finpulse.replay import Meter, Report, Span
@@ -97,12 +101,17 @@ def run(
 def repair(
     settings: Settings, verdict: Verdict, feed: str | None = None, strict: bool = False, console: Console | None = None
 ) -> dict[str, Report]:
-    """Replay, sink by sink, only the offset ranges in which `verdict` found missing keys."""
-    return {
-        name: replay.run(settings.model_copy(update={"sinks": name}), check.gaps, feed, strict, console)
-        for name, check in verdict.sinks.items()
-        if check.gaps
-    }
+    """Replay, sink by sink, only the offset ranges in which `verdict` found missing keys, each
+    holding rows against every chosen sink's rules (as ingest does), not only its own."""
+    admission = Admission(settings)
+    try:
+        return {
+            name: replay.run(settings.model_copy(update={"sinks": name}), check.gaps, feed, strict, console, admission)
+            for name, check in verdict.sinks.items()
+            if check.gaps
+        }
+    finally:
+        admission.close()
 
 
 def verify(
@@ -120,6 +129,7 @@ def verify(
     checks = {name: SinkCheck() for name in sink_names}
     counts = []
     chosen = [sinks.KINDS[name].from_settings(settings) for name in sink_names]
+    admission = Admission(settings, sink_names)
     try:
         with source.RangeReader(settings) as reader:
             for span in spans:
@@ -127,7 +137,7 @@ def verify(
                 counts.append(count)
                 for lo in range(span.start, span.end, window):
                     hi = min(lo + window, span.end)
-                    ticks, rejects = _topic_keys(reader, decoder, span.partition, lo, hi, count, meter)
+                    ticks, rejects = _topic_keys(reader, decoder, admission, span.partition, lo, hi, count, meter)
                     for sink in chosen:
                         held = {
                             what: keys(t.column("kafka_offset").to_numpy(), t.column("tick_index").to_numpy())
@@ -147,6 +157,7 @@ def verify(
                         )
         gaps = sorted({g for sink in chosen for g in sink.gaps()})
     finally:
+        admission.close()
         for sink in chosen:
             sink.close()
     return Verdict(counts, checks, gaps)
@@ -155,27 +166,29 @@ def verify(
 def _topic_keys(
     reader: source.RangeReader,
     decoder: Decoder,
+    admission: Admission,
     partition: int,
     lo: int,
     hi: int,
     count: PartitionCount,
     meter: Meter | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted keys of the valid ticks and of the rejects that messages [lo, hi) decode to."""
+    """Sorted keys of the admitted ticks and of the rejects that messages [lo, hi) decode to."""
     ticks, rejects = [], []
     for msgs in reader.read(partition, lo, hi):
         decoded = decoder.decode(msgs)
-        rows = decoded.ticks
+        batch = admission.admit(TickBatch(pa.Table.from_batches([decoded.ticks]), tuple(decoded.rejects), {}))
+        rows = batch.ticks
         ticks.append(keys(rows.column("kafka_offset").to_numpy(), rows.column("tick_index").to_numpy()))
         rejects.append(
             keys(
-                np.array([r.offset for r in decoded.rejects], dtype=np.int64),
-                np.array([r.tick_index for r in decoded.rejects], dtype=np.int64),
+                np.array([r.offset for r in batch.rejects], dtype=np.int64),
+                np.array([r.tick_index for r in batch.rejects], dtype=np.int64),
             )
         )
         count.messages += len(msgs)
-        count.ticks += decoded.ticks.num_rows
-        count.rejects += len(decoded.rejects)
+        count.ticks += rows.num_rows
+        count.rejects += len(batch.rejects)
         if meter is not None:
             meter.advance(len(msgs))
     empty = np.empty(0, dtype=np.int64)

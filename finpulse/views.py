@@ -187,6 +187,12 @@ def status(out: Console, data: dict, topic: str, group_id: str) -> None:
             f"{g['from_offset']:,} up to {g['to_offset']:,} ({g['reason']})",
             highlight=False,
         )
+    for sink, rules in data.get("rules", {}).items():
+        out.print(
+            f"{sink} table rules (ticks they refuse become rejects in every sink): {'; '.join(rules)}",
+            highlight=False,
+            markup=False,
+        )
 
 
 # ---------------------------------------------------------------------------- verify

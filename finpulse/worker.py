@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from confluent_kafka import OFFSET_BEGINNING, KafkaException
 
 from finpulse import resume
+from finpulse.admission import Admission
 from finpulse.backoff import Backoff
 from finpulse.batch import Accumulator, Offsets
 from finpulse.config import Settings
@@ -90,7 +91,8 @@ class Worker:
         self.settings = s
         self.stop = threading.Event()
         self.decoder = Decoder(s.max_message_bytes, feed=spec.feed, strict=spec.strict)
-        self.lanes = [Lane(sink, sink.flush) for sink in open_sinks(s, spec.topic_id)]
+        # each lane holds rows against every sink's rules with its own admission (its thread's)
+        self.lanes = [Lane(sink, sink.flush, Admission(s)) for sink in open_sinks(s, spec.topic_id)]
         self.sinks = [Remote(lane, self.stop) for lane in self.lanes]  # reads, run on each lane's thread
         self.dead_letters = DeadLetters(s) if s.dlq_topic else None
         self.acc = Accumulator()

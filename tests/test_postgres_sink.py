@@ -8,29 +8,12 @@ import threading
 import orjson
 import psycopg
 import pytest
-from support.cli import env_for, finpulse
+from support.rules import POISON_TRIGGER, span
 from support.sinks import pg_count
 
-from finpulse import produce
-from finpulse.batch import Accumulator, TickBatch
-from finpulse.normalize import Decoder, Messages
 from finpulse.sinks.postgres import _ADVANCE, PostgresSink
 
 pytestmark = [pytest.mark.postgres]
-
-T0 = 1_700_000_000_000
-
-
-def span(partition: int, start: int, end: int, poison: set[int] = frozenset()) -> TickBatch:
-    offsets = list(range(start, end))
-    values = [
-        orjson.dumps({"symbol": "POISON" if o in poison else "OK", "price": 1.0 + o, "size": 1, "timestamp_ms": T0 + o})
-        for o in offsets
-    ]
-    msgs = Messages(values, [partition] * len(offsets), offsets, [T0] * len(offsets))
-    acc = Accumulator()
-    acc.add(Decoder().decode(msgs), msgs.partitions, msgs.offsets)
-    return acc.take()
 
 
 def test_the_offsets_upsert_never_lowers_a_position(isolated):
@@ -72,16 +55,6 @@ def test_concurrent_first_writes_of_a_partition_are_serialised(isolated):
             sink.close()
 
 
-POISON_TRIGGER = """
-CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF NEW.symbol = 'POISON' THEN RAISE EXCEPTION 'poison tick' USING ERRCODE = '22023'; END IF;
-  RETURN NEW;
-END $$;
-CREATE TRIGGER refuse_poison BEFORE INSERT ON prices_raw FOR EACH ROW EXECUTE FUNCTION refuse_poison();
-"""
-
-
 def test_a_batch_refused_for_a_data_reason_is_narrowed_to_the_offending_rows(isolated):
     with psycopg.connect(isolated.postgres_conninfo(), autocommit=True) as conn:
         conn.execute(POISON_TRIGGER)
@@ -98,36 +71,3 @@ def test_a_batch_refused_for_a_data_reason_is_narrowed_to_the_offending_rows(iso
     assert [(o, i, f) for o, i, f, _, _ in rejects] == [(17, 0, "postgres"), (640, 0, "postgres")]
     assert all("22023" in reason and "poison tick" in reason for *_, reason, _ in rejects)
     assert orjson.loads(bytes(rejects[0][4]))["symbol"] == "POISON"
-
-
-@pytest.mark.kafka
-@pytest.mark.slow
-def test_a_tick_postgres_refuses_does_not_stop_ingest_and_verify_agrees(isolated):
-    with psycopg.connect(isolated.postgres_conninfo(), autocommit=True) as conn:
-        conn.execute(POISON_TRIGGER)
-    ticks = [
-        orjson.dumps({"symbol": "POISON" if i % 97 == 5 else "OK", "price": 2.5, "size": 1, "timestamp_ms": T0 + i})
-        for i in range(3000)
-    ]
-    produce.send(isolated, iter([(b"k%d" % (i % 7), v) for i, v in enumerate(ticks)]))
-    env = env_for(isolated, FINPULSE_BATCH_SIZE="50")
-    out = finpulse("ingest", "--drain", env=env, timeout=240).stdout
-    assert "0 restarts" in out
-    poisoned = sum(1 for i in range(3000) if i % 97 == 5)
-    assert pg_count(isolated) == 3000 - poisoned and pg_count(isolated, "prices_rejected") == poisoned
-    finpulse("verify", env=env, timeout=240)
-
-
-@pytest.mark.kafka
-@pytest.mark.slow
-def test_a_delta_constraint_that_refuses_valid_ticks_stops_the_run_with_one_line(isolated):
-    """Delta's counterpart of a PostgreSQL trigger: a CHECK constraint the ticks violate. delta-rs
-    cannot be asked which row failed, so FinPulse stops (exit 4) instead of pausing Delta for ever."""
-    from deltalake import DeltaTable
-
-    DeltaTable(isolated.delta_uri).alter.add_constraint({"cheap": "price < 100"})
-    ticks = [orjson.dumps({"symbol": "OK", "price": 250.0, "size": 1, "timestamp_ms": T0 + i}) for i in range(20)]
-    produce.send(isolated, iter([(b"k", v) for v in ticks]))
-    out = finpulse("ingest", "--drain", "--sinks", "delta", env=env_for(isolated), check=False, timeout=120)
-    assert out.returncode == 4, out.stderr
-    assert "refuses rows FinPulse decoded as valid" in out.stderr and "constraint" in out.stderr

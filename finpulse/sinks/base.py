@@ -41,6 +41,18 @@ class Written(NamedTuple):
     rejects: int
 
 
+class Rules(Protocol):
+    """The rules one sink's table adds to FinPulse's schema."""
+
+    sink: str
+    described: list[str]  # each rule, for a person
+
+    def refused(self, ticks: pa.Table) -> dict[int, str]:
+        """Row index in `ticks` -> why, for every row the rules refuse."""
+
+    def close(self) -> None: ...
+
+
 class SinkKind(Protocol):
     """A kind of sink, as the registry (finpulse.sinks.KINDS) knows it."""
 
@@ -48,6 +60,10 @@ class SinkKind(Protocol):
     keeps_rejects: bool  # verify: a reject's key counts as held
 
     def from_settings(self, settings: Settings, topic_id: str | None = None) -> Sink: ...
+
+    def rules(self, settings: Settings) -> Rules | None:
+        """A checker of the rules the sink's table adds to FinPulse's schema (constraints,
+        triggers), or None when it adds none; finpulse.admission applies them before any write."""
 
     def prepare(self, settings: Settings) -> list[tuple[str, bool]]:
         """Create what the sink needs where absent (idempotent); SinkRejected when what exists cannot

@@ -13,10 +13,10 @@ from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchEr
 
 from finpulse.batch import FlushPolicy, Offsets, TickBatch
 from finpulse.config import Settings
-from finpulse.errors import ServiceUnavailable, SinkRejected, first_line
+from finpulse.errors import RulesChanged, ServiceUnavailable, SinkRejected, first_line
 from finpulse.schema import DELTA, DELTA_PARTITION, LAST_ORDER, LINEAGE
 from finpulse.sinks import delta_maintenance as maintenance
-from finpulse.sinks.base import Filled, Summary, Written
+from finpulse.sinks.base import Filled, Rules, Summary, Written
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ _MERGE_ON = " AND ".join(f"t.{c} = s.{c}" for c in (*LINEAGE, DELTA_PARTITION))
 def _refuses_data(exc: Exception) -> bool:
     """delta-rs refused the rows themselves (a CHECK constraint or invariant failed). Its Python
     binding raises the generic DeltaError for this with no code to test, so its wording is the only
-    signal; retrying such a write would pause Delta for ever, so it stops the run instead."""
+    signal. Admission (delta_rules) keeps such rows out; one reaching the table means a constraint
+    was added since the rules were read."""
     return "Invalid data found" in str(exc) or "failed validation check" in str(exc)
 
 
@@ -116,6 +117,14 @@ class DeltaSink:
         sink = cls(settings.delta_uri, settings.delta_storage_options, settings.kafka_topic, topic_id)
         sink.flush = FlushPolicy(settings.delta_flush_ms / 1000, settings.delta_flush_ticks)
         return sink
+
+    @staticmethod
+    def rules(settings: Settings) -> Rules | None:
+        """The table's CHECK constraints, evaluated by delta-rs on a scratch table (delta_rules)."""
+        from finpulse.sinks.delta_rules import DeltaRules, constraints
+
+        checks = constraints(settings.delta_uri, settings.delta_storage_options)
+        return DeltaRules(checks) if checks else None
 
     @staticmethod
     def prepare(settings: Settings) -> list[tuple[str, bool]]:
@@ -225,10 +234,10 @@ class DeltaSink:
         except (DeltaError, OSError) as exc:
             self._table = None
             if _refuses_data(exc):
-                raise SinkRejected(
-                    f"the Delta table at {self.uri} refuses rows FinPulse decoded as valid (a CHECK "
-                    f"constraint or invariant on the table): {first_line(exc)}; drop or widen the "
-                    "constraint, then run ingest again"
+                raise RulesChanged(
+                    f"the Delta table at {self.uri} refuses rows its constraints, as last read, "
+                    f"admitted: {first_line(exc)}; if this persists, check its constraints and invariants "
+                    "(`finpulse status` lists the ones FinPulse applies)"
                 ) from None
             raise ServiceUnavailable(f"Delta write to {self.uri} failed: {exc}") from None
         held.update(todo.next_offsets)

@@ -11,7 +11,6 @@ import numpy as np
 import orjson
 import psycopg
 import pyarrow as pa
-from psycopg import errors as pgerr
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -29,7 +28,8 @@ from finpulse.schema import (
     TICKS,
 )
 from finpulse.sinks import pgcopy
-from finpulse.sinks.base import Filled, Summary, Written
+from finpulse.sinks.base import Filled, Rules, Summary, Written
+from finpulse.sinks.postgres_rules import is_refusal, read_rules
 from finpulse.sinks.postgres_setup import classify, create_tables
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,11 @@ class PostgresSink:
         )
 
     @staticmethod
+    def rules(settings: Settings) -> Rules | None:
+        """prices_raw's CHECK constraints, domains and triggers, asked of PostgreSQL (postgres_rules)."""
+        return read_rules(settings.postgres_conninfo())
+
+    @staticmethod
     def prepare(settings: Settings) -> list[tuple[str, bool]]:
         """Create the schema and tables if absent; each table, and whether this call created it."""
         made = create_tables(settings.postgres_conninfo(), settings.postgres_schema)
@@ -181,15 +186,19 @@ class PostgresSink:
     def write(self, batch: TickBatch) -> Written:
         try:
             return self._write(batch, narrow=False)
-        except pgerr.DataError as exc:  # SQLSTATE class 22: some value of ours it cannot store
+        except (psycopg.Error, PoolTimeout) as exc:
+            if not is_refusal(exc):
+                raise classify(exc, f"writing {batch.ticks.num_rows} rows") from None
+            # Admission (postgres_rules) keeps out what the table's rules refuse; this is a rule
+            # added since they were read, or a value decoding did not foresee. The last line of
+            # defence: land the rest, and make the refused rows rejects in PostgreSQL only.
             log.warning(
-                "PostgreSQL refused a batch of %d rows (%s: %s); finding the rows it refuses",
+                "PostgreSQL refused a batch of %d rows that admission let through (%s: %s); finding "
+                "the rows it refuses. Delta may hold them: run `finpulse verify`",
                 batch.ticks.num_rows,
-                exc.sqlstate,
+                getattr(exc, "sqlstate", None),
                 first_line(exc),
             )
-        except (psycopg.Error, PoolTimeout) as exc:
-            raise classify(exc, f"writing {batch.ticks.num_rows} rows") from None
         try:
             return self._write(batch, narrow=True)
         except (psycopg.Error, PoolTimeout) as exc:
@@ -312,15 +321,15 @@ def _copy_rejects(cur: psycopg.Cursor, statement: str, rejects) -> None:
 
 
 def _copy_narrowing(conn: psycopg.Connection, cur: psycopg.Cursor, ticks: pa.Table) -> list[Reject]:
-    """COPY `ticks` in savepoints, halving any part PostgreSQL refuses for a data reason (SQLSTATE
-    class 22) down to single rows; return those rows as rejects. A last line of defence: decoding
-    already rejects what neither sink can store, so this runs only for what it did not foresee
-    (a sink-side rule such as a trigger or a domain)."""
+    """COPY `ticks` in savepoints, halving any part PostgreSQL refuses for a data reason
+    (postgres_rules.is_refusal) down to single rows; return those rows as rejects."""
     try:
         with conn.transaction(), cur.copy(_COPY_TICKS) as copy:
             copy.write(pgcopy.encode(ticks))
         return []
-    except pgerr.DataError as exc:
+    except psycopg.Error as exc:
+        if not is_refusal(exc):
+            raise
         if ticks.num_rows > 1:
             half = ticks.num_rows // 2
             return _copy_narrowing(conn, cur, ticks.slice(0, half)) + _copy_narrowing(conn, cur, ticks.slice(half))
