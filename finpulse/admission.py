@@ -24,10 +24,12 @@ import pyarrow as pa
 from finpulse.batch import TickBatch
 from finpulse.checks import clean_reason
 from finpulse.config import Settings
+from finpulse.errors import ServiceUnavailable
 from finpulse.records import Reject
 from finpulse.sinks import KINDS
 
 RULES_TTL_S = 60.0
+RULES_RETRY_S = 5.0  # a refresh that found a sink down is tried again this soon
 
 
 class Admission:
@@ -40,7 +42,14 @@ class Admission:
     def rules(self) -> list:
         """Each chosen sink's rule checker (sinks without rules have none); re-read when stale."""
         if self._rules is None or time.monotonic() - self._read_at > RULES_TTL_S:
-            fresh = [r for name in self.sink_names if (r := KINDS[name].rules(self.settings)) is not None]
+            try:
+                fresh = [r for name in self.sink_names if (r := KINDS[name].rules(self.settings)) is not None]
+            except ServiceUnavailable:
+                if self._rules is None:
+                    raise  # never read: the caller waits for the sink
+                # a sink that is down keeps its last rules for now, so the other sink's lane goes on
+                self._read_at = time.monotonic() - RULES_TTL_S + RULES_RETRY_S
+                return self._rules
             self.close()
             self._rules, self._read_at = fresh, time.monotonic()
         return self._rules
