@@ -1,7 +1,7 @@
 """A live trickle, measured: Delta commits and live files per minute, and the time to count the
 table's rows, while `finpulse ingest` (default settings) takes a steady rate of ticks.
 
-    .venv/bin/python bench/trickle.py [--rate 2000] [--seconds 60] [--partitions 4]
+    .venv/bin/python bench/trickle.py [--rate 2000] [--seconds 60] [--partitions 4] [--committer worker]
 
 Runs against the local stack (`scripts/services up`) in a fresh topic, schema and Delta path,
 and prints one JSON line. Not part of `scripts/bench`: it takes as long as it measures.
@@ -30,6 +30,12 @@ def main() -> None:
     args.add_argument("--rate", type=int, default=2000, help="ticks per second")
     args.add_argument("--seconds", type=int, default=60, help="how long the trickle lasts")
     args.add_argument("--partitions", type=int, default=4)
+    args.add_argument(
+        "--committer",
+        choices=("process", "worker"),
+        default="process",
+        help="FINPULSE_DELTA_COMMITTER: one Delta committer per process (default) or one per worker (before)",
+    )
     opts = args.parse_args()
 
     tag = uuid.uuid4().hex[:8]
@@ -40,6 +46,7 @@ def main() -> None:
         KAFKA_GROUP_ID=f"trickle-{tag}",
         POSTGRES_SCHEMA=f"trickle_{tag}",
         DELTA_TABLE_URI=str(table),
+        FINPULSE_DELTA_COMMITTER=opts.committer,
     )
 
     def finpulse(*argv: str) -> None:
@@ -75,6 +82,7 @@ def main() -> None:
         json.dumps(
             {
                 "rate": opts.rate,
+                "committer": opts.committer,
                 "seconds": round(elapsed, 1),
                 "rows": rows,
                 "commits": commits,

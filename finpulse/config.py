@@ -7,7 +7,7 @@ have are prefixed `FINPULSE_`. Every default carries a comment saying why it is 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     )
     delta_flush_ticks: int = Field(
         100_000, ge=1, validation_alias=AliasChoices("FINPULSE_DELTA_FLUSH_TICKS", "delta_flush_ticks")
+    )
+    # Who commits Delta writes: "process" (default), one committer per `finpulse ingest` process
+    # commits every worker's files together, once per FINPULSE_DELTA_FLUSH_MS; "worker", each
+    # worker commits its own writes (commits grow with --workers).
+    delta_committer: Literal["process", "worker"] = Field(
+        "process", validation_alias=AliasChoices("FINPULSE_DELTA_COMMITTER", "delta_committer")
     )
     # Background compaction during ingest: when this many Delta files are small (under 16 MiB),
     # pack them. 200 files is a few minutes of a trickle with 4 workers; 0 turns it off (then run

@@ -20,11 +20,13 @@ from rich.console import Console
 from finpulse import deadletter, resume, source
 from finpulse.backoff import Backoff
 from finpulse.batch import Offsets
+from finpulse.committer import Committer
 from finpulse.compactor import Compactor
 from finpulse.config import Settings
 from finpulse.errors import FinpulseError, ServiceUnavailable, WorkerFailed
 from finpulse.progress import Progress, Totals
 from finpulse.sinks import open_sinks, prepare_sinks
+from finpulse.sinks.delta import DeltaSink
 from finpulse.worker import WorkerSpec
 from finpulse.worker import main as worker_main
 
@@ -96,8 +98,23 @@ def run(
     budget = RestartBudget()
     stopping = False
 
+    # one Delta committer for every worker of this process (finpulse.committer)
+    committer = (
+        Committer(settings, ctx, n).start()
+        if settings.delta_committer == "process" and DeltaSink.name in settings.sink_names
+        else None
+    )
+
     def spawn(i: int) -> None:
-        spec = WorkerSpec(i, settings, os.getpid(), feed=feed, strict=strict, topic_id=topic_id)
+        spec = WorkerSpec(
+            i,
+            settings,
+            os.getpid(),
+            feed=feed,
+            strict=strict,
+            topic_id=topic_id,
+            committer=committer.client(i) if committer is not None else None,
+        )
         p = ctx.Process(target=worker_main, args=(spec, events, logs), name=f"finpulse-worker-{i}", daemon=False)
         p.start()
         procs[i], started[i] = p, time.monotonic()
@@ -183,6 +200,8 @@ def run(
                 p.kill()
         for sig, handler in old.items():
             signal.signal(sig, handler)
+        if committer is not None:  # after the workers: their last writes were answered
+            committer.stop()
         if compactor is not None:
             compactor.stop()
         listener.stop()

@@ -24,6 +24,7 @@ from finpulse import resume
 from finpulse.admission import Admission
 from finpulse.backoff import Backoff
 from finpulse.batch import Accumulator, Offsets
+from finpulse.committer import CommitClient
 from finpulse.config import Settings
 from finpulse.deadletter import DeadLetters
 from finpulse.errors import FinpulseError, ServiceUnavailable
@@ -52,6 +53,7 @@ class WorkerSpec:
     feed: str | None = None
     strict: bool = False
     topic_id: str | None = None  # Kafka's id of the topic, stored with every position
+    committer: tuple | None = None  # Committer.client(): Delta writes are committed by the supervisor
 
 
 def main(spec: WorkerSpec, events, logs) -> None:
@@ -92,7 +94,12 @@ class Worker:
         self.stop = threading.Event()
         self.decoder = Decoder(s.max_message_bytes, feed=spec.feed, strict=spec.strict)
         # each lane holds rows against every sink's rules with its own admission (its thread's)
-        self.lanes = [Lane(sink, sink.flush, Admission(s)) for sink in open_sinks(s, spec.topic_id)]
+        sinks = open_sinks(s, spec.topic_id)
+        for sink in sinks:
+            stage = getattr(sink, "stage_commits", None)  # a sink that can leave commits to the process's committer
+            if spec.committer is not None and stage is not None:
+                stage(CommitClient(*spec.committer))
+        self.lanes = [Lane(sink, sink.flush, Admission(s)) for sink in sinks]
         self.sinks = [Remote(lane, self.stop) for lane in self.lanes]  # reads, run on each lane's thread
         self.dead_letters = DeadLetters(s) if s.dlq_topic else None
         self.acc = Accumulator()

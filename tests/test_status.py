@@ -37,7 +37,7 @@ def test_status_json_before_and_after_a_drain(isolated):
     marks = source.watermarks(isolated)
 
     _, before = status(env)
-    assert set(before) == {"topic", "group_id", "partitions", "totals", "delta", "postgres", "errors", "gaps"}
+    assert set(before) == {"topic", "group_id", "partitions", "totals", "delta", "postgres", "errors", "gaps", "rules"}
     assert before["gaps"] == []
     assert before["topic"] == isolated.kafka_topic and before["group_id"] == isolated.kafka_group_id
     assert before["errors"] == {}

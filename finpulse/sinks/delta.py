@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -15,14 +16,21 @@ from finpulse.batch import FlushPolicy, Offsets, TickBatch
 from finpulse.config import Settings
 from finpulse.errors import RulesChanged, ServiceUnavailable, SinkRejected, first_line
 from finpulse.schema import DELTA, DELTA_PARTITION, LAST_ORDER, LINEAGE
+from finpulse.sinks import delta_files
 from finpulse.sinks import delta_maintenance as maintenance
 from finpulse.sinks.base import Filled, Rules, Summary, Written
+
+if TYPE_CHECKING:
+    from finpulse.committer import CommitClient
 
 log = logging.getLogger(__name__)
 
 # Several workers append to one table; delta-rs rebases a losing commit onto the winner this
 # many times before giving up (appends never truly conflict, so a few rounds always suffice).
 MAX_COMMIT_RETRIES = 20
+# With a committer: a write whose base positions went stale is rewritten this many times at once
+# (another worker of the process took the partition over) before the lane's backoff takes over.
+STALE_REWRITES = 3
 
 
 def app_id(topic: str, partition: int) -> str:
@@ -136,6 +144,14 @@ class DeltaSink:
         self.where = uri
         self.flush = FlushPolicy()  # from_settings sets Delta's interval and size trigger
         self._table: DeltaTable | None = None
+        self.committer: CommitClient | None = None  # stage_commits: a CommitClient of the process's committer
+        self._seen: dict[int, int | None] = {}  # with a committer: positions as last known
+
+    def stage_commits(self, client: CommitClient) -> None:
+        """From now on `write` writes the data files and leaves the commit to the process's
+        committer (finpulse.committer), which commits every worker's files together."""
+        self.committer = client
+        self._fs = delta_files.filesystem(self.uri, self.storage_options)
 
     def _latest(self) -> DeltaTable:
         try:
@@ -171,6 +187,7 @@ class DeltaSink:
         held = {}
         for p in partitions:
             version = table.transaction_version(app_id(self.topic, p))
+            self._seen[p] = version
             if version is not None:
                 held[p] = version
         return held
@@ -202,6 +219,8 @@ class DeltaSink:
             )
 
     def write(self, batch: TickBatch) -> Written:
+        if self.committer is not None:
+            return self._write_staged(batch)
         table = self._latest()  # one log refresh serves the guard and the commit's read version
         held = self._held(table, batch.next_offsets)
         todo = batch.after(held)
@@ -242,6 +261,36 @@ class DeltaSink:
             raise ServiceUnavailable(f"Delta write to {self.uri} failed: {exc}") from None
         held.update(todo.next_offsets)
         return Written(held, todo.ticks.num_rows, len(todo.rejects))
+
+    def _write_staged(self, batch: TickBatch) -> Written:
+        """Write the data files, then have the committer commit them with the positions. The
+        positions come from the committer's answers (read from the log only for a partition not
+        seen yet): the write path does not read the Delta log."""
+        from finpulse.resume import fingerprint
+
+        client = self.committer
+        assert client is not None
+        unseen = [p for p in batch.next_offsets if p not in self._seen]
+        if unseen:
+            self._held(self._latest(), unseen)
+        topic_key = fingerprint(self.topic_id) if self.topic_id else None
+        for _ in range(STALE_REWRITES):
+            held = {p: v for p in batch.next_offsets if (v := self._seen.get(p)) is not None}
+            todo = batch.after(held)
+            if todo.empty:
+                return Written(held, 0, 0)
+            with self._io("writing data files"):
+                rows = todo.ticks
+                adds = delta_files.write_files(self._fs, with_partition_column(rows)) if rows.num_rows else []
+            base = {p: self._seen.get(p) for p in todo.next_offsets}
+            answer = client.commit(adds, base, todo.next_offsets, topic_key)
+            self._seen.update(answer.positions)
+            if answer.status == "ok":
+                return Written({**held, **todo.next_offsets}, rows.num_rows, len(todo.rejects))
+            if answer.status == "retry":
+                raise ServiceUnavailable(f"Delta commit failed at {self.uri}: {answer.reason}")
+            log.info("Delta positions moved under this worker (%s); rewriting from them", answer.positions)
+        raise ServiceUnavailable(f"Delta positions at {self.uri} kept moving during {STALE_REWRITES} rewrites")
 
     def close(self) -> None:
         self._table = None

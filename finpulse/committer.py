@@ -1,0 +1,183 @@
+"""One Delta committer per `finpulse ingest` process, whatever --workers is.
+
+Workers write their Parquet files themselves, in parallel (sinks/delta_files.py), and send the add
+actions with the positions they cover to this thread of the supervisor. Every interval it commits
+everything that arrived as one Delta commit, with every partition's `txn` (its position) in the
+same commit, so commits per table grow with processes, not with workers, and workers never read
+the Delta log on the write path.
+
+Exactly-once: a request names, per partition, the position its rows start from (`base`, what the
+worker last saw). The committer accepts it only if the table's position for each of those
+partitions still equals its base; otherwise its rows may overlap what another writer committed,
+so it is answered "stale" with the table's positions and the worker rewrites from there. Files of
+a request that is never committed stay invisible, and `finpulse maintain` removes them. Two
+`ingest` processes on one table are still safe: delta-rs refuses a commit whose `txn` another
+commit changed meanwhile (then every request of the round is answered "retry").
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from deltalake import CommitProperties, DeltaTable, Transaction
+from deltalake.exceptions import DeltaError
+from deltalake.transaction import AddAction
+
+from finpulse.config import Settings
+from finpulse.errors import ServiceUnavailable, first_line
+from finpulse.schema import DELTA, DELTA_PARTITION
+from finpulse.sinks.delta import MAX_COMMIT_RETRIES, app_id, topic_app_id
+
+log = logging.getLogger("finpulse.committer")
+
+# A worker gives up waiting for an answer after this long and retries its write (ServiceUnavailable);
+# a late commit of the abandoned request cannot duplicate rows: the retry's base is then stale.
+REPLY_TIMEOUT_S = 120.0
+POLL_S = 0.2
+
+
+@dataclass
+class Request:
+    worker: int
+    id: str
+    adds: list[dict]
+    base: dict[int, int | None]  # partition -> position its rows start from (None: nothing held)
+    next_offsets: dict[int, int]
+    topic_key: int | None  # resume.fingerprint of the topic id, stored as its own txn
+
+
+@dataclass
+class Answer:
+    id: str
+    status: str  # "ok", "stale" (rewrite from `positions`) or "retry" (the commit failed)
+    positions: dict[int, int | None] = field(default_factory=dict)
+    reason: str = ""
+
+
+class CommitClient:
+    """A worker's side: send one request, wait for its answer."""
+
+    def __init__(self, worker: int, requests, replies):
+        self.worker, self.requests, self.replies = worker, requests, replies
+
+    def commit(
+        self, adds: list[dict], base: dict[int, int | None], next_offsets: dict[int, int], topic_key: int | None
+    ) -> Answer:
+        rid = uuid.uuid4().hex
+        self.requests.put(Request(self.worker, rid, adds, base, next_offsets, topic_key))
+        deadline = time.monotonic() + REPLY_TIMEOUT_S
+        while True:
+            try:
+                answer: Answer = self.replies.get(timeout=max(deadline - time.monotonic(), 0.001))
+            except queue.Empty:
+                raise ServiceUnavailable(f"the Delta committer did not answer within {REPLY_TIMEOUT_S:.0f}s") from None
+            if answer.id == rid:  # older answers belong to requests this worker gave up on
+                return answer
+
+
+class Committer:
+    """The supervisor's side: a thread that commits what the workers staged, once per interval."""
+
+    def __init__(self, settings: Settings, ctx, workers: int):
+        self.settings = settings
+        self.interval_s = settings.delta_flush_ms / 1000
+        self.requests = ctx.Queue()
+        self.replies = {i: ctx.Queue() for i in range(workers)}
+        self.commits = 0
+        self._table: DeltaTable | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="delta-committer", daemon=True)
+
+    def client(self, worker: int) -> tuple:
+        """What a worker needs to build its CommitClient (queues pickle across spawn)."""
+        return (worker, self.requests, self.replies[worker])
+
+    def start(self) -> Committer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """After the workers exited: answer what is left, then end."""
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        last = float("-inf")
+        while True:
+            try:
+                first = self.requests.get(timeout=POLL_S)
+            except queue.Empty:
+                if self._stop.is_set():
+                    return
+                continue
+            wait = last + self.interval_s - time.monotonic()
+            if wait > 0 and not self._stop.is_set():
+                time.sleep(wait)  # what arrives meanwhile joins this commit
+            pending = [first]
+            while True:
+                try:
+                    pending.append(self.requests.get_nowait())
+                except queue.Empty:
+                    break
+            last = time.monotonic()
+            for answer_to, answer in self._commit(pending):
+                self.replies[answer_to].put(answer)
+
+    def _latest(self) -> DeltaTable:
+        s = self.settings
+        if self._table is None:
+            self._table = DeltaTable(s.delta_uri, storage_options=s.delta_storage_options)
+        else:
+            self._table.update_incremental()
+        return self._table
+
+    def _commit(self, pending: list[Request]) -> list[tuple[int, Answer]]:
+        try:
+            table = self._latest()
+        except (DeltaError, OSError) as exc:
+            self._table = None
+            return [
+                (r.worker, Answer(r.id, "retry", reason=f"reading the Delta log: {first_line(exc)}")) for r in pending
+            ]
+        topic = self.settings.kafka_topic
+        versions: dict[int, int | None] = {}
+
+        def position(p: int) -> int | None:
+            if p not in versions:
+                versions[p] = table.transaction_version(app_id(topic, p))
+            return versions[p]
+
+        accepted, answers = [], []
+        for r in pending:
+            if all(position(p) == b for p, b in r.base.items()):
+                accepted.append(r)
+                versions.update(r.next_offsets)
+            else:
+                answers.append((r.worker, Answer(r.id, "stale", {p: position(p) for p in r.base})))
+        if not accepted:
+            return answers
+        moved = {p for r in accepted for p in r.next_offsets}
+        txns = [Transaction(app_id(topic, p), versions[p]) for p in sorted(moved)]  # type: ignore[arg-type]
+        keys = [r.topic_key for r in accepted if r.topic_key is not None]
+        txns += [Transaction(topic_app_id(topic), keys[0])] if keys else []  # one topic: one key
+        try:
+            table.create_write_transaction(
+                [AddAction(**a) for r in accepted for a in r.adds],
+                mode="append",
+                schema=DELTA,
+                partition_by=[DELTA_PARTITION],
+                commit_properties=CommitProperties(app_transactions=txns, max_commit_retries=MAX_COMMIT_RETRIES),
+            )
+        except (DeltaError, OSError) as exc:
+            self._table = None
+            log.warning(
+                "Delta commit of %d staged writes failed; the workers retry: %s", len(accepted), first_line(exc)
+            )
+            return answers + [(r.worker, Answer(r.id, "retry", reason=first_line(exc))) for r in accepted]
+        self.commits += 1
+        return answers + [(r.worker, Answer(r.id, "ok", {p: versions[p] for p in r.next_offsets})) for r in accepted]

@@ -1,0 +1,70 @@
+"""Delta data files written apart from their commit.
+
+With a committer (finpulse.committer), a worker writes the Parquet files of its rows into the
+table's location itself and hands their add actions to one committer per `finpulse ingest`
+process, which commits every worker's files and every partition's `txn` together. A file is
+visible only once a commit names it: files of a write whose commit never happened (a crash, a
+lost race) are invisible to every reader and removed by `finpulse maintain` (vacuum).
+
+Each file carries Delta statistics (row count, and min/max/null count of the numeric lineage and
+value columns) so readers can skip files by partition and offset, as with delta-rs's own writes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from deltalake.fs import DeltaStorageHandler
+from pyarrow import fs as pafs
+
+from finpulse.schema import DELTA_PARTITION
+
+# Columns with min/max statistics: numbers only (Delta truncates timestamp and string statistics,
+# which readers then have to widen; numbers are exact).
+STATS_COLUMNS = ("kafka_partition", "kafka_offset", "tick_index", "price", "size")
+
+
+def filesystem(uri: str, storage_options: dict[str, str]) -> pafs.FileSystem:
+    """The table's location as a pyarrow filesystem whose paths are relative to the table root."""
+    return pafs.PyFileSystem(DeltaStorageHandler(uri, storage_options))
+
+
+def _stats(rows: pa.Table) -> str:
+    mins, maxes, nulls = {}, {}, {}
+    for name in STATS_COLUMNS:
+        column = rows.column(name)
+        nulls[name] = column.null_count
+        if column.null_count < rows.num_rows:
+            bounds = pc.min_max(column)
+            mins[name], maxes[name] = bounds["min"].as_py(), bounds["max"].as_py()
+    return json.dumps({"numRecords": rows.num_rows, "minValues": mins, "maxValues": maxes, "nullCount": nulls})
+
+
+def write_files(fs: pafs.FileSystem, rows: pa.Table) -> list[dict]:
+    """Write `rows` (in Delta's schema, with its date partition column) as one Parquet file per
+    date partition; return their add actions (as dicts: they cross a process boundary)."""
+    adds = []
+    dates = rows.column(DELTA_PARTITION)
+    for day in pc.unique(dates).to_pylist():
+        part = rows.filter(pc.equal(dates, pa.scalar(day, dates.type))).drop_columns([DELTA_PARTITION])
+        value = day.isoformat()
+        path = f"{DELTA_PARTITION}={value}/part-{uuid.uuid4()}-c000.snappy.parquet"
+        with fs.open_output_stream(path) as out:
+            pq.write_table(part, out, compression="snappy")
+            size = out.tell()
+        adds.append(
+            {
+                "path": path,
+                "size": size,
+                "partition_values": {DELTA_PARTITION: value},
+                "modification_time": int(time.time() * 1000),
+                "data_change": True,
+                "stats": _stats(part),
+            }
+        )
+    return adds

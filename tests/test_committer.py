@@ -1,0 +1,98 @@
+"""One Delta committer per `finpulse ingest` process: workers write the data files, the committer
+commits them together with every partition's position, and a write whose positions went stale is
+rewritten, never duplicated. Against a local Delta table (and, end to end, the real stack)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import threading
+from pathlib import Path
+
+import pytest
+from support.cli import env_for, finpulse
+from support.rules import span
+from support.sinks import KEY_COLUMNS, assert_exactly_once, delta_rows, produced
+
+from finpulse.committer import CommitClient, Committer
+from finpulse.sinks.delta import DeltaSink
+
+pytestmark = [pytest.mark.postgres]
+
+
+def txn_partitions_per_commit(table_uri: str) -> list[set[int]]:
+    """For each commit of the table's log, the partitions whose position (`txn`) it moves."""
+    commits = []
+    for entry in sorted(Path(table_uri, "_delta_log").glob("*.json")):
+        apps = set()
+        for line in entry.read_text().splitlines():
+            txn = json.loads(line).get("txn")
+            if txn and txn["appId"].startswith("finpulse:"):
+                apps.add(int(txn["appId"].rsplit(":", 1)[1]))
+        commits.append(apps)
+    return commits
+
+
+def staged(settings, committer: Committer, worker: int) -> DeltaSink:
+    sink = DeltaSink.from_settings(settings)
+    sink.stage_commits(CommitClient(*committer.client(worker)))
+    return sink
+
+
+def test_workers_writes_are_committed_together_with_their_positions(isolated):
+    s = isolated.model_copy(update={"delta_flush_ms": 1000})
+    committer = Committer(s, mp.get_context("spawn"), 2).start()
+    sinks = [staged(s, committer, i) for i in range(2)]
+    errors: list[BaseException] = []
+
+    def writes(sink: DeltaSink, partition: int) -> None:
+        try:
+            for start in (0, 100, 200):
+                assert sink.write(span(partition, start, start + 100)).held == {partition: start + 100}
+        except BaseException as exc:  # re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writes, args=(sink, p)) for p, sink in enumerate(sinks)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        committer.stop()
+    assert errors == []
+    # six writes; the second and third of each worker wait for the interval and go out together
+    assert committer.commits <= 4
+    assert any(parts == {0, 1} for parts in txn_partitions_per_commit(s.delta_uri))
+    keys = sorted(delta_rows(s, KEY_COLUMNS))
+    assert keys == sorted((p, o, 0) for p in (0, 1) for o in range(300))
+    assert DeltaSink.from_settings(s).positions([0, 1]) == {0: 300, 1: 300}
+
+
+def test_a_write_whose_positions_went_stale_is_rewritten_from_the_tables(isolated):
+    committer = Committer(isolated, mp.get_context("spawn"), 2).start()
+    first, second = staged(isolated, committer, 0), staged(isolated, committer, 1)
+    try:
+        assert second.positions([0]) == {}  # the new owner saw nothing held, then the old one wrote
+        assert first.write(span(0, 0, 100)).held == {0: 100}
+        written = second.write(span(0, 0, 150))  # based on "nothing held": stale, rewritten from 100
+        assert (written.held, written.rows) == ({0: 150}, 50)
+    finally:
+        committer.stop()
+    assert sorted(delta_rows(isolated, KEY_COLUMNS)) == [(0, o, 0) for o in range(150)]
+    on_disk = list(Path(isolated.delta_uri).glob("trade_date=*/*.parquet"))
+    from deltalake import DeltaTable
+
+    live = DeltaTable(isolated.delta_uri).file_uris()
+    assert len(on_disk) == len(live) + 1, "the stale write's file stays on disk, invisible, for vacuum"
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_ingest_with_four_workers_commits_their_partitions_together(isolated):
+    env = env_for(isolated, FINPULSE_DELTA_FLUSH_TICKS="5000")
+    finpulse("produce", "--count", "100000", env=env)
+    finpulse("ingest", "--workers", "4", "--drain", env=env)
+    assert_exactly_once(delta_rows(isolated), produced(100_000), "delta")
+    moved = [parts for parts in txn_partitions_per_commit(isolated.delta_uri) if parts]
+    assert max(len(parts) for parts in moved) >= 3, moved  # one commit carried several workers' positions
