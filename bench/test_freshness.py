@@ -20,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
+import pytest
 from conftest import QUICK, ROOT
 from deltalake import DeltaTable
 
 from finpulse import produce, source
 
-RATE = 5_000  # ticks/s, a busy feed's steady rate
+RATES = [5_000] if QUICK else [2_000, 5_000]  # ticks/s: a steady feed, a busy one
 SECONDS = 10 if QUICK else 30
 POLL_S = 0.01  # PostgreSQL poll period: the resolution of its latency figures
 
@@ -43,6 +44,8 @@ def _env(s) -> dict[str, str]:
         POSTGRES_SCHEMA=s.postgres_schema,
         POSTGRES_PASSWORD=s.postgres_password.get_secret_value(),
         DELTA_TABLE_URI=s.delta_uri,
+        # BENCH_DELTA_COMMITTER=worker measures the design before the per-process committer
+        FINPULSE_DELTA_COMMITTER=os.environ.get("BENCH_DELTA_COMMITTER", "process"),
     )
     return env
 
@@ -93,7 +96,8 @@ def delta_latencies(uri: str) -> list[float]:
     return out
 
 
-def test_freshness_default_settings(benchmark, fresh_sinks):
+@pytest.mark.parametrize("rate", RATES)
+def test_freshness_default_settings(benchmark, fresh_sinks, rate):
     topic = f"bench-fresh-{uuid.uuid4().hex[:8]}"
     s = fresh_sinks(kafka_topic=topic)
     source.create_topic(s, 4)
@@ -112,8 +116,8 @@ def test_freshness_default_settings(benchmark, fresh_sinks):
         watch.start()
         try:
             time.sleep(5)  # workers started and assigned
-            count = RATE * SECONDS
-            produce.send(s, produce.encoded(live_ticks(count)), rate=RATE)
+            count = rate * SECONDS
+            produce.send(s, produce.encoded(live_ticks(count)), rate=rate)
             deadline = time.monotonic() + 60
             while watch.seen < count and time.monotonic() < deadline:
                 time.sleep(0.1)
@@ -131,6 +135,6 @@ def test_freshness_default_settings(benchmark, fresh_sinks):
     for sink in ("postgres", "delta"):
         benchmark.extra_info[f"freshness_p50_ms_{sink}"] = round(float(np.percentile(result[sink], 50)), 1)
         benchmark.extra_info[f"freshness_p99_ms_{sink}"] = round(float(np.percentile(result[sink], 99)), 1)
-    benchmark.extra_info.update(rate=RATE, seconds=SECONDS, batch_size=5, design="finpulse", kind="freshness")
+    benchmark.extra_info.update(rate=rate, seconds=SECONDS, batch_size=5, design="finpulse", kind="freshness")
     client = source.admin(s)
     client.delete_topics([topic])[topic].result(timeout=30)

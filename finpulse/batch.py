@@ -171,10 +171,21 @@ class FlushPolicy:
     """When a lane writes what is queued: at once (interval 0: PostgreSQL, the low-latency store),
     or `interval_s` after its last write unless `max_ticks` pile up first (Delta: one commit, one
     file per date, per interval on a trickle; large writes on a backlog). A read (`call`), a
-    rebalance or a stop (`wait_idle`) writes at once."""
+    rebalance or a stop (`wait_idle`) writes at once. `aligned`: the interval's boundaries are
+    multiples of it on the wall clock, so every worker of a process (and of a host) writes at the
+    same moments and the Delta committer finds all their files together."""
 
     interval_s: float = 0.0
     max_ticks: int = 0
+    aligned: bool = False
 
-    def due(self, queued: int, since_last_write: float) -> bool:
-        return self.interval_s <= 0 or since_last_write >= self.interval_s or queued >= self.max_ticks
+    def left(self, last_write: float, now: float) -> float:
+        """Seconds until the interval since `last_write` is over (times: time.time())."""
+        if self.interval_s <= 0:
+            return 0.0
+        if self.aligned:
+            return (last_write // self.interval_s + 1) * self.interval_s - now
+        return self.interval_s - (now - last_write)
+
+    def due(self, queued: int, last_write: float, now: float) -> bool:
+        return self.interval_s <= 0 or self.left(last_write, now) <= 0 or queued >= self.max_ticks

@@ -4,7 +4,8 @@ Workers write their Parquet files themselves, in parallel (sinks/delta_files.py)
 actions with the positions they cover to this thread of the supervisor. Every interval it commits
 everything that arrived as one Delta commit, with every partition's `txn` (its position) in the
 same commit, so commits per table grow with processes, not with workers, and workers never read
-the Delta log on the write path.
+the Delta log on the write path. Workers write at the same wall-clock moments (their flush
+interval is aligned), so on a trickle one commit per interval carries every worker's files.
 
 Exactly-once: a request names, per partition, the position its rows start from (`base`, what the
 worker last saw). The committer accepts it only if the table's position for each of those
@@ -39,6 +40,9 @@ log = logging.getLogger("finpulse.committer")
 # a late commit of the abandoned request cannot duplicate rows: the retry's base is then stale.
 REPLY_TIMEOUT_S = 120.0
 POLL_S = 0.2
+# Workers write at the same wall-clock moments (FlushPolicy.aligned); after the first request of
+# a round the committer waits this long for the others' files (at most a tenth of the interval).
+GATHER_S = 0.1
 
 
 @dataclass
@@ -85,7 +89,11 @@ class Committer:
 
     def __init__(self, settings: Settings, ctx, workers: int):
         self.settings = settings
-        self.interval_s = settings.delta_flush_ms / 1000
+        interval = settings.delta_flush_ms / 1000
+        self.gather_s = min(GATHER_S, interval / 10)
+        # Commits are at least half an interval apart: one per interval on a trickle (the workers
+        # write together), at most two on a backlog (writes triggered by size come at any time).
+        self.spacing_s = interval / 2
         self.requests = ctx.Queue()
         self.replies = {i: ctx.Queue() for i in range(workers)}
         self.commits = 0
@@ -115,8 +123,8 @@ class Committer:
                 if self._stop.is_set():
                     return
                 continue
-            wait = last + self.interval_s - time.monotonic()
-            if wait > 0 and not self._stop.is_set():
+            wait = max(self.gather_s, last + self.spacing_s - time.monotonic())
+            if not self._stop.is_set():
                 time.sleep(wait)  # what arrives meanwhile joins this commit
             pending = [first]
             while True:

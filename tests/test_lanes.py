@@ -202,3 +202,14 @@ def test_an_interval_policy_still_writes_a_backlog_as_soon_as_it_reaches_the_siz
         assert sum(sink.writes) == 60 and sink.held == {0: 60}
     finally:
         lane.close()
+
+
+def test_an_aligned_interval_ends_on_the_wall_clocks_multiples_of_it():
+    """Delta's policy is aligned, so every worker of a process writes in the same moments and the
+    committer commits their files together."""
+    aligned, plain = FlushPolicy(2.0, 100, aligned=True), FlushPolicy(2.0, 100)
+    assert aligned.left(last_write=1001.5, now=1001.7) == pytest.approx(0.3)  # next multiple: 1002
+    assert plain.left(last_write=1001.5, now=1001.7) == pytest.approx(1.8)
+    assert aligned.due(0, last_write=1001.5, now=1002.0) and not plain.due(0, last_write=1001.5, now=1002.0)
+    assert aligned.due(100, last_write=1001.5, now=1001.6)  # the size trigger needs no boundary
+    assert FlushPolicy().due(0, last_write=1001.5, now=1001.5)  # no interval: at once

@@ -123,7 +123,8 @@ class DeltaSink:
     @classmethod
     def from_settings(cls, settings: Settings, topic_id: str | None = None) -> DeltaSink:
         sink = cls(settings.delta_uri, settings.delta_storage_options, settings.kafka_topic, topic_id)
-        sink.flush = FlushPolicy(settings.delta_flush_ms / 1000, settings.delta_flush_ticks)
+        # aligned: every worker writes at the same moments, so the committer commits them together
+        sink.flush = FlushPolicy(settings.delta_flush_ms / 1000, settings.delta_flush_ticks, aligned=True)
         return sink
 
     @staticmethod
