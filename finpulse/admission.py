@@ -18,14 +18,12 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import orjson
 import pyarrow as pa
 
 from finpulse.batch import TickBatch
-from finpulse.checks import clean_reason
+from finpulse.checks import refused_rows
 from finpulse.config import Settings
 from finpulse.errors import ServiceUnavailable
-from finpulse.records import Reject
 from finpulse.sinks import KINDS
 
 RULES_TTL_S = 60.0
@@ -69,32 +67,15 @@ class Admission:
 
     def admit(self, batch: TickBatch) -> TickBatch:
         """`batch` with every refused tick moved to its rejects."""
-        ticks = batch.ticks if isinstance(batch.ticks, pa.Table) else pa.Table.from_batches([batch.ticks])
+        ticks = batch.ticks
         refused = self.refused(ticks) if ticks.num_rows else {}
         if not refused:
             return batch
         keep = np.ones(ticks.num_rows, dtype=bool)
         keep[list(refused)] = False
-        return TickBatch(ticks.filter(pa.array(keep)), batch.rejects + to_rejects(ticks, refused), batch.next_offsets)
+        return TickBatch(ticks.filter(pa.array(keep)), batch.rejects + refused_rows(ticks, refused), batch.next_offsets)
 
     def close(self) -> None:
         for checker in self._rules or []:
             checker.close()
         self._rules = None
-
-
-def to_rejects(ticks: pa.Table, refused: dict[int, tuple[str, str]]) -> tuple[Reject, ...]:
-    """The refused rows as rejects; the raw bytes are the row as JSON."""
-    order = sorted(refused)
-    return tuple(
-        Reject(
-            row["kafka_partition"],
-            row["kafka_offset"],
-            row["tick_index"],
-            refused[i][0],
-            clean_reason(refused[i][1]),
-            orjson.dumps(row, default=str),
-            None,
-        )
-        for i, row in zip(order, ticks.take(order).to_pylist())
-    )

@@ -10,6 +10,8 @@ import datetime as dt
 import math
 
 import numpy as np
+import orjson
+import pyarrow as pa
 
 from finpulse import feeds
 from finpulse.records import Reject
@@ -90,6 +92,23 @@ def reject(
     partition: int, offset: int, tick_index: int, feed: str, reason: str, raw: bytes | None, kafka_ms: int | None
 ) -> Reject:
     return Reject(partition, offset, tick_index, feed, clean_reason(reason), raw, kafka_ms)
+
+
+def refused_rows(ticks: pa.Table, refused: dict[int, tuple[str, str]]) -> tuple[Reject, ...]:
+    """Rows of `ticks` a sink's rules refused (index -> (feed, reason)) as rejects, in row order;
+    their raw bytes are the row as JSON."""
+    order = sorted(refused)
+    return tuple(
+        reject(
+            row["kafka_partition"],
+            row["kafka_offset"],
+            row["tick_index"],
+            *refused[i],
+            orjson.dumps(row, default=str),
+            None,
+        )
+        for i, row in zip(order, ticks.take(order).to_pylist())
+    )
 
 
 def clean_reason(reason: str) -> str:

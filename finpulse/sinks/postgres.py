@@ -8,14 +8,13 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
-import orjson
 import psycopg
 import pyarrow as pa
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from finpulse.batch import FlushPolicy, Offsets, TickBatch
-from finpulse.checks import clean_reason
+from finpulse.checks import refused_rows
 from finpulse.config import Settings
 from finpulse.errors import first_line
 from finpulse.records import Reject
@@ -29,7 +28,7 @@ from finpulse.schema import (
 )
 from finpulse.sinks import pgcopy
 from finpulse.sinks.base import Filled, Rules, Summary, Written
-from finpulse.sinks.postgres_rules import is_refusal, read_rules
+from finpulse.sinks.postgres_rules import copy_narrowing, is_refusal, read_rules
 from finpulse.sinks.postgres_setup import classify, create_tables
 
 log = logging.getLogger(__name__)
@@ -216,13 +215,16 @@ class PostgresSink:
             if todo.empty:
                 return Written(held, 0, 0)
             rejects = list(todo.rejects)
-            refused = []
+            refused: tuple[Reject, ...] = ()
             with conn.cursor() as cur:
                 if todo.ticks.num_rows and not narrow:
                     with cur.copy(_COPY_TICKS) as copy:
                         copy.write(pgcopy.encode(todo.ticks))
                 elif todo.ticks.num_rows:
-                    refused = _copy_narrowing(conn, cur, todo.ticks)
+                    found = copy_narrowing(conn, cur, _COPY_TICKS, todo.ticks)
+                    refused = refused_rows(todo.ticks, {i: ("postgres", why) for i, why in found.items()})
+                    for r in refused:
+                        log.warning("tick (%d, %d, %d): %s", r.partition, r.offset, r.tick_index, r.reason)
                     rejects += refused
                 if rejects:
                     _copy_rejects(cur, _COPY_REJECTS, rejects)
@@ -318,37 +320,3 @@ def _copy_rejects(cur: psycopg.Cursor, statement: str, rejects) -> None:
     with cur.copy(statement) as copy:
         for r in rejects:
             copy.write_row((r.partition, r.offset, r.tick_index, r.feed, r.reason, r.raw, r.kafka_timestamp_ms))
-
-
-def _copy_narrowing(conn: psycopg.Connection, cur: psycopg.Cursor, ticks: pa.Table) -> list[Reject]:
-    """COPY `ticks` in savepoints, halving any part PostgreSQL refuses for a data reason
-    (postgres_rules.is_refusal) down to single rows; return those rows as rejects."""
-    try:
-        with conn.transaction(), cur.copy(_COPY_TICKS) as copy:
-            copy.write(pgcopy.encode(ticks))
-        return []
-    except psycopg.Error as exc:
-        if not is_refusal(exc):
-            raise
-        if ticks.num_rows > 1:
-            half = ticks.num_rows // 2
-            return _copy_narrowing(conn, cur, ticks.slice(0, half)) + _copy_narrowing(conn, cur, ticks.slice(half))
-        row = ticks.to_pylist()[0]
-        log.warning(
-            "PostgreSQL refused tick (%s, %s, %s): %s",
-            row["kafka_partition"],
-            row["kafka_offset"],
-            row["tick_index"],
-            first_line(exc),
-        )
-        return [
-            Reject(
-                row["kafka_partition"],
-                row["kafka_offset"],
-                row["tick_index"],
-                "postgres",
-                clean_reason(f"PostgreSQL refused the tick ({exc.sqlstate}): {first_line(exc)}"),
-                orjson.dumps(row, default=str),
-                None,
-            )
-        ]

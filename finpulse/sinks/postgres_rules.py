@@ -12,6 +12,7 @@ import psycopg
 import pyarrow as pa
 from psycopg import errors as pgerr
 
+from finpulse.errors import first_line
 from finpulse.schema import PRICES_TABLE, TICKS
 from finpulse.sinks import pgcopy
 from finpulse.sinks.postgres_setup import classify
@@ -37,6 +38,35 @@ _REFUSALS = (pgerr.DataError, pgerr.IntegrityError, pgerr.RaiseException)
 def is_refusal(exc: BaseException) -> bool:
     """PostgreSQL refused the rows themselves, not the connection or the statement."""
     return isinstance(exc, _REFUSALS) and not isinstance(exc, pgerr.UniqueViolation)
+
+
+def refusal_reason(exc: psycopg.Error) -> str:
+    return f"PostgreSQL refused the tick ({exc.sqlstate}): {first_line(exc)}"
+
+
+def copy_narrowing(conn: psycopg.Connection, cur: psycopg.Cursor, statement: str, ticks: pa.Table) -> dict[int, str]:
+    """COPY `ticks` with `statement` in savepoints, halving any part PostgreSQL refuses for a
+    data reason (is_refusal) down to single rows; index in `ticks` -> why, of each refused row.
+    What was not refused stays copied (in the caller's transaction); any other error is raised."""
+    found: dict[int, str] = {}
+
+    def copy(part: pa.Table, base: int) -> None:
+        try:
+            with conn.transaction(), cur.copy(statement) as out:  # a savepoint: a refusal undoes only this part
+                out.write(pgcopy.encode(part))
+            return
+        except psycopg.Error as exc:
+            if not is_refusal(exc):
+                raise
+            if part.num_rows == 1:
+                found[base] = refusal_reason(exc)
+                return
+        half = part.num_rows // 2
+        copy(part.slice(0, half), base)
+        copy(part.slice(half), base + half)
+
+    copy(ticks, 0)
+    return found
 
 
 def read_rules(conninfo: str) -> PostgresRules | None:
@@ -78,30 +108,13 @@ class PostgresRules:
         """Index in `ticks` -> why, for every row the table's rules refuse."""
         if not ticks.num_rows:
             return {}
-        found: dict[int, str] = {}
         try:
             conn = self._connection()
             with conn.transaction(force_rollback=True), conn.cursor() as cur:
-                self._narrow(conn, cur, ticks, 0, found)
+                return copy_narrowing(conn, cur, _COPY, ticks)
         except psycopg.Error as exc:
             self.close()
             raise classify(exc, "checking rows against the rules of prices_raw") from None
-        return found
-
-    def _narrow(self, conn, cur, ticks: pa.Table, base: int, found: dict[int, str]) -> None:
-        try:
-            with conn.transaction(), cur.copy(_COPY) as copy:  # a savepoint: a refusal undoes only this part
-                copy.write(pgcopy.encode(ticks))
-            return
-        except psycopg.Error as exc:
-            if not is_refusal(exc):
-                raise
-            if ticks.num_rows == 1:
-                found[base] = f"PostgreSQL refused the tick ({exc.sqlstate}): {str(exc).strip().splitlines()[0]}"
-                return
-        half = ticks.num_rows // 2
-        self._narrow(conn, cur, ticks.slice(0, half), base, found)
-        self._narrow(conn, cur, ticks.slice(half), base + half, found)
 
     def close(self) -> None:
         if self._conn is not None:
