@@ -23,6 +23,7 @@ import psycopg
 import pytest
 from conftest import QUICK, ROOT
 from deltalake import DeltaTable
+from support.cli import env_for
 
 from finpulse import produce, source
 
@@ -32,22 +33,8 @@ POLL_S = 0.01  # PostgreSQL poll period: the resolution of its latency figures
 
 
 def _env(s) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "POSTGRES_", "DELTA_", "FINPULSE_"))}
-    env.update(
-        KAFKA_BOOTSTRAP_SERVERS=s.kafka_bootstrap_servers,
-        KAFKA_TOPIC=s.kafka_topic,
-        KAFKA_GROUP_ID=s.kafka_group_id,
-        POSTGRES_HOST=s.postgres_host,
-        POSTGRES_PORT=str(s.postgres_port),
-        POSTGRES_DB=s.postgres_db,
-        POSTGRES_USER=s.postgres_user,
-        POSTGRES_SCHEMA=s.postgres_schema,
-        POSTGRES_PASSWORD=s.postgres_password.get_secret_value(),
-        DELTA_TABLE_URI=s.delta_uri,
-        # BENCH_DELTA_COMMITTER=worker measures the design before the per-process committer
-        FINPULSE_DELTA_COMMITTER=os.environ.get("BENCH_DELTA_COMMITTER", "process"),
-    )
-    return env
+    # BENCH_DELTA_COMMITTER=worker measures the design before the per-process committer
+    return env_for(s, FINPULSE_DELTA_COMMITTER=os.environ.get("BENCH_DELTA_COMMITTER", "process"))
 
 
 def live_ticks(count: int):
