@@ -3,14 +3,12 @@ that never stop a worker, and a DLQ topic with fewer partitions than the source.
 
 from __future__ import annotations
 
-import time
-import uuid
-
 import psycopg
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 from support.cli import env_for, finpulse
+from support.sinks import read_topic
 
 from finpulse import source
 from finpulse.config import load_settings
@@ -122,21 +120,7 @@ def test_rejects_reach_a_one_partition_dlq_and_a_huge_one_arrives_truncated(isol
             raws = sorted(bytes(r[0]) for r in conn.execute("SELECT raw FROM prices_rejected").fetchall())
         assert raws == sorted(expected)
 
-        consumer = Consumer(
-            {
-                "bootstrap.servers": s.kafka_bootstrap_servers,
-                "group.id": f"check-{uuid.uuid4()}",
-                "auto.offset.reset": "earliest",
-            }
-        )
-        consumer.subscribe([dlq])
-        seen = []
-        deadline = time.monotonic() + 60
-        while len(seen) < len(expected) and time.monotonic() < deadline:
-            m = consumer.poll(1.0)
-            if m is not None and m.error() is None:
-                seen.append((m.partition(), m.value(), dict(m.headers())))
-        consumer.close()
+        seen = read_topic(s, dlq, len(expected))
 
         assert len(seen) == len(expected), f"{len(seen)} of {len(expected)} dead letters arrived"
         assert {part for part, _, _ in seen} == {0}

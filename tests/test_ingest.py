@@ -13,7 +13,7 @@ import uuid
 import pytest
 from support import ROOT
 from support.cli import env_for, finish, finpulse, start_ingest
-from support.sinks import assert_exactly_once, delta_rows, pg_count, pg_rows, produced
+from support.sinks import assert_exactly_once, delta_rows, pg_count, pg_rows, produced, read_topic
 
 from finpulse import source
 
@@ -167,7 +167,6 @@ def test_errors_that_cannot_heal_stop_with_one_clear_line(isolated, tmp_path):
 
 def test_rejects_land_once_with_reason_and_bytes_and_go_to_the_dead_letter_topic(isolated):
     import orjson
-    from confluent_kafka import Consumer
 
     from finpulse import produce
 
@@ -194,21 +193,7 @@ def test_rejects_land_once_with_reason_and_bytes_and_go_to_the_dead_letter_topic
     assert all(r[1] for r in rows)
     assert len(pg_rows(isolated)) == 1000 and len(delta_rows(isolated)) == 1000
 
-    consumer = Consumer(
-        {
-            "bootstrap.servers": isolated.kafka_bootstrap_servers,
-            "group.id": f"check-{uuid.uuid4()}",
-            "auto.offset.reset": "earliest",
-        }
-    )
-    consumer.subscribe([dlq])
-    seen = []
-    deadline = time.monotonic() + 30
-    while len(seen) < len(bad) and time.monotonic() < deadline:
-        m = consumer.poll(1.0)
-        if m is not None and m.error() is None:
-            seen.append((m.value(), dict(m.headers())))
-    consumer.close()
+    seen = [(value, headers) for _, value, headers in read_topic(isolated, dlq, len(bad), timeout=30)]
     assert sorted(v for v, _ in seen) == sorted(bad)
     assert all(h["finpulse.reason"] and h["finpulse.source"].startswith(isolated.kafka_topic.encode()) for _, h in seen)
     dlq_highs = source.watermarks(isolated.model_copy(update={"kafka_topic": dlq}))

@@ -1,8 +1,12 @@
-"""Reading the sinks back and comparing them with what `finpulse produce` sent."""
+"""Reading the sinks (and the dead-letter topic) back and comparing them with what was sent."""
 
 from __future__ import annotations
 
+import time
+import uuid
+
 import psycopg
+from confluent_kafka import Consumer
 
 from finpulse.config import Settings
 
@@ -43,3 +47,26 @@ def assert_exactly_once(rows: list[tuple], expected_values: list[tuple], where: 
     start = min(r[t] for r in rows)
     got = sorted(r[:t] + (r[t] - start,) + r[t + 1 : len(VALUE_COLUMNS)] for r in rows)
     assert got == sorted(expected_values), f"{where}: values differ from what was produced"
+
+
+def read_topic(s: Settings, topic: str, count: int, timeout: float = 60) -> list[tuple[int, bytes, dict]]:
+    """(partition, value, headers) of the first `count` messages of `topic`, read by a new group;
+    fewer if they do not arrive within `timeout` seconds."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": s.kafka_bootstrap_servers,
+            "group.id": f"check-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([topic])
+    seen: list[tuple[int, bytes, dict]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(seen) < count and time.monotonic() < deadline:
+            m = consumer.poll(1.0)
+            if m is not None and m.error() is None:
+                seen.append((m.partition(), m.value(), dict(m.headers())))
+    finally:
+        consumer.close()
+    return seen
