@@ -41,7 +41,8 @@ log = logging.getLogger("finpulse.committer")
 REPLY_TIMEOUT_S = 120.0
 POLL_S = 0.2
 # Workers write at the same wall-clock moments (FlushPolicy.aligned); after the first request of
-# a round the committer waits this long for the others' files (at most a tenth of the interval).
+# a round the committer waits at most this long for the other workers' (and at most a tenth of
+# the interval), and commits as soon as every worker has sent one.
 GATHER_S = 0.1
 
 
@@ -85,15 +86,13 @@ class CommitClient:
 
 
 class Committer:
-    """The supervisor's side: a thread that commits what the workers staged, once per interval."""
+    """The supervisor's side: a thread that commits what the workers staged, once per interval on
+    a trickle (they write together); on a backlog, as fast as writes triggered by size arrive."""
 
     def __init__(self, settings: Settings, ctx, workers: int):
         self.settings = settings
-        interval = settings.delta_flush_ms / 1000
-        self.gather_s = min(GATHER_S, interval / 10)
-        # Commits are at least half an interval apart: one per interval on a trickle (the workers
-        # write together), at most two on a backlog (writes triggered by size come at any time).
-        self.spacing_s = interval / 2
+        self.gather_s = min(GATHER_S, settings.delta_flush_ms / 1000 / 10)
+        self.workers = workers
         self.requests = ctx.Queue()
         self.replies = {i: ctx.Queue() for i in range(workers)}
         self.commits = 0
@@ -115,26 +114,39 @@ class Committer:
         self._thread.join(timeout=60)
 
     def _run(self) -> None:
-        last = float("-inf")
         while True:
             try:
-                first = self.requests.get(timeout=POLL_S)
+                pending = [self.requests.get(timeout=POLL_S)]
             except queue.Empty:
                 if self._stop.is_set():
                     return
                 continue
-            wait = max(self.gather_s, last + self.spacing_s - time.monotonic())
-            if not self._stop.is_set():
-                time.sleep(wait)  # what arrives meanwhile joins this commit
-            pending = [first]
-            while True:
-                try:
-                    pending.append(self.requests.get_nowait())
-                except queue.Empty:
-                    break
-            last = time.monotonic()
-            for answer_to, answer in self._commit(pending):
+            self._gather(pending)
+            try:
+                answers = self._commit(pending)
+            except Exception as exc:  # a bug must not leave every worker waiting for an answer
+                log.exception("Delta committer failed on %d staged writes; the workers retry", len(pending))
+                answers = [(r.worker, Answer(r.id, "retry", reason=f"committer error: {exc!r}")) for r in pending]
+            for answer_to, answer in answers:
                 self.replies[answer_to].put(answer)
+
+    def _gather(self, pending: list[Request]) -> None:
+        """Add to `pending` what the other workers send within the gather window (their writes of
+        the same aligned interval), ending it as soon as every worker has sent one."""
+        deadline = time.monotonic() + self.gather_s
+        while len({r.worker for r in pending}) < self.workers:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                pending.append(self.requests.get(timeout=left))
+            except queue.Empty:
+                break
+        while True:  # and whatever else is already waiting
+            try:
+                pending.append(self.requests.get_nowait())
+            except queue.Empty:
+                return
 
     def _latest(self) -> DeltaTable:
         s = self.settings
