@@ -6,10 +6,11 @@ have are prefixed `FINPULSE_`. Every default carries a comment saying why it is 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from finpulse.errors import ConfigError
@@ -34,6 +35,35 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str = "localhost:29092"  # the local broker's host port
     kafka_topic: str = Field("raw_prices", min_length=1)
     kafka_group_id: str = Field("finpulse-price-consumer", min_length=1)
+    # Security (finpulse.kafka_config): every client FinPulse makes gets these. Unset means the
+    # librdkafka default (PLAINTEXT, no SASL). Named settings win over KAFKA_CONFIG_FILE's lines.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = None
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: str | None = None  # PEM file of the CA(s) that signed the brokers' certificates
+    kafka_ssl_certificate_location: str | None = None  # client certificate (mutual TLS), PEM
+    kafka_ssl_key_location: str | None = None  # its private key, PEM
+    kafka_ssl_key_password: SecretStr | None = None
+    # A Java-style client properties file (what Confluent Cloud, Event Hubs or MSK hand out).
+    kafka_config_file: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bootstrap_from_file(cls, data: Any) -> Any:
+        """KAFKA_CONFIG_FILE's bootstrap.servers counts when KAFKA_BOOTSTRAP_SERVERS is not set."""
+        if isinstance(data, dict) and not data.get("kafka_bootstrap_servers"):
+            from finpulse.kafka_config import file_bootstrap
+
+            found = file_bootstrap(data.get("kafka_config_file"))
+            if found:
+                data = {**data, "kafka_bootstrap_servers": found}
+        return data
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
 
     # --- PostgreSQL: the original project's variables ---
     postgres_host: str = "localhost"
@@ -43,11 +73,29 @@ class Settings(BaseSettings):
     postgres_password: SecretStr | None = None  # required by every command that touches PostgreSQL
     # Tables live in this schema; tests give each run its own so they never see each other's rows.
     postgres_schema: str = Field("public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    # One libpq URL (postgresql://user:password@host:port/db?sslmode=...) instead of the five above.
+    postgres_url: SecretStr | None = None
+    # TLS: libpq's own names. verify-full checks the server's certificate and its host name.
+    postgres_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    postgres_sslrootcert: str | None = None  # CA file for verify-ca / verify-full
+    postgres_sslcert: str | None = None  # client certificate (certificate authentication)
+    postgres_sslkey: str | None = None
+    # A statement running longer is cancelled (and retried as an outage): a stuck lock or a server in
+    # trouble cannot hang a writer for ever. 2 minutes is far above any write or read FinPulse makes;
+    # 0 turns it off.
+    postgres_statement_timeout_ms: int = Field(120_000, ge=0)
 
     # --- Delta Lake and Azure ---
     delta_table_uri: str | None = None  # wins over the Azure and embedded defaults when set
     azure_storage_account_name: str | None = None
     azure_storage_account_key: SecretStr | None = None
+    # The other ways in, for accounts that forbid keys (finpulse.azure_auth; the README's table):
+    azure_storage_sas_token: SecretStr | None = None
+    azure_client_id: str | None = None  # service principal, workload identity, user-assigned identity
+    azure_client_secret: SecretStr | None = None  # service principal
+    azure_tenant_id: str | None = None
+    azure_federated_token_file: str | None = None  # workload identity (set by AKS)
+    azure_use_managed_identity: bool = False  # the VM's or container's managed identity
     azure_container_name: str = "delta-lake"  # the original project's container
     azure_storage_use_emulator: bool = False  # true: talk to Azurite on 127.0.0.1:10000
 
@@ -115,6 +163,10 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         1 << 20, ge=1024, validation_alias=AliasChoices("FINPULSE_MAX_MESSAGE_BYTES", "max_message_bytes")
     )
+    # Prometheus metrics, /healthz and /readyz from `finpulse ingest` on this port (None: off).
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, validation_alias=AliasChoices("FINPULSE_METRICS_PORT", "metrics_port")
+    )
 
     @field_validator("sinks")
     @classmethod
@@ -128,26 +180,63 @@ class Settings(BaseSettings):
     # ------------------------------------------------------------------ derived values
     def postgres_conninfo(self) -> str:
         """libpq connection string; raises ConfigError when the password is missing."""
-        if self.postgres_password is None:
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        base: dict[str, Any]
+        if self.postgres_url is not None:
+            try:
+                base = conninfo_to_dict(self.postgres_url.get_secret_value())
+            except Exception:
+                raise ConfigError(
+                    "POSTGRES_URL is not a valid libpq URL: expected postgresql://user:password@host:port/db"
+                ) from None
+        elif self.postgres_password is None and self.postgres_sslcert is None:
             raise ConfigError(
                 "POSTGRES_PASSWORD is not set: put the finpulse user's password in .env "
                 "(scripts/setup copies .env.example, whose local-stack value is 'finpulse')."
             )
-        from psycopg.conninfo import make_conninfo
-
+        else:
+            base = {
+                "host": self.postgres_host,
+                "port": self.postgres_port,
+                "dbname": self.postgres_db,
+                "user": self.postgres_user,
+                "password": self.postgres_password.get_secret_value() if self.postgres_password else None,
+            }
+        tls = {
+            "sslmode": self.postgres_sslmode,
+            "sslrootcert": self.postgres_sslrootcert,
+            "sslcert": self.postgres_sslcert,
+            "sslkey": self.postgres_sslkey,
+        }
+        statement_timeout = f" -c statement_timeout={self.postgres_statement_timeout_ms}"
         return make_conninfo(
-            host=self.postgres_host,
-            port=self.postgres_port,
-            dbname=self.postgres_db,
-            user=self.postgres_user,
-            password=self.postgres_password.get_secret_value(),
+            "",
+            **{k: v for k, v in base.items() if v is not None},
+            **{k: v for k, v in tls.items() if v is not None},  # named settings win over the URL's
             application_name="finpulse",
-            options=f"-c search_path={self.postgres_schema}",
+            options=f"-c search_path={self.postgres_schema}{statement_timeout}",
             connect_timeout=5,
+            # A peer that vanished (a failover, a dropped NAT entry) is noticed within about a
+            # minute instead of hanging a writer: keepalives while idle, and a cap on how long
+            # sent data may stay unacknowledged while writing.
+            keepalives=1,
+            keepalives_idle=30,
+            keepalives_interval=10,
+            keepalives_count=3,
+            tcp_user_timeout=60_000,
         )
 
     def postgres_display(self) -> str:
         """Where PostgreSQL is, safe to print (no password)."""
+        if self.postgres_url is not None:
+            from psycopg.conninfo import conninfo_to_dict
+
+            try:
+                d = conninfo_to_dict(self.postgres_url.get_secret_value())
+            except Exception:
+                return "postgresql://(POSTGRES_URL)"
+            return f"postgresql://{d.get('user', '')}@{d.get('host', '')}:{d.get('port', 5432)}/{d.get('dbname', '')}"
         return f"postgresql://{self.postgres_user}@{self.postgres_host}:{self.postgres_port}/{self.postgres_db}"
 
     @property
@@ -158,7 +247,10 @@ class Settings(BaseSettings):
 
     @property
     def azure_configured(self) -> bool:
-        return bool(self.azure_storage_account_name and self.azure_storage_account_key)
+        """An account name and one way in (finpulse.azure_auth) are set."""
+        from finpulse.azure_auth import methods
+
+        return bool(self.azure_storage_account_name and methods(self))
 
     @property
     def delta_uri(self) -> str:
@@ -174,19 +266,9 @@ class Settings(BaseSettings):
         uri = self.delta_uri
         if not uri.startswith(AZURE_SCHEMES):
             return {}
-        if not self.azure_configured:
-            raise ConfigError(
-                f"DELTA_TABLE_URI is an Azure URI ({uri}) but AZURE_STORAGE_ACCOUNT_NAME and "
-                "AZURE_STORAGE_ACCOUNT_KEY are not both set: add them to .env."
-            )
-        assert self.azure_storage_account_key is not None
-        options = {
-            "account_name": self.azure_storage_account_name or "",
-            "account_key": self.azure_storage_account_key.get_secret_value(),
-        }
-        if self.azure_storage_use_emulator:
-            options["use_emulator"] = "true"
-        return options
+        from finpulse.azure_auth import storage_options
+
+        return storage_options(self, uri)
 
 
 # Which variable a field is read from, for error messages.
@@ -201,8 +283,13 @@ def _env_name(field: str) -> str:
 def load_settings(**overrides: Any) -> Settings:
     """Settings from env and .env with `overrides` (CLI flags; None means "not given") on top."""
     given = {k: v for k, v in overrides.items() if v is not None}
+    # FINPULSE_ENV_FILE: one more file read over .env (the environment still wins over both), e.g.
+    # the secured local stack's .stack/secure.env.
+    extra = os.environ.get("FINPULSE_ENV_FILE")
+    if extra and not Path(extra).is_file():
+        raise ConfigError(f"FINPULSE_ENV_FILE names {extra}, which is not a file")
     try:
-        return Settings(**given)
+        return Settings(_env_file=(".env", extra) if extra else ".env", **given)  # type: ignore[call-arg]
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

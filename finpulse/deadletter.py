@@ -14,6 +14,7 @@ from confluent_kafka import KafkaException, Producer
 
 from finpulse import source
 from finpulse.config import Settings
+from finpulse.kafka_config import client_config
 from finpulse.records import Reject
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,10 @@ class DeadLetters:
         self.partitions: int | None = None  # the DLQ's partition count, read at the first send
         self.producer = Producer(
             {
-                "bootstrap.servers": settings.kafka_bootstrap_servers,
+                **client_config(settings),
                 "enable.idempotence": True,  # no duplicates from producer retries
                 "linger.ms": 50,
                 "message.max.bytes": MESSAGE_MAX_BYTES,
-                "logger": logging.getLogger("librdkafka"),
             }
         )
         self.failed = 0

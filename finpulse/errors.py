@@ -2,6 +2,7 @@
 
     FinpulseError                 root; carries one message meant for a person
     ├── ConfigError               a setting is missing or malformed (exit code 2)
+    │   └── AccessRefused         Kafka refused the credentials, or TLS refused its certificate
     ├── ServiceUnavailable        Kafka, PostgreSQL or storage cannot be reached right now;
     │                             the worker loop waits and retries, the CLI says what to start
     ├── SinkRejected              a sink refused our rows for a reason that will not heal
@@ -31,6 +32,11 @@ class ConfigError(FinpulseError):
     """A setting is missing or malformed; the message names the variable and what to put there."""
 
     exit_code = 2
+
+
+class AccessRefused(ConfigError):
+    """Kafka refused who we are (SASL credentials, ACLs) or we refused its certificate (an untrusted
+    CA). No retry heals it, so it is reported at once; the message names the settings to check."""
 
 
 class ServiceUnavailable(FinpulseError):

@@ -3,7 +3,6 @@ symbol so each symbol stays in one partition."""
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 import time
@@ -14,6 +13,7 @@ from confluent_kafka import KafkaException, Producer
 
 from finpulse.config import Settings
 from finpulse.errors import ServiceUnavailable
+from finpulse.kafka_config import client_config
 
 DEFAULT_SYMBOLS = (
     "AAPL",
@@ -98,8 +98,7 @@ def ticks(
 def producer(settings: Settings) -> Producer:
     return Producer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
-            "logger": logging.getLogger("librdkafka"),  # retries during broker start-up are not errors
+            **client_config(settings),
             "linger.ms": 20,  # batch messages into large produce requests
             "compression.type": "lz4",
             "queue.buffering.max.messages": 1_000_000,

@@ -5,23 +5,22 @@ source.py holds the long-lived readers (the group consumer and RangeReader)."""
 from __future__ import annotations
 
 import concurrent.futures
-import logging
+import time
 import uuid
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from finpulse.config import Settings
-from finpulse.errors import ConfigError, ServiceUnavailable
+from finpulse.errors import AccessRefused, ConfigError, ServiceUnavailable
+from finpulse.kafka_config import client_config, refusal
 
 # librdkafka prefetches up to this much per partition while we decode and write; 16 MiB keeps a
 # worker's memory bounded yet lets a consume() call return ~100k ticks at once during a backlog.
 PREFETCH_KBYTES = 16 * 1024
 METADATA_TIMEOUT_S = 10.0
-
-
-def client_config(settings: Settings) -> dict:
-    return {"bootstrap.servers": settings.kafka_bootstrap_servers, "logger": logging.getLogger("librdkafka")}
+PROBE_SLICE_S = 0.25  # a metadata wait is cut into slices this long to notice a refusal
 
 
 def admin(settings: Settings) -> AdminClient:
@@ -30,15 +29,26 @@ def admin(settings: Settings) -> AdminClient:
 
 def partitions(settings: Settings, topic: str | None = None, timeout: float = METADATA_TIMEOUT_S) -> list[int]:
     """Partition ids of the topic; ServiceUnavailable when the broker does not answer within
-    `timeout` seconds."""
+    `timeout` seconds, AccessRefused as soon as it refuses our credentials or we its certificate."""
     topic = topic or settings.kafka_topic
-    try:
-        md = admin(settings).list_topics(topic=topic, timeout=timeout)
-    except KafkaException as exc:
-        raise ServiceUnavailable(
-            f"Kafka at {settings.kafka_bootstrap_servers} did not answer: {exc.args[0].str()}; "
-            "is it running? (`scripts/services up` starts the local one)"
-        ) from None
+    refused: list = []
+    config: dict[str, Any] = {**client_config(settings), "error_cb": refused.append}
+    client = AdminClient(config)
+    deadline = time.monotonic() + timeout
+    while True:  # in short slices, so a refusal reported meanwhile ends the wait at once
+        try:
+            md = client.list_topics(topic=topic, timeout=max(0.05, min(PROBE_SLICE_S, deadline - time.monotonic())))
+            break
+        except KafkaException as exc:
+            client.poll(0)  # serves error_cb
+            for error in refused:
+                if (why := refusal(settings, error)) is not None:
+                    raise why from None
+            if time.monotonic() >= deadline:
+                raise ServiceUnavailable(
+                    f"Kafka at {settings.kafka_bootstrap_servers} did not answer: {exc.args[0].str()}; "
+                    "is it running? (`scripts/services up` starts the local one)"
+                ) from None
     meta = md.topics.get(topic)
     if meta is None or meta.error is not None:
         if meta is not None and meta.error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
@@ -82,6 +92,8 @@ def create_topic(settings: Settings, num_partitions: int) -> bool:
     try:
         partitions(settings)
         return False
+    except AccessRefused:
+        raise
     except ConfigError:
         pass
     client = admin(settings)  # keep a reference: the futures die with their client
