@@ -2,7 +2,7 @@
 
     FinpulseError                 root; carries one message meant for a person
     ├── ConfigError               a setting is missing or malformed (exit code 2)
-    │   └── AccessRefused         Kafka refused the credentials, or TLS refused its certificate
+    │   └── AccessRefused         a service refused the credentials, or TLS refused its certificate
     ├── ServiceUnavailable        Kafka, PostgreSQL or storage cannot be reached right now;
     │                             the worker loop waits and retries, the CLI says what to start
     ├── SinkRejected              a sink refused our rows for a reason that will not heal
@@ -35,8 +35,9 @@ class ConfigError(FinpulseError):
 
 
 class AccessRefused(ConfigError):
-    """Kafka refused who we are (SASL credentials, ACLs) or we refused its certificate (an untrusted
-    CA). No retry heals it, so it is reported at once; the message names the settings to check."""
+    """Kafka or Azure refused who we are (SASL credentials, ACLs, a SAS token) or TLS refused a
+    server's certificate (an untrusted CA). No retry heals it, so it is reported at once; the
+    message names the settings to check, never their values."""
 
 
 class ServiceUnavailable(FinpulseError):

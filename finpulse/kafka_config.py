@@ -157,5 +157,6 @@ def refusal(settings: Settings, error: Any) -> AccessRefused | None:
 
 def _short(text: str) -> str:
     """librdkafka's reason without the broker list prefix, on one line."""
-    text = " ".join(text.split())
-    return re.sub(r"^[^:]*?\d+/\w+: ", "", text)[:200]
+    text = re.sub(r"^\S+://\S+: ", "", " ".join(text.split()))  # "sasl_ssl://host:port/bootstrap: "
+    text = re.sub(r" \(after \d+ms in state \w+\)", "", text)
+    return text if len(text) <= 160 else text[:157] + "..."

@@ -32,7 +32,8 @@ def partitions(settings: Settings, topic: str | None = None, timeout: float = ME
     `timeout` seconds, AccessRefused as soon as it refuses our credentials or we its certificate."""
     topic = topic or settings.kafka_topic
     refused: list = []
-    config: dict[str, Any] = {**client_config(settings), "error_cb": refused.append}
+    # librdkafka's own log lines stay quiet: a refusal becomes our one line, an outage our retry message
+    config: dict[str, Any] = {**client_config(settings), "error_cb": refused.append, "log_level": 0}
     client = AdminClient(config)
     deadline = time.monotonic() + timeout
     while True:  # in short slices, so a refusal reported meanwhile ends the wait at once

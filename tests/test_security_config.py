@@ -163,7 +163,9 @@ def test_refusals_name_the_settings_to_check(env):
     s = load_settings(kafka_bootstrap_servers="localhost:29094")
     auth = refusal(
         s,
-        _Err("_AUTHENTICATION", "sasl_ssl://localhost:29094/bootstrap: SASL authentication error: Authentication failed"),
+        _Err(
+            "_AUTHENTICATION", "sasl_ssl://localhost:29094/bootstrap: SASL authentication error: Authentication failed"
+        ),
     )
     assert auth is not None and "KAFKA_SASL_PASSWORD" in str(auth) and "\n" not in str(auth)
     tls = refusal(s, _Err("_SSL", "SSL handshake failed: certificate verify failed"))

@@ -14,7 +14,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchEr
 
 from finpulse.batch import FlushPolicy, Offsets, TickBatch
 from finpulse.config import Settings
-from finpulse.errors import RulesChanged, ServiceUnavailable, SinkRejected, first_line
+from finpulse.errors import AccessRefused, FinpulseError, RulesChanged, ServiceUnavailable, SinkRejected, first_line
 from finpulse.schema import DELTA, DELTA_PARTITION, LAST_ORDER, LINEAGE
 from finpulse.sinks import delta_files
 from finpulse.sinks import delta_maintenance as maintenance
@@ -68,6 +68,23 @@ def check_schema(table: DeltaTable, uri: str) -> None:
         raise SinkRejected(f"the Delta table at {uri} cannot take FinPulse rows: {'; '.join(wrong)}")
 
 
+# object_store's words when the storage refused who we are: no retry heals it.
+_STORE_REFUSALS = ("lacked the necessary privileges", "403 Forbidden", "401 Unauthorized", "AuthenticationFailed")
+
+
+def unavailable(uri: str, what: str, exc: BaseException) -> FinpulseError:
+    """A delta-rs error as FinPulse's: AccessRefused when the store refused our credentials,
+    ServiceUnavailable (retry later) otherwise; one line either way (delta-rs adds an HTTP trace)."""
+    text = str(exc)
+    if any(r in text for r in _STORE_REFUSALS):
+        return AccessRefused(
+            f"storage refused access to the Delta table {uri} while {what} ({first_line(exc)}): check the "
+            "Azure credentials (AZURE_STORAGE_SAS_TOKEN, AZURE_STORAGE_ACCOUNT_KEY or the identity in use) "
+            "and their permissions"
+        )
+    return ServiceUnavailable(f"Delta table {uri}: {what} failed: {first_line(exc)}")
+
+
 def create_table(uri: str, storage_options: dict[str, str]) -> bool:
     """Create the Delta table if absent (True when this call created it); check an existing one."""
     try:
@@ -76,7 +93,7 @@ def create_table(uri: str, storage_options: dict[str, str]) -> bool:
     except TableNotFoundError:
         pass
     except (DeltaError, OSError) as exc:
-        raise ServiceUnavailable(f"Delta table {uri} cannot be opened: {exc}") from None
+        raise unavailable(uri, "opening it", exc) from None
     try:
         DeltaTable.create(
             uri,
@@ -87,7 +104,7 @@ def create_table(uri: str, storage_options: dict[str, str]) -> bool:
             name="prices",
         )
     except (DeltaError, OSError) as exc:
-        raise ServiceUnavailable(f"Delta table {uri} cannot be created: {exc}") from None
+        raise unavailable(uri, "creating it", exc) from None
     return True
 
 
@@ -165,7 +182,7 @@ class DeltaSink:
             raise SinkRejected(f"no Delta table at {self.uri}: run `finpulse init`") from None
         except (DeltaError, OSError) as exc:
             self._table = None
-            raise ServiceUnavailable(f"Delta table {self.uri} unavailable: {exc}") from None
+            raise unavailable(self.uri, "reading its log", exc) from None
 
     @contextmanager
     def _io(self, what: str) -> Iterator[None]:
@@ -179,7 +196,7 @@ class DeltaSink:
             raise ServiceUnavailable(f"Delta commit conflict while {what} at {self.uri}: {first_line(exc)}") from None
         except (DeltaError, OSError) as exc:
             self._table = None
-            raise ServiceUnavailable(f"Delta table {self.uri}: {what} failed: {first_line(exc)}") from None
+            raise unavailable(self.uri, what, exc) from None
 
     def positions(self, partitions: Iterable[int]) -> Offsets:
         return self._held(self._latest(), partitions)

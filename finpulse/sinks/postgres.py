@@ -133,6 +133,7 @@ class PostgresSink:
 
     def __init__(self, conninfo: str, topic: str, topic_id: str | None = None, where: str = "PostgreSQL"):
         self.topic, self.topic_id, self.where = topic, topic_id, where
+        self.conninfo = conninfo
         self.flush = FlushPolicy()  # at once: the worker's batch size and linger are the trigger
         # One connection per worker is all a sequential writer needs; the pool gives us
         # reconnection after an outage and a health check before each use.
@@ -152,8 +153,19 @@ class PostgresSink:
         try:
             with self.pool.connection(timeout=POOL_WAIT_S) as conn:
                 yield conn
-        except (psycopg.Error, PoolTimeout) as exc:
+        except PoolTimeout as exc:
+            raise classify(self._why_no_connection() or exc, what) from None
+        except psycopg.Error as exc:
             raise classify(exc, what) from None
+
+    def _why_no_connection(self) -> psycopg.Error | None:
+        """The pool only says it timed out; one direct attempt tells a refused password or an
+        untrusted certificate (no retry heals them) from a server that is down."""
+        try:
+            psycopg.connect(self.conninfo).close()
+        except psycopg.Error as exc:
+            return exc
+        return None
 
     def positions(self, partitions: Iterable[int]) -> Offsets:
         with self._connection("reading offsets") as conn:

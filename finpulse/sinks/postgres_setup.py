@@ -7,8 +7,17 @@ import psycopg
 from psycopg import errors as pgerr
 from psycopg_pool import PoolTimeout
 
-from finpulse.errors import ServiceUnavailable, SinkRejected, first_line
-from finpulse.schema import OFFSETS_TABLE, PG_DDL, PG_INDEXES, PRICES_TABLE, REJECTS_TABLE, TICKS, pg_type
+from finpulse.errors import AccessRefused, ServiceUnavailable, SinkRejected, first_line
+from finpulse.schema import (
+    GAPS_TABLE,
+    OFFSETS_TABLE,
+    PG_DDL,
+    PG_INDEXES,
+    PRICES_TABLE,
+    REJECTS_TABLE,
+    TICKS,
+    pg_type,
+)
 
 # SQLSTATE classes that heal by themselves: connection trouble (08), the server shutting down or
 # starting (57P), too many connections / out of resources (53), and conflicts with another writer
@@ -16,8 +25,23 @@ from finpulse.schema import OFFSETS_TABLE, PG_DDL, PG_INDEXES, PRICES_TABLE, REJ
 _TRANSIENT_CLASSES = ("08", "53", "57", "40", "58")
 
 
+# libpq's words when TLS refused the server's certificate (or the server refused TLS): no retry heals it.
+_TLS_REFUSALS = ("certificate verify failed", "server does not support ssl", "does not match host name")
+
+
+# libpq's words for a refused login, when the error carries no SQLSTATE (a failed connection attempt).
+_LOGIN_REFUSALS = ("password authentication failed", "no pg_hba.conf entry", "does not exist", "password is required")
+
+
 def classify(exc: Exception, what: str) -> Exception:
     state = getattr(exc, "sqlstate", None) or ""
+    if not state and isinstance(exc, psycopg.OperationalError) and any(t in str(exc) for t in _LOGIN_REFUSALS):
+        state = "28000"  # invalid authorization: no retry heals it
+    if isinstance(exc, psycopg.OperationalError) and any(t in str(exc).lower() for t in _TLS_REFUSALS):
+        return AccessRefused(
+            f"PostgreSQL TLS failed while {what}: {first_line(exc)}; check POSTGRES_SSLMODE and that "
+            "POSTGRES_SSLROOTCERT names the CA that signed the server's certificate"
+        )
     if isinstance(exc, (PoolTimeout, psycopg.OperationalError)) and not state.startswith("28"):
         return ServiceUnavailable(
             f"PostgreSQL connection failed while {what}: {first_line(exc)} "
@@ -26,39 +50,55 @@ def classify(exc: Exception, what: str) -> Exception:
     if state.startswith(_TRANSIENT_CLASSES) or isinstance(exc, pgerr.UniqueViolation):
         return ServiceUnavailable(f"PostgreSQL busy while {what} ({state}): {first_line(exc)}")
     hint = {
-        "28": "check POSTGRES_USER and POSTGRES_PASSWORD",
+        "28": "check POSTGRES_USER, POSTGRES_PASSWORD and POSTGRES_DB (or POSTGRES_URL)",
         "42": "run `finpulse init`, or fix the table so it has the columns of the canonical schema",
     }.get(state[:2], "see the PostgreSQL log")
     return SinkRejected(f"PostgreSQL refused {what} ({state or type(exc).__name__}): {first_line(exc)}; {hint}")
 
 
+# Everything PG_DDL and PG_INDEXES make, as one look-up: all present means no DDL is needed.
+_PRESENT = f"""SELECT to_regclass(%(s)s || '.{PRICES_TABLE}') IS NOT NULL,
+    to_regclass(%(s)s || '.{REJECTS_TABLE}') IS NOT NULL,
+    to_regclass(%(s)s || '.{OFFSETS_TABLE}') IS NOT NULL,
+    to_regclass(%(s)s || '.{GAPS_TABLE}') IS NOT NULL,
+    EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%(s)s || '.{OFFSETS_TABLE}')
+            AND attname = 'topic_id' AND NOT attisdropped),
+    to_regclass(%(s)s || '.{PRICES_TABLE}_symbol_time') IS NOT NULL"""
+
+
 def create_tables(conninfo: str, schema: str) -> list[str]:
-    """Create the schema and tables if absent; return the names of those that were created."""
+    """Create the schema and tables if absent; return the names of those that were created.
+
+    When every table, column and index is already in place nothing but reads run, so `ingest`,
+    `replay` and `verify` work as a role that may only read and write FinPulse's tables (the
+    README's GRANTs); `init` as the owner creates them."""
     try:
         with psycopg.connect(conninfo, autocommit=True) as conn:
+            present = conn.execute(_PRESENT, {"s": f'"{schema}"'}).fetchone()
+            tables = (PRICES_TABLE, REJECTS_TABLE, OFFSETS_TABLE, GAPS_TABLE)
+            existing = {t for t, here in zip(tables, present or ()) if here}
+            if present is not None and all(present):
+                _check_columns(_columns(conn, schema), f"{schema}.{PRICES_TABLE}")
+                return []
             conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-            existing = {
-                r[0]
-                for r in conn.execute(
-                    "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,)
-                )
-            }
             for ddl in PG_DDL:
                 conn.execute(ddl)
-            columns: dict[str, str] = dict(
-                conn.execute(
-                    "SELECT column_name, format_type(atttypid, atttypmod) FROM information_schema.columns c "
-                    "JOIN pg_attribute a ON a.attrelid = (quote_ident(c.table_schema) || '.' || quote_ident(c.table_name))::regclass "
-                    "AND a.attname = c.column_name WHERE c.table_schema = %s AND c.table_name = %s",
-                    (schema, PRICES_TABLE),
-                ).fetchall()
-            )
-            _check_columns(columns, f"{schema}.{PRICES_TABLE}")
+            _check_columns(_columns(conn, schema), f"{schema}.{PRICES_TABLE}")
             for ddl in PG_INDEXES:
                 conn.execute(ddl)
     except psycopg.Error as exc:
         raise classify(exc, "creating tables") from None
     return [t for t in (PRICES_TABLE, REJECTS_TABLE, OFFSETS_TABLE) if t not in existing]
+
+
+def _columns(conn: psycopg.Connection, schema: str) -> dict[str, str]:
+    """prices_raw's columns and their types, as format_type() spells them."""
+    rows = conn.execute(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
+        (f'"{schema}".{PRICES_TABLE}',),
+    ).fetchall()
+    return dict(rows)
 
 
 def _check_columns(have: dict[str, str], table: str) -> None:
