@@ -22,7 +22,7 @@ def rows(path: str) -> tuple[list[list[str]], list[str]]:
         return min(known, key=lambda x: x[1]) if known else None
 
     table = []
-    order = {"end-to-end": 0, "stage": 1, "limit": 2, "freshness": 3}
+    order = {"end-to-end": 0, "transport": 1, "stage": 2, "limit": 3, "freshness": 4}
     for i in sorted(
         info,
         key=lambda i: (
@@ -40,6 +40,7 @@ def rows(path: str) -> tuple[list[list[str]], list[str]]:
             + (f" ({i['indexes']})" if "indexes" in i else "")
             + (f" feed {i['feed']}" if "feed" in i else ""),
             "limit": f"limit {i.get('stage')}",
+            "transport": f"drain over {i.get('transport')} Kafka and PostgreSQL: batch 5, 2 workers, sinks all",
         }.get(kind, _decode_label(i) if "feed" in i else i["name"])
         if kind == "freshness":
             table.append(
@@ -62,6 +63,10 @@ def rows(path: str) -> tuple[list[list[str]], list[str]]:
         frac = f"{tps / lim[1]:.0%} of {lim[0]}" if lim and tps else ""
         rss = f"{i['peak_rss_mib']:.0f} MiB" if i.get("peak_rss_mib") else ""
         table.append([what, f"{tps:,}" if tps else "", ratio, frac, "", rss])
+    transports = {i["transport"]: i["ticks_per_s"] for i in info if i.get("kind") == "transport"}
+    if {"plaintext", "secured"} <= transports.keys():
+        ratio = transports["secured"] / transports["plaintext"]
+        table.append(["secured / plaintext drain (SASL_SSL + TLS vs open)", "", f"{ratio:.2f}x", "", "", ""])
     header = ["benchmark", "ticks/s", "vs naive", "of slowest limit", "freshness p50/p99", "peak worker RSS"]
     return table, header
 
