@@ -25,6 +25,7 @@ from finpulse.admission import Admission
 from finpulse.backoff import Backoff
 from finpulse.batch import FlushPolicy, Offsets, TickBatch
 from finpulse.errors import RulesChanged, ServiceUnavailable
+from finpulse.progress import Durations
 from finpulse.sinks import Sink, Written
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class Lane:
         self.waiting = 0  # ticks and rejects handed over but not yet durable
         self.waiting_bytes = 0  # their estimated size (TickBatch.nbytes)
         self.down: str | None = None  # why the sink is unavailable right now
+        self.write_times = Durations()  # each write until durable, retries included; see take_write_times
         self.failure: BaseException | None = None
         self._queue: list[TickBatch | _Call] = []
         self._busy = False
@@ -90,6 +92,24 @@ class Lane:
             self.waiting += batch.size
             self.waiting_bytes += batch.nbytes
             self._cond.notify_all()
+
+    def held(self) -> Offsets:
+        """A copy of the positions, safe to read while the lane writes."""
+        with self._cond:
+            return dict(self.positions)
+
+    def note_held(self, held: Offsets) -> None:
+        """Positions read from the sink outside a write (an assignment): what it holds before this
+        lane writes those partitions again. A position never goes back."""
+        with self._cond:
+            for p, n in held.items():
+                self.positions[p] = max(self.positions.get(p, n), n)
+
+    def take_write_times(self) -> Durations:
+        """The durations of the writes since the last call (for the worker's report)."""
+        with self._cond:
+            taken, self.write_times = self.write_times, Durations()
+        return taken
 
     def call(self, fn: Callable[[Sink], Any], cancel: threading.Event | None = None) -> Any:
         """Run `fn(sink)` on the lane's thread after everything submitted before it, and return its
@@ -158,6 +178,7 @@ class Lane:
                 batches = []
                 if item is not None:
                     item.run(self.sink)
+                    self._note_call(item)
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
@@ -173,6 +194,7 @@ class Lane:
         # what submit() counted, not the merged batch: merging may drop overlapping rows
         size, nbytes = sum(b.size for b in batches), sum(b.nbytes for b in batches)
         batch = TickBatch.merge(batches)
+        began = time.monotonic()
         try:
             written = self._write(batch)
         except BaseException as exc:  # a sink that will not heal: the worker re-raises it
@@ -186,7 +208,17 @@ class Lane:
             self.rejects += written.rejects
             self.waiting -= size
             self.waiting_bytes -= nbytes
+            self.write_times.observe(time.monotonic() - began)
         return True
+
+    def _note_call(self, call: _Call) -> None:
+        """A read that found the sink unavailable marks it down as a failed write does (the worker
+        retries the read and reports the lane meanwhile); one that succeeds marks it back."""
+        if isinstance(call.error, ServiceUnavailable):
+            self.down = self.down or str(call.error)
+        elif call.error is None and self.down is not None:
+            log.warning("%s is back", self.name)
+            self.down = None
 
     def _abandon(self, items: list) -> None:
         """The lane failed: calls still queued get its failure instead of waiting for ever."""

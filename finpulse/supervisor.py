@@ -17,7 +17,7 @@ from multiprocessing.process import BaseProcess
 from confluent_kafka import KafkaException
 from rich.console import Console
 
-from finpulse import deadletter, resume, source
+from finpulse import deadletter, metrics, resume, source
 from finpulse.backoff import Backoff
 from finpulse.batch import Offsets
 from finpulse.committer import Committer
@@ -73,7 +73,21 @@ def run(
     console: Console | None = None,
 ) -> Summary:
     """Run the workers until stopped (or drained). Progress goes to `console` when it is a
-    terminal, to the log otherwise."""
+    terminal, to the log otherwise. With FINPULSE_METRICS_PORT the metrics and health endpoints
+    answer from the start (finpulse.metrics), while Kafka is awaited too."""
+    with metrics.serve(settings) as exporter:
+        return _run(settings, exporter, workers, drain, feed, strict, console)
+
+
+def _run(
+    settings: Settings,
+    exporter: metrics.Exporter,
+    workers: int | None,
+    drain: bool,
+    feed: str | None,
+    strict: bool,
+    console: Console | None,
+) -> Summary:
     parts = wait_for_kafka(settings)
     if parts is None:  # stopped before Kafka answered: nothing started, nothing to flush
         return Summary(Totals(), 0, 0)
@@ -89,6 +103,7 @@ def run(
     listener.start()
 
     totals = Totals()
+    exporter.watch(totals, n)
     procs: dict[int, BaseProcess] = {}
     started: dict[int, float] = {}
     backoff: dict[int, Backoff] = {}  # worker -> its restart delays
@@ -123,7 +138,7 @@ def run(
         nonlocal stopping
         if not stopping:
             log.info("stopping: flushing buffered ticks")
-        stopping = True
+        stopping = exporter.stopping = True
         for p in procs.values():
             if p.is_alive() and p.pid is not None:
                 os.kill(p.pid, signal.SIGTERM)
@@ -147,6 +162,7 @@ def run(
         with Progress(totals, console) as progress:
             while len(done) < n:
                 _pump(events, totals, fatal)
+                totals.alive = sum(p.is_alive() for p in procs.values())
                 progress.refresh()
                 if fatal and not stopping:
                     stop()
@@ -158,6 +174,7 @@ def run(
                     if i in done or p.is_alive() or i in due:
                         continue
                     p.join()
+                    totals.forget(i)  # its partitions and sink states are no longer its to report
                     if p.exitcode == 0 or stopping:
                         done.add(i)
                         continue

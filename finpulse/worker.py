@@ -9,7 +9,6 @@ mechanics live in source.GroupSource; each sink is touched only by its lane's th
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import signal
 import sys
@@ -29,6 +28,7 @@ from finpulse.config import Settings
 from finpulse.deadletter import DeadLetters
 from finpulse.errors import FinpulseError, ServiceUnavailable
 from finpulse.lanes import Lane, Remote
+from finpulse.logformat import ToParent
 from finpulse.normalize import Decoder
 from finpulse.progress import WorkerStats
 from finpulse.records import Messages
@@ -59,7 +59,7 @@ class WorkerSpec:
 def main(spec: WorkerSpec, events, logs) -> None:
     """Entry point of the child process (spawn start method: librdkafka does not survive fork)."""
     root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(logs)]
+    root.handlers[:] = [ToParent(logs)]  # the supervisor formats them (--log-format)
     root.setLevel(logging.INFO)
     _die_with_parent()
     worker = Worker(spec, events)
@@ -106,7 +106,7 @@ class Worker:
         self.consumed: Offsets = {}  # next offset per assigned partition, as read
         self.linger_s = s.linger_ms / 1000
         self.stats = WorkerStats()
-        self.reported = {lane.name: 0 for lane in self.lanes}
+        self.reported = {lane.name: (0, 0) for lane in self.lanes}  # rows and rejects at the last report
         self.source: GroupSource | None = None
 
     # ------------------------------------------------------------------ rebalance callbacks
@@ -167,9 +167,12 @@ class Worker:
             marks = self.source.watermarks(parts)
         except KafkaException as exc:
             raise ServiceUnavailable(f"Kafka watermarks: {exc.args[0].str()}") from None
-        held = resume.settle(
+        by_sink = resume.settle(
             self.settings.kafka_topic, self.sinks, marks, self.spec.topic_id, self.settings.allow_data_loss
-        ).values()
+        )
+        for lane in self.lanes:  # what each sink holds before it writes again: its lag from the start
+            lane.note_held(by_sink.get(lane.name, {}))
+        held = by_sink.values()
         starts = {}
         for p in parts:
             lowest = min((h[p] for h in held if p in h), default=None)
@@ -188,6 +191,7 @@ class Worker:
                     raise
                 delay = backoff.next_delay()
                 log.warning("cannot %s yet (%s); retrying in %.1fs", what, exc, delay)
+                self._report()  # the loop waits here: the supervisor still hears which sink is down
                 self.stop.wait(delay)
 
     # ------------------------------------------------------------------ the loop
@@ -280,12 +284,19 @@ class Worker:
         )
 
     def _report(self) -> None:
+        """Counts since the last report and the state now, to the supervisor (once a second): the
+        lag of what was read and of what each sink holds, both against the cached high watermarks."""
         st, self.stats = self.stats, WorkerStats()
-        st.rows = {lane.name: lane.rows - self.reported[lane.name] for lane in self.lanes}
         for lane in self.lanes:
-            self.reported[lane.name] = lane.rows
+            rows, rejects = lane.rows, lane.rejects
+            was_rows, was_rejects = self.reported[lane.name]
+            st.rows[lane.name], st.rejects[lane.name] = rows - was_rows, rejects - was_rejects
+            self.reported[lane.name] = (rows, rejects)
+            st.writes[lane.name] = lane.take_write_times()
         if self.source is not None:
             st.lag, st.paused = self.source.lag(self.consumed), self.source.paused
+            st.held_lag = {lane.name: self.source.lag(lane.held()) for lane in self.lanes}
+            st.partitions = sorted(self.source.assigned)
         st.down = {lane.name: lane.down for lane in self.lanes if lane.down}
         self.events.put(("stats", self.spec.worker_id, os.getpid(), st))
 

@@ -1,0 +1,256 @@
+"""Prometheus metrics, /healthz and /readyz of `finpulse ingest`, served by the supervisor alone.
+
+Workers never touch prometheus_client: they already send their counts and state once a second
+(progress.WorkerStats), and the supervisor sums them into one Totals. The collector here turns a
+snapshot of it into metric families at each scrape, so a gauge always shows the live workers'
+latest view: a partition that moved to another worker, or a worker that exited, leaves no series
+behind. The registry is this module's own, never prometheus_client's global one.
+
+    /metrics   the metrics (docs/metrics.md lists them)
+    /healthz   200 while the supervisor runs
+    /readyz    200 once every worker reported, partitions are assigned and no sink is down;
+               otherwise 503 and one line saying why
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socketserver
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from finpulse.config import Settings
+from finpulse.errors import ConfigError
+from finpulse.progress import WRITE_BUCKETS, Totals
+
+log = logging.getLogger(__name__)
+
+# All interfaces, as exporters do: Prometheus scrapes from another host or container.
+BIND_HOST = "0.0.0.0"
+# /readyz shows a sink's reason cut to this length: one short line, whatever the driver said.
+REASON_CHARS = 200
+# A worker reports every second, except while it waits for its writes on a rebalance (up to
+# FINPULSE_REBALANCE_GRACE_MS) or at a retention reset (30 s). Silent this much longer, it is stuck.
+STALE_MARGIN_S = 15.0
+RESET_WAIT_S = 30.0
+
+
+class Exporter:
+    """What the endpoints read: the run's Totals once the workers start (`watch`), and how many
+    workers it runs. Before that (Kafka not answering yet) only /healthz says yes."""
+
+    def __init__(self, sinks: tuple[str, ...], stale_s: float = RESET_WAIT_S + STALE_MARGIN_S):
+        self.sinks, self.stale_s = sinks, stale_s
+        self.totals: Totals | None = None
+        self.workers = 0
+        self.stopping = False
+        self.registry = CollectorRegistry()
+        self.registry.register(_RunCollector(self))
+        self._server: _Server | None = None
+
+    def watch(self, totals: Totals, workers: int) -> None:
+        self.totals, self.workers = totals, workers
+
+    def unready(self) -> str | None:
+        """Why the run is not ready, in a few words; None when it is."""
+        if self.stopping:
+            return "stopping"
+        if self.totals is None:
+            return "waiting for Kafka"
+        return unready(self.totals.snapshot(), self.workers, self.stale_s)
+
+    def metrics(self) -> bytes:
+        return generate_latest(self.registry)
+
+    @property
+    def port(self) -> int | None:
+        return self._server.server_address[1] if self._server is not None else None
+
+    def start(self, port: int) -> None:
+        """Listen on `port` (0: a free one), answering on a daemon thread. A port that cannot be
+        bound is a ConfigError naming the setting."""
+        try:
+            self._server = _Server((BIND_HOST, port), _Handler, self)
+        except OSError as exc:
+            why = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
+            raise ConfigError(
+                f"FINPULSE_METRICS_PORT / --metrics-port: port {port} {why}; choose another port, or 0 for a free one"
+            ) from None
+        threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True).start()
+        log.info("metrics on http://%s:%d/metrics (health: /healthz, /readyz)", BIND_HOST, self.port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+@contextmanager
+def serve(settings: Settings) -> Iterator[Exporter]:
+    """An Exporter, listening on settings.metrics_port while the block runs (None: not at all)."""
+    exporter = Exporter(settings.sink_names, max(settings.rebalance_grace_ms / 1000, RESET_WAIT_S) + STALE_MARGIN_S)
+    if settings.metrics_port is not None:
+        exporter.start(settings.metrics_port)
+    try:
+        yield exporter
+    finally:
+        exporter.stop()
+
+
+def unready(t: Totals, workers: int, stale_s: float) -> str | None:
+    """The readiness rule: every worker has reported lately, some own partitions, no sink is down."""
+    missing = sorted(set(range(workers)) - set(t.reported))
+    if missing:
+        return f"worker {', '.join(map(str, missing))} has not reported yet"
+    now = time.monotonic()
+    silent = {w: now - at for w, at in sorted(t.reported.items()) if now - at > stale_s}
+    if silent:
+        return "; ".join(f"worker {w} has not reported for {s:.0f}s" for w, s in silent.items())
+    down = {sink: why for d in t.down.values() for sink, why in d.items()}
+    if down:
+        return "; ".join(_line(f"{sink} down: {why}") for sink, why in sorted(down.items()))
+    if not any(t.partitions.values()):
+        return "no partitions assigned to this run's workers yet"
+    return None
+
+
+def _line(text: str) -> str:
+    return (text.splitlines() or [""])[0][:REASON_CHARS]
+
+
+def held_lag(t: Totals) -> dict[tuple[int, str], int]:
+    """(partition, sink) -> lag, from each live worker's latest report. During a rebalance two
+    workers may both still name a partition: the newer report wins."""
+    lag: dict[tuple[int, str], int] = {}
+    for worker in sorted(t.reported, key=t.reported.__getitem__):
+        for sink, parts in t.held_lag.get(worker, {}).items():
+            for p, n in parts.items():
+                lag[(p, sink)] = n
+    return lag
+
+
+class _RunCollector(Collector):
+    """Every metric, built afresh from a snapshot of the run's Totals at each scrape."""
+
+    def __init__(self, exporter: Exporter):
+        self.exporter = exporter
+
+    def collect(self) -> Iterator[Metric]:
+        if self.exporter.totals is None:
+            return
+        t = self.exporter.totals.snapshot()
+        sinks = self.exporter.sinks
+
+        written = CounterMetricFamily(
+            "finpulse_ticks_written",
+            "Rows each sink added this run (rows it already held are not counted).",
+            labels=["sink"],
+        )
+        for sink in sinks:
+            written.add_metric([sink], t.rows.get(sink, 0))
+        yield written
+        # Every sink records each reject once; the first one counts it (postgres keeps them).
+        yield CounterMetricFamily(
+            "finpulse_rejects", "Messages rejected this run, each counted once.", value=t.rejects.get(sinks[0], 0)
+        )
+        yield CounterMetricFamily(
+            "finpulse_messages_consumed", "Messages read from Kafka this run (re-reads included).", value=t.messages
+        )
+        yield CounterMetricFamily(
+            "finpulse_worker_restarts", "Worker processes restarted after they exited.", value=t.restarts
+        )
+
+        lag = GaugeMetricFamily(
+            "finpulse_lag_messages",
+            "Messages between the high watermark and what the sink holds durably, per partition.",
+            labels=["partition", "sink"],
+        )
+        for (p, sink), n in sorted(held_lag(t).items()):
+            lag.add_metric([str(p), sink], n)
+        yield lag
+
+        up = GaugeMetricFamily("finpulse_sink_up", "0 while some worker finds the sink unavailable.", labels=["sink"])
+        down = {sink for d in t.down.values() for sink in d}
+        for sink in sinks:
+            up.add_metric([sink], 0 if sink in down else 1)
+        yield up
+
+        hist = HistogramMetricFamily(
+            "finpulse_write_seconds",
+            "Duration of each write to a sink, until durable (retries while it was down included).",
+            labels=["sink"],
+        )
+        for sink in sinks:
+            if sink in t.writes:
+                d = t.writes[sink]
+                cumulative, buckets = 0, []
+                for bound, n in zip([*map(str, WRITE_BUCKETS), "+Inf"], d.counts):
+                    cumulative += n
+                    buckets.append((bound, cumulative))
+                hist.add_metric([sink], buckets, d.total)
+        yield hist
+
+        yield GaugeMetricFamily("finpulse_workers_alive", "Worker processes running.", value=t.alive)
+        yield GaugeMetricFamily(
+            "finpulse_workers_paused",
+            "Workers that paused consuming because too much waits for the sinks (backpressure).",
+            value=sum(t.paused.values()),
+        )
+        yield GaugeMetricFamily(
+            "finpulse_partitions_assigned",
+            "Partitions assigned to this run's workers.",
+            value=len({p for parts in t.partitions.values() for p in parts}),
+        )
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], exporter: Exporter):
+        self.exporter = exporter
+        super().__init__(address, handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer's own looks up the host's fully qualified name, which can stall on DNS
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:
+        exporter = self.server.exporter
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._answer(200, exporter.metrics(), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            self._answer(200, b"ok\n")
+        elif path == "/readyz":
+            reason = exporter.unready()
+            if reason is None:
+                self._answer(200, b"ready\n")
+            else:
+                self._answer(503, f"not ready: {reason}\n".encode())
+        else:
+            self._answer(404, b"not found: try /metrics, /healthz or /readyz\n")
+
+    def _answer(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:  # one line per scrape would drown the log
+        log.debug("%s " + format, self.address_string(), *args)

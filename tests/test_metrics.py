@@ -1,0 +1,407 @@
+"""`finpulse ingest --metrics-port`: Prometheus metrics that agree with what the sinks hold, /healthz
+and /readyz; `--log-format json`."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import pickle
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from support import ROOT
+from support.cli import children, env_for, finpulse
+from support.private import PrivatePostgres, running
+from support.sinks import delta_rows, pg_count
+
+from finpulse import produce, source
+from finpulse.config import load_settings
+from finpulse.logformat import JsonFormatter, ToParent
+from finpulse.metrics import Exporter
+from finpulse.progress import WRITE_BUCKETS, Durations, Totals, WorkerStats
+from finpulse.sinks.delta import create_table as create_delta_table
+from finpulse.sinks.postgres import create_tables
+
+WAIT_S = 90  # generous on a busy 2-core machine; a hang fails instead of blocking CI
+
+Samples = dict[tuple[str, frozenset], float]
+
+
+# ---------------------------------------------------------------------------- helpers
+def wait_for(predicate, what: str, timeout: float = WAIT_S, run: Run | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" + (run.tail() if run else ""))
+        time.sleep(0.2)
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read().decode()
+
+
+def scrape(port: int) -> Samples:
+    status, text = get(port, "/metrics")
+    assert status == 200, text
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def series(samples: Samples, name: str) -> dict[frozenset, float]:
+    return {labels: v for (n, labels), v in samples.items() if n == name}
+
+
+class Run:
+    """`finpulse [root options] ingest ...` in its own process group; stdout and stderr in files
+    (a pipe nobody reads could stall it)."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str], *args: str, root: tuple[str, ...] = ()):
+        tag = uuid.uuid4().hex[:6]
+        self.out_path, self.err_path = tmp_path / f"ingest-{tag}.out", tmp_path / f"ingest-{tag}.err"
+        with self.out_path.open("w") as out, self.err_path.open("w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "finpulse", *root, "ingest", *args],
+                env=env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def tail(self) -> str:
+        lines = [line for line in self.stderr().splitlines() if "psycopg.pool" not in line]
+        return "\nstderr:\n" + "\n".join(lines[-40:])
+
+    def port(self) -> int:
+        """The port `--metrics-port 0` chose, from its log line."""
+        found: list[int] = []
+
+        def logged() -> bool:
+            assert self.proc.poll() is None, f"ingest exited {self.proc.returncode}{self.tail()}"
+            found.extend(int(p) for p in re.findall(r"metrics on http://0\.0\.0\.0:(\d+)/metrics", self.stderr()))
+            return bool(found)
+
+        wait_for(logged, "the metrics port in the log", run=self)
+        return found[0]
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+            raise AssertionError(f"ingest still running {timeout:.0f}s after signal {sig}{self.tail()}") from None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """Starts ingest runs; whatever still runs at the end of the test is killed (process group)."""
+    started: list[Run] = []
+
+    def start(env: dict[str, str], *args: str, root: tuple[str, ...] = ()) -> Run:
+        started.append(Run(tmp_path, env, *args, root=root))
+        return started[-1]
+
+    yield start
+    for run in started:
+        run.kill()
+
+
+def json_lines(text: str) -> list[dict]:
+    """Every line of `text` parsed as one JSON object (any other line fails the test)."""
+    records = []
+    for line in text.splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            raise AssertionError(f"not a JSON line: {line!r}") from None
+    for r in records:
+        assert {"time", "level", "logger", "process", "message"} <= r.keys(), r
+        assert r["time"].endswith("Z") and datetime.fromisoformat(r["time"]).utcoffset().total_seconds() == 0, r
+    return records
+
+
+# ---------------------------------------------------------------------------- the log format
+def test_json_log_lines_carry_time_level_logger_pid_message_and_the_traceback():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("finpulse.test-json")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("partition %d: %s", 3, 'quote " and newline\n and ünïcode')
+        try:
+            raise ZeroDivisionError("division by zero")
+        except ZeroDivisionError:
+            logger.exception("write failed")
+    finally:
+        logger.removeHandler(handler)
+    first, second = json_lines(stream.getvalue())
+    assert first["level"] == "WARNING" and first["logger"] == "finpulse.test-json" and first["process"] == os.getpid()
+    assert first["message"] == 'partition 3: quote " and newline\n and ünïcode' and "exc_info" not in first
+    assert second["message"] == "write failed" and second["level"] == "ERROR"
+    assert "ZeroDivisionError" in second["exc_info"] and "Traceback" in second["exc_info"]
+
+
+def test_a_worker_record_crosses_the_queue_with_its_message_and_traceback_apart():
+    q: queue.Queue = queue.Queue()
+    sender = logging.getLogger("finpulse.test-queue")
+    sender.addHandler(ToParent(q))
+    sender.propagate = False
+    try:
+        try:
+            {}["missing"]
+        except KeyError:
+            sender.exception("lane %s failed", "postgres")
+    finally:
+        sender.handlers.clear()
+    record = pickle.loads(pickle.dumps(q.get_nowait()))  # as multiprocessing sends it
+    parsed = json.loads(JsonFormatter().format(record))
+    assert parsed["message"] == "lane postgres failed" and "KeyError" in parsed["exc_info"]
+    text = logging.Formatter("%(levelname)s %(name)s: %(message)s").format(record)
+    assert text.startswith("ERROR finpulse.test-queue: lane postgres failed\nTraceback") and "KeyError" in text
+
+
+def test_json_log_format_on_a_real_command_and_health_while_kafka_is_awaited(base_settings, runs):
+    with socket.socket() as hole:  # bound but never listening: every connection to it is refused
+        hole.bind(("127.0.0.1", 0))
+        env = env_for(
+            base_settings, KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{hole.getsockname()[1]}", FINPULSE_LOG_FORMAT="json"
+        )
+        run = runs(env, "--metrics-port", "0")
+        port = run.port()
+        wait_for(lambda: "not reachable yet" in run.stderr(), "a Kafka retry in the log", run=run)
+        assert get(port, "/healthz") == (200, "ok\n")
+        assert get(port, "/readyz") == (503, "not ready: waiting for Kafka\n")
+        assert get(port, "/metrics")[0] == 200 and get(port, "/nothing")[0] == 404
+        assert run.stop(signal.SIGTERM) == 0, run.tail()
+    records = json_lines(run.stderr())
+    assert {r["process"] for r in records} == {run.proc.pid}
+    assert any(r["level"] == "WARNING" and "is the broker running?" in r["message"] for r in records)
+    assert any(r["logger"] == "finpulse.supervisor" and "stopped while waiting" in r["message"] for r in records)
+
+
+def test_a_metrics_port_in_use_is_one_clear_line(base_settings):
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = finpulse("ingest", "--metrics-port", str(port), env=env_for(base_settings), check=False, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"port {port} is already in use" in lines[0], proc.stderr
+    assert "FINPULSE_METRICS_PORT" in lines[0] and "--metrics-port" in lines[0]
+
+
+# ---------------------------------------------------------------------------- the collector
+def test_the_collector_shows_live_views_only_and_the_newest_report_per_partition():
+    totals, exporter = Totals(), Exporter(("postgres", "delta"))
+    exporter.watch(totals, workers=2)
+    assert exporter.unready() == "worker 0, 1 has not reported yet"
+    slow = Durations()
+    for seconds in (0.001, 0.2, 0.2, 120.0):
+        slow.observe(seconds)
+    totals.add(
+        0,
+        100,
+        WorkerStats(
+            rows={"postgres": 10, "delta": 10},
+            rejects={"postgres": 2, "delta": 2},
+            writes={"postgres": slow},
+            held_lag={"postgres": {0: 5, 1: 0}, "delta": {0: 7, 1: 0}},
+            partitions=[0, 1],
+        ),
+    )
+    totals.add(1, 101, WorkerStats(partitions=[], down={"postgres": "connection refused\nDETAIL: more"}))
+    assert exporter.unready() == "postgres down: connection refused"
+    # partition 1 moved to worker 1; worker 0 has not reported since
+    totals.add(1, 101, WorkerStats(rows={"postgres": 1}, held_lag={"postgres": {1: 3}}, partitions=[1]))
+    assert exporter.unready() is None
+    m = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for f in text_string_to_metric_families(exporter.metrics().decode())
+        for s in f.samples
+    }
+    assert series(m, "finpulse_lag_messages") == {
+        frozenset({"partition": "0", "sink": "postgres"}.items()): 5,
+        frozenset({"partition": "0", "sink": "delta"}.items()): 7,
+        frozenset({"partition": "1", "sink": "postgres"}.items()): 3,  # the newer report
+        frozenset({"partition": "1", "sink": "delta"}.items()): 0,
+    }
+    assert value(m, "finpulse_ticks_written_total", sink="postgres") == 11
+    assert value(m, "finpulse_rejects_total") == 2
+    assert value(m, "finpulse_write_seconds_count", sink="postgres") == 4
+    assert value(m, "finpulse_write_seconds_bucket", sink="postgres", le="0.005") == 1
+    assert value(m, "finpulse_write_seconds_bucket", sink="postgres", le="0.25") == 3
+    assert value(m, "finpulse_write_seconds_bucket", sink="postgres", le=str(WRITE_BUCKETS[-1])) == 3
+    assert value(m, "finpulse_write_seconds_bucket", sink="postgres", le="+Inf") == 4
+    assert value(m, "finpulse_write_seconds_sum", sink="postgres") == pytest.approx(120.401)
+    assert value(m, "finpulse_sink_up", sink="postgres") == 1  # worker 1's newer report: up again
+    totals.reported[1] -= 100  # a worker stuck somewhere stops reporting
+    assert exporter.unready() == "worker 1 has not reported for 100s"
+    totals.add(1, 101, WorkerStats(held_lag={"postgres": {1: 3}}, partitions=[1]))
+
+    totals.forget(0)  # worker 0 exited: its partition 0 is nobody's until reassigned
+    totals.add(0, 100, WorkerStats(rows={"delta": 5}, held_lag={"delta": {0: 9}}, partitions=[0]))  # its last words
+    m = {(s.name, frozenset(s.labels.items())): s.value for f in exporter.registry.collect() for s in f.samples}
+    assert {dict(k)["partition"] for k in series(m, "finpulse_lag_messages")} == {"1"}
+    assert value(m, "finpulse_ticks_written_total", sink="delta") == 15  # its writes still count
+    assert exporter.unready() == "worker 0 has not reported yet"
+
+
+# ---------------------------------------------------------------------------- end to end
+@pytest.mark.kafka
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_metrics_agree_with_what_the_sinks_hold(isolated, runs):
+    good = [orjson.dumps(t) for t in produce.ticks(3000)]
+    bad = [b"\xff\xfe not utf-8", b'{"symbol": "A", "price"', b"null", b"{}"]
+    values = good[:1000] + bad[:2] + good[1000:2000] + bad[2:] + good[2000:]
+    produce.send(isolated, iter([(b"k%d" % (i % 11), v) for i, v in enumerate(values)]))
+    env = env_for(isolated, FINPULSE_BATCH_SIZE="200")
+    run = runs(env, "--workers", "2", "--metrics-port", "0", root=("--log-format", "json"))
+    port = run.port()
+    assert get(port, "/healthz") == (200, "ok\n")
+
+    def agrees(ticks: int, rejects: int) -> bool:
+        m = scrape(port)
+        lag = series(m, "finpulse_lag_messages")
+        return (
+            value(m, "finpulse_ticks_written_total", sink="postgres") == pg_count(isolated) == ticks
+            and value(m, "finpulse_ticks_written_total", sink="delta") == len(delta_rows(isolated)) == ticks
+            and value(m, "finpulse_rejects_total") == pg_count(isolated, "prices_rejected") == rejects
+            and len(lag) == 8  # 4 partitions x 2 sinks
+            and set(lag.values()) == {0}
+        )
+
+    wait_for(lambda: agrees(len(good), len(bad)), "the metrics to agree with both sinks", run=run)
+    wait_for(lambda: get(port, "/readyz") == (200, "ready\n"), "/readyz 200", run=run)
+    m = scrape(port)
+    assert value(m, "finpulse_messages_consumed_total") == len(values)
+    assert value(m, "finpulse_sink_up", sink="postgres") == value(m, "finpulse_sink_up", sink="delta") == 1
+    assert value(m, "finpulse_worker_restarts_total") == 0
+    assert value(m, "finpulse_workers_alive") == 2 and value(m, "finpulse_partitions_assigned") == 4
+    for sink in ("postgres", "delta"):
+        writes = value(m, "finpulse_write_seconds_count", sink=sink)
+        assert writes and writes == value(m, "finpulse_write_seconds_bucket", sink=sink, le="+Inf")
+        assert value(m, "finpulse_write_seconds_sum", sink=sink) > 0
+    assert {dict(k)["partition"] for k in series(m, "finpulse_lag_messages")} == {"0", "1", "2", "3"}
+
+    # a killed worker is counted as a restart; its partitions leave no stale series behind
+    victim = children(run.proc.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: value(scrape(port), "finpulse_worker_restarts_total") == 1, "the restart counted", run=run)
+    wait_for(lambda: get(port, "/readyz") == (200, "ready\n"), "ready again after the restart", run=run)
+    more = [orjson.dumps(t) for t in produce.ticks(500, seed=8)]
+    produce.send(isolated, iter([(b"m%d" % i, v) for i, v in enumerate(more)]))
+
+    wait_for(lambda: agrees(len(good) + len(more), len(bad)), "the new ticks counted, lag 0 on 8 series", run=run)
+
+    assert run.stop() == 0, run.tail()
+    records = json_lines(run.stderr())
+    workers = {r["process"] for r in records if r["logger"] == "finpulse.worker"}
+    assert len(workers) >= 3 and run.proc.pid not in workers  # two workers and the restarted one
+    assert any(re.search(r"metrics on http://0\.0\.0\.0:\d+/metrics", r["message"]) for r in records)
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_readyz_is_503_while_postgres_is_down(kafka, tmp_path, runs):
+    with running(PrivatePostgres) as pg:
+        tag = uuid.uuid4().hex[:10]
+        s = load_settings(
+            kafka_topic=f"metrics-{tag}",
+            kafka_group_id=f"finpulse-metrics-{tag}",
+            postgres_schema=f"metrics_{tag}",
+            delta_table_uri=str(tmp_path / "delta" / "prices"),
+            **pg.settings_overrides,
+        )
+        source.create_topic(s, 2)
+        create_tables(s.postgres_conninfo(), s.postgres_schema)
+        create_delta_table(s.delta_uri, s.delta_storage_options)
+        try:
+            env = env_for(s)
+            finpulse("produce", "--count", "100", env=env)
+            run = runs(env, "--metrics-port", "0")
+            port = run.port()
+            wait_for(lambda: get(port, "/readyz") == (200, "ready\n"), "/readyz 200", run=run)
+
+            pg.stop("immediate")
+            finpulse("produce", "--count", "100", "--seed", "8", env=env)  # a write finds it down
+
+            def refused() -> bool:
+                status, text = get(port, "/readyz")
+                return status == 503 and text.startswith("not ready: postgres down: ")
+
+            wait_for(refused, "/readyz 503 naming postgres", run=run)
+            status, text = get(port, "/readyz")
+            assert text.count("\n") == 1, text
+            m = scrape(port)
+            assert value(m, "finpulse_sink_up", sink="postgres") == 0
+            assert value(m, "finpulse_sink_up", sink="delta") == 1
+            assert get(port, "/healthz") == (200, "ok\n")
+
+            pg.start()
+            wait_for(lambda: get(port, "/readyz") == (200, "ready\n"), "/readyz 200 once postgres is back", run=run)
+            wait_for(lambda: pg_count(s) == 200, "every tick in postgres", run=run)
+            assert value(scrape(port), "finpulse_sink_up", sink="postgres") == 1
+            assert run.stop() == 0, run.tail()
+        finally:
+            client = source.admin(s)
+            client.delete_topics([s.kafka_topic])[s.kafka_topic].result(timeout=30)
+
+
+def test_docs_name_every_metric_and_their_alert_rules_parse():
+    import yaml
+
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    totals, exporter = Totals(), Exporter(("postgres", "delta"))
+    exporter.watch(totals, workers=1)
+    totals.add(0, 1, WorkerStats(writes={"postgres": Durations()}, held_lag={"postgres": {0: 1}}, partitions=[0]))
+    served = {f.name + ("_total" if f.type == "counter" else "") for f in exporter.registry.collect()}
+    documented = set(re.findall(r"^\| `(finpulse_\w+)` \|", text, re.M))
+    assert documented == served
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.S)]
+    rules = [r for b in blocks if "groups" in b for g in b["groups"] for r in g["rules"]]
+    assert {r["alert"] for r in rules} >= {"FinpulseLagGrowing", "FinpulseSinkDown", "FinpulseRejects"}
+    for rule in rules:
+        assert set(re.findall(r"finpulse_\w+", rule["expr"])) <= served, rule["expr"]
