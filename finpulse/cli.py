@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
-from finpulse import views
+from finpulse import logformat, views
 from finpulse.cli_options import (
     AllowDataLoss,
     Bootstrap,
@@ -17,15 +16,19 @@ from finpulse.cli_options import (
     Feed,
     FromOffset,
     FromTime,
+    KafkaConfig,
     Partitions,
     SinkChoice,
     Strict,
     ToOffset,
     Topic,
     ToTime,
+    feed_choice,
+    range_spans,
 )
 from finpulse.config import Settings, load_settings
-from finpulse.errors import ConfigError, FinpulseError
+from finpulse.errors import FinpulseError
+from finpulse.logformat import LogFormat
 
 app = typer.Typer(
     help="Land every Kafka tick exactly once in PostgreSQL (prices_raw) and Delta Lake (prices).\n\n"
@@ -39,38 +42,23 @@ err = Console(stderr=True, soft_wrap=True)  # an error is one line, however narr
 out = Console(soft_wrap=True)
 
 
-def _setup_logging(verbose: bool) -> None:
-    handler: logging.Handler
-    if sys.stderr.isatty():
-        from rich.logging import RichHandler
-
-        handler = RichHandler(console=err, show_path=False, markup=False)
-        handler.setFormatter(logging.Formatter("[%(process)d] %(message)s"))
-    else:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    logging.getLogger("librdkafka").setLevel(logging.WARNING)
-
-
 @app.callback()
-def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
-    _setup_logging(verbose)
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            "--log-format",
+            envvar="FINPULSE_LOG_FORMAT",
+            help="Log lines on stderr: text, or json (one object per line: time, level, logger, process, message).",
+        ),
+    ] = LogFormat.text,
+) -> None:
+    logformat.setup(verbose, log_format, err)
 
 
 def settings(**overrides) -> Settings:
     return load_settings(**overrides)
-
-
-def feed_choice(name: str | None) -> str | None:
-    """The one check of `--format` (ingest, replay, verify): a known feed name, or None to detect per message."""
-    from finpulse import feeds
-
-    if name is not None and name not in feeds.names():
-        raise ConfigError(f"--format: unknown feed {name!r}; choose one of: {', '.join(feeds.names())}")
-    return name
 
 
 @app.command()
@@ -78,13 +66,19 @@ def init(
     partitions: Annotated[int, typer.Option(min=1, max=1000, help="Partitions of a newly created topic.")] = 4,
     topic: Topic = None,
     bootstrap_servers: Bootstrap = None,
+    kafka_config: KafkaConfig = None,
     delta_uri: DeltaUri = None,
 ) -> None:
     """Create the Kafka topic, the PostgreSQL tables and the Delta table, where absent."""
     from finpulse import source
     from finpulse.sinks import prepare_sinks
 
-    s = settings(kafka_topic=topic, kafka_bootstrap_servers=bootstrap_servers, delta_table_uri=delta_uri)
+    s = settings(
+        kafka_topic=topic,
+        kafka_bootstrap_servers=bootstrap_servers,
+        kafka_config_file=kafka_config,
+        delta_table_uri=delta_uri,
+    )
     created = source.create_topic(s, partitions)
     views.topic_ready(out, s.kafka_topic, created, partitions if created else len(source.partitions(s)))
     for ensured in prepare_sinks(s).values():
@@ -103,6 +97,7 @@ def produce(
     seed: Annotated[int, typer.Option(help="Seed of the random walk; equal seeds give equal ticks.")] = 7,
     topic: Topic = None,
     bootstrap_servers: Bootstrap = None,
+    kafka_config: KafkaConfig = None,
 ) -> None:
     """Send synthetic ticks (a seeded random walk, keyed by symbol) to the topic."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -110,7 +105,7 @@ def produce(
     from finpulse import produce as producing
     from finpulse import source
 
-    s = settings(kafka_topic=topic, kafka_bootstrap_servers=bootstrap_servers)
+    s = settings(kafka_topic=topic, kafka_bootstrap_servers=bootstrap_servers, kafka_config_file=kafka_config)
     syms = tuple(x.strip() for x in symbols.split(",") if x.strip()) if symbols else producing.DEFAULT_SYMBOLS
     if not syms:
         raise typer.BadParameter("give at least one symbol", param_hint="--symbols")
@@ -174,9 +169,18 @@ def ingest(
             help="Also send rejected messages to this Kafka topic, created if absent (env FINPULSE_DLQ_TOPIC)."
         ),
     ] = None,
+    metrics_port: Annotated[
+        Optional[int],
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics, /healthz and /readyz on this port, 0 for a free one (env FINPULSE_METRICS_PORT; default off).",
+        ),
+    ] = None,
     allow_data_loss: AllowDataLoss = False,
     topic: Topic = None,
     bootstrap_servers: Bootstrap = None,
+    kafka_config: KafkaConfig = None,
     delta_uri: DeltaUri = None,
 ) -> None:
     """Consume the topic with one process per partition into PostgreSQL and Delta, exactly once."""
@@ -191,12 +195,15 @@ def ingest(
         linger_ms=linger_ms,
         max_inflight_ticks=max_inflight_ticks,
         max_inflight_bytes=max_inflight_bytes,
+        metrics_port=metrics_port,
         allow_data_loss=allow_data_loss or None,
         kafka_topic=topic,
         kafka_bootstrap_servers=bootstrap_servers,
+        kafka_config_file=kafka_config,
         delta_table_uri=delta_uri,
     )
-    result = supervisor.run(s, drain=drain, feed=feed, strict=strict, console=err)
+    live = None if logformat.is_json() else err  # json: progress as log lines, not a live table
+    result = supervisor.run(s, drain=drain, feed=feed, strict=strict, console=live)
     views.ingested(out, result.totals, result.workers, s.sink_names)
 
 
@@ -222,27 +229,6 @@ def show(
         views.landed(out, landed)
 
 
-def _spans(s: Settings, partition, from_offset, to_offset, from_timestamp, to_timestamp, start_required: bool):
-    """Validated range flags -> spans per partition (bad combinations: one ConfigError line)."""
-    from finpulse.replay import Bound, parse_time, plan
-
-    if from_offset is not None and from_timestamp is not None:
-        raise ConfigError("give --from-offset or --from-timestamp, not both")
-    if to_offset is not None and to_timestamp is not None:
-        raise ConfigError("give --to-offset or --to-timestamp, not both")
-    if start_required and from_offset is None and from_timestamp is None:
-        raise ConfigError("say where to start: --from-offset N (0 for everything retained) or --from-timestamp T")
-    start = Bound(from_offset, parse_time(from_timestamp, "--from-timestamp") if from_timestamp else None)
-    end = Bound(to_offset, parse_time(to_timestamp, "--to-timestamp") if to_timestamp else None)
-    if start.offset is not None and end.offset is not None and end.offset <= start.offset:
-        raise ConfigError(
-            f"--to-offset {end.offset} is exclusive: it must be greater than --from-offset {start.offset}"
-        )
-    if start.timestamp_ms is not None and end.timestamp_ms is not None and end.timestamp_ms <= start.timestamp_ms:
-        raise ConfigError("--to-timestamp is exclusive: it must be later than --from-timestamp")
-    return plan(s, partition, start, end)
-
-
 @app.command()
 def replay(
     partition: Partitions = None,
@@ -259,6 +245,7 @@ def replay(
     allow_data_loss: AllowDataLoss = False,
     topic: Topic = None,
     bootstrap_servers: Bootstrap = None,
+    kafka_config: KafkaConfig = None,
     delta_uri: DeltaUri = None,
 ) -> None:
     """Read a bounded range of the topic again and write what the sinks lack, then exit.
@@ -272,10 +259,11 @@ def replay(
         sinks=sink,
         kafka_topic=topic,
         kafka_bootstrap_servers=bootstrap_servers,
+        kafka_config_file=kafka_config,
         delta_table_uri=delta_uri,
         allow_data_loss=allow_data_loss or None,
     )
-    spans = _spans(s, partition, from_offset, to_offset, from_timestamp, to_timestamp, start_required=True)
+    spans = range_spans(s, partition, from_offset, to_offset, from_timestamp, to_timestamp, start_required=True)
     if dry_run:
         try:
             held = replaying.positions(s, [sp.partition for sp in spans])
@@ -317,12 +305,18 @@ def status(
     ] = False,
     topic: Topic = None,
     bootstrap_servers: Bootstrap = None,
+    kafka_config: KafkaConfig = None,
     delta_uri: DeltaUri = None,
 ) -> None:
     """Per partition: watermarks, the group's committed offset (KAFKA_GROUP_ID), each sink's position and lag."""
     from finpulse import status as stat
 
-    s = settings(kafka_topic=topic, kafka_bootstrap_servers=bootstrap_servers, delta_table_uri=delta_uri)
+    s = settings(
+        kafka_topic=topic,
+        kafka_bootstrap_servers=bootstrap_servers,
+        kafka_config_file=kafka_config,
+        delta_table_uri=delta_uri,
+    )
     st = stat.collect(s)
     if as_json:
         views.print_json(out, st.as_json())
@@ -359,6 +353,7 @@ def verify(
     strict: Strict = False,
     topic: Topic = None,
     bootstrap_servers: Bootstrap = None,
+    kafka_config: KafkaConfig = None,
     delta_uri: DeltaUri = None,
 ) -> None:
     """Reconcile the sinks with the topic key by key (default: everything retained).
@@ -368,8 +363,14 @@ def verify(
     from finpulse import verify as verifying
 
     feed = feed_choice(format)
-    s = settings(sinks=sink, kafka_topic=topic, kafka_bootstrap_servers=bootstrap_servers, delta_table_uri=delta_uri)
-    spans = _spans(s, partition, from_offset, to_offset, from_timestamp, to_timestamp, start_required=False)
+    s = settings(
+        sinks=sink,
+        kafka_topic=topic,
+        kafka_bootstrap_servers=bootstrap_servers,
+        kafka_config_file=kafka_config,
+        delta_table_uri=delta_uri,
+    )
+    spans = range_spans(s, partition, from_offset, to_offset, from_timestamp, to_timestamp, start_required=False)
     verdict = verifying.run(s, spans, feed, strict, samples=show, window=window, console=err)
     views.verdict(out, s.kafka_topic, verdict)
     if repair and not verdict.exact:

@@ -1,16 +1,30 @@
-"""The options several `finpulse` commands share, each naming the variable it overrides."""
+"""The options several `finpulse` commands share, each naming the variable it overrides, and the
+checks of flag values (--format, offset and time ranges) in one place."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from finpulse.config import Settings
+from finpulse.errors import ConfigError
 
 # Options shared by several commands; each names the variable it overrides.
 Topic = Annotated[Optional[str], typer.Option("--topic", help="Kafka topic (env KAFKA_TOPIC, default raw_prices)")]
 Bootstrap = Annotated[
     Optional[str],
     typer.Option("--bootstrap-servers", help="Kafka brokers (env KAFKA_BOOTSTRAP_SERVERS, default localhost:29092)"),
+]
+KafkaConfig = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--kafka-config",
+        help="Kafka client properties file (Java style, as Confluent Cloud, Event Hubs or MSK give it): "
+        "security.protocol, sasl.*, ssl.* ... Named KAFKA_* settings win over its lines (env KAFKA_CONFIG_FILE).",
+        show_default=False,
+    ),
 ]
 AllowDataLoss = Annotated[
     bool,
@@ -66,3 +80,34 @@ Feed = Annotated[
     ),
 ]
 Strict = Annotated[bool, typer.Option("--strict", help="Reject non-trade events, as `ingest --strict` did.")]
+
+
+# ------------------------------------------------------------------ validation of flag values
+def feed_choice(name: str | None) -> str | None:
+    """The one check of `--format` (ingest, replay, verify): a known feed name, or None to detect per message."""
+    from finpulse import feeds
+
+    if name is not None and name not in feeds.names():
+        raise ConfigError(f"--format: unknown feed {name!r}; choose one of: {', '.join(feeds.names())}")
+    return name
+
+
+def range_spans(s: Settings, partition, from_offset, to_offset, from_timestamp, to_timestamp, start_required: bool):
+    """Validated range flags -> spans per partition (bad combinations: one ConfigError line)."""
+    from finpulse.replay import Bound, parse_time, plan
+
+    if from_offset is not None and from_timestamp is not None:
+        raise ConfigError("give --from-offset or --from-timestamp, not both")
+    if to_offset is not None and to_timestamp is not None:
+        raise ConfigError("give --to-offset or --to-timestamp, not both")
+    if start_required and from_offset is None and from_timestamp is None:
+        raise ConfigError("say where to start: --from-offset N (0 for everything retained) or --from-timestamp T")
+    start = Bound(from_offset, parse_time(from_timestamp, "--from-timestamp") if from_timestamp else None)
+    end = Bound(to_offset, parse_time(to_timestamp, "--to-timestamp") if to_timestamp else None)
+    if start.offset is not None and end.offset is not None and end.offset <= start.offset:
+        raise ConfigError(
+            f"--to-offset {end.offset} is exclusive: it must be greater than --from-offset {start.offset}"
+        )
+    if start.timestamp_ms is not None and end.timestamp_ms is not None and end.timestamp_ms <= start.timestamp_ms:
+        raise ConfigError("--to-timestamp is exclusive: it must be later than --from-timestamp")
+    return plan(s, partition, start, end)

@@ -48,7 +48,7 @@ def test_format_is_checked_in_one_place_with_one_message_and_exit_code_2(tmp_pat
     for args in (["ingest", "--drain"], ["replay", "--from-offset", "0"], ["verify"]):
         proc = finpulse(*args, "--format", "nope", env=base, check=False, timeout=60)
         assert (proc.returncode, proc.stderr, proc.stdout) == (2, expected, ""), args
-    from finpulse.cli import feed_choice
+    from finpulse.cli_options import feed_choice
 
     assert feed_choice(None) is None and feed_choice("kraken") == "kraken"
 
