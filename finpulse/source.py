@@ -52,7 +52,12 @@ def consumer(settings: Settings, on_assign: Callable, on_revoke: Callable, on_lo
             "session.timeout.ms": SESSION_TIMEOUT_MS,
             "heartbeat.interval.ms": SESSION_TIMEOUT_MS // 3,
             "queued.max.messages.kbytes": PREFETCH_KBYTES,
-            "partition.assignment.strategy": "range",
+            # Incremental rebalancing: a joining worker takes only the partitions that move to it, the
+            # others keep theirs and keep writing (the eager "range" protocol revoked every partition
+            # of every member at each join, so starting N workers stopped the group N times).
+            # No static membership (group.instance.id): a stopped run must hand its partitions over
+            # at once, and two runs on one host must never fence each other.
+            "partition.assignment.strategy": "cooperative-sticky",
             "client.id": "finpulse",
         }
     )
@@ -93,23 +98,28 @@ class GroupSource:
         self._consumer = consumer(settings, self._assigned, self._revoked, self._lost)
 
     # rebalance callbacks, on the consumer's poll
+    # With the cooperative protocol each callback names only the partitions that change hands.
     def _assigned(self, c: Consumer, tps: list[TopicPartition]) -> None:
         starts = self._on_assign([tp.partition for tp in tps])
         for tp in tps:
             tp.offset = starts.get(tp.partition, OFFSET_BEGINNING)
-        c.assign(tps)
+        c.incremental_assign(tps)
         # librdkafka keeps a partition's pause across assignments: one paused for backpressure
-        # before this rebalance would stay paused for good. Backpressure pauses again if needed.
+        # before it was revoked would stay paused for good; new partitions follow the others.
         c.resume(tps)
-        self.assigned, self.paused = {tp.partition for tp in tps}, False
+        if self.paused and tps:
+            c.pause(tps)
+        self.assigned |= {tp.partition for tp in tps}
 
     def _revoked(self, c: Consumer, tps: list[TopicPartition]) -> None:
         self._on_revoke([tp.partition for tp in tps])
-        self.assigned = set()
+        c.incremental_unassign(tps)
+        self.assigned -= {tp.partition for tp in tps}
 
     def _lost(self, c: Consumer, tps: list[TopicPartition]) -> None:
         self._on_lost([tp.partition for tp in tps])
-        self.assigned = set()
+        c.incremental_unassign(tps)
+        self.assigned -= {tp.partition for tp in tps}
 
     def take(self, want: int, wait_s: float) -> list:
         """Messages already fetched (up to MAX_TAKE); when there are none, wait up to `wait_s` for

@@ -114,15 +114,24 @@ class Worker:
         """Where each newly assigned partition starts: the lowest position any sink holds, once the
         positions are held against the topic; a partition no sink holds anything of: the earliest."""
         starts = self._retrying("check sink positions against the topic", lambda: self._starts(parts))
-        self.consumed = {p: n for p, n in starts.items() if n >= 0}
-        log.info(
-            "assigned partitions %s, starting at %s",
-            parts or "none",
-            {p: "earliest" if n < 0 else n for p, n in starts.items()},
-        )
+        for p, n in starts.items():  # only these partitions change hands (cooperative rebalancing)
+            self.consumed.pop(p, None)
+            if n >= 0:
+                self.consumed[p] = n
+        if parts:  # an incremental rebalance that brings nothing new is not news
+            log.info(
+                "assigned partitions %s, starting at %s; owns %s",
+                parts,
+                {p: "earliest" if n < 0 else n for p, n in starts.items()},
+                sorted(self._owned() | set(parts)),
+            )
         return starts
 
+    def _owned(self) -> set[int]:
+        return set(self.source.assigned) if self.source is not None else set()
+
     def _on_revoke(self, parts: list[int]) -> None:
+        log.info("revoked partitions %s; owns %s", parts, sorted(self._owned() - set(parts)))
         self._flush()
         grace = self.settings.rebalance_grace_ms / 1000
         if not all(lane.wait_idle(grace) for lane in self.lanes):

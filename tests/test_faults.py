@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from confluent_kafka import Consumer
 from support import ROOT
 from support.cli import children, env_for, finpulse
 from support.private import PrivateAzurite, PrivateKafka, PrivatePostgres, running
@@ -238,19 +240,52 @@ def wait_writing(run: Ingest, count, workers: int) -> int:
     return count()
 
 
+@contextmanager
+def group_member(s: Settings):
+    """Another member of the ingest's consumer group (same assignment protocol) that takes
+    partitions and reads nothing into any sink, until the block ends and it leaves."""
+    member = Consumer(
+        {
+            "bootstrap.servers": s.kafka_bootstrap_servers,
+            "group.id": s.kafka_group_id,
+            "partition.assignment.strategy": "cooperative-sticky",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+        }
+    )
+    member.subscribe([s.kafka_topic])
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            member.poll(0.1)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        poller.join(10)
+        member.close()
+
+
 def assigned_pids(output: str) -> set[int]:
-    """Worker pids whose latest assignment holds partitions (log lines: `time pid LEVEL name: msg`)."""
+    """Worker pids that own partitions after their latest assignment or revocation (log lines:
+    `time pid LEVEL name: ... partitions [..]...; owns [..]`)."""
     latest = {}
-    for pid, parts in re.findall(r"^\S+ \S+ (\d+) INFO finpulse.worker: assigned partitions (\S+)", output, re.M):
-        latest[int(pid)] = parts.startswith("[")
+    for pid, owns in re.findall(r"^\S+ \S+ (\d+) INFO finpulse.worker: .*partitions .*; owns \[(.*)\]", output, re.M):
+        latest[int(pid)] = bool(owns.strip())
     return {pid for pid, some in latest.items() if some}
 
 
 # ---------------------------------------------------------------------------- a. PostgreSQL outage
 def test_postgres_outage_longer_than_rebalance_grace_with_a_worker_killed(private_postgres, kafka, tmp_path, ingests):
-    """PostgreSQL goes down; during the outage a worker is SIGKILLed, so the group rebalances while
-    writes are pending, and the survivor gives its partitions up after FINPULSE_REBALANCE_GRACE_MS
-    with the writes still queued. After PostgreSQL is back, every tick is in both sinks once."""
+    """PostgreSQL goes down; during the outage another member joins the group, so the workers must
+    give partitions up while their writes are pending: their revoke waits
+    FINPULSE_REBALANCE_GRACE_MS and lets go with the writes still queued. Then a worker is
+    SIGKILLed and restarted, still during the outage, and the other member leaves. After
+    PostgreSQL is back, every tick is in both sinks once."""
     total = 150_000
     with scenario(tmp_path, **private_postgres.settings_overrides) as s:
         env = env_for(
@@ -262,17 +297,19 @@ def test_postgres_outage_longer_than_rebalance_grace_with_a_worker_killed(privat
         private_postgres.stop("immediate")
         try:
             time.sleep(1.0)
-            victim = run.workers()[0]
-            os.kill(victim, signal.SIGKILL)
-            wait_for(
-                lambda: len(run.workers()) == 2 and victim not in run.workers(),
-                "the killed worker's restart",
-                ingest=run,
-            )
-            # the survivor's revoke waits the 2 s grace for its PostgreSQL writes, then lets go
-            wait_for(
-                lambda: re.search(r"rebalance.*pending", run.output()), "the rebalance grace to expire", ingest=run
-            )
+            with group_member(s):
+                # partitions move to the new member (cooperative rebalancing: only those): the
+                # workers' revoke waits the 2 s grace for their PostgreSQL writes, then lets go
+                wait_for(
+                    lambda: re.search(r"rebalance.*pending", run.output()), "the rebalance grace to expire", ingest=run
+                )
+                victim = run.workers()[0]
+                os.kill(victim, signal.SIGKILL)
+                wait_for(
+                    lambda: len(run.workers()) == 2 and victim not in run.workers(),
+                    "the killed worker's restart",
+                    ingest=run,
+                )
             time.sleep(2.0)
             assert run.alive(), f"ingest must wait for PostgreSQL, not exit:\n{run.tail()}"
         finally:

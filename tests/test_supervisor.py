@@ -117,3 +117,38 @@ def test_ingest_of_a_missing_topic_still_stops_at_once(kafka):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "'finpulse-no-such-topic' does not exist" in proc.stderr
     assert "not reachable yet" not in proc.stdout + proc.stderr
+
+
+def test_workers_join_without_a_rebalance_storm(isolated):
+    """Cooperative rebalancing: as the workers join one after another, only the partitions that
+    move are revoked (at most one per joining worker) and each worker ends with one partition.
+    The eager protocol revoked every member's every partition at each join."""
+    env = env_for(isolated)
+    finpulse("produce", "--count", "5000", env=env)
+    proc = start_ingest(env, "--workers", "4")
+    try:
+        wait_for(lambda: _owners(isolated) == [1, 1, 1, 1], timeout=60, what="one partition per worker")
+        wait_for(lambda: pg_count(isolated) == 5000, what="the backlog to land")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    joining = out.split("stopping:", 1)[0]  # the revocations of a clean stop do not count
+    revoked = [p for line in joining.splitlines() if "revoked partitions [" in line for p in _listed(line)]
+    assigned = [p for line in joining.splitlines() if "assigned partitions [" in line for p in _listed(line)]
+    assert len(revoked) <= 3, f"{len(revoked)} partitions revoked while 4 workers joined:\n{out}"
+    assert sorted(assigned) == sorted([0, 1, 2, 3] + revoked), out  # a moved partition is assigned once more
+    assert sorted(pg_rows(isolated)) == sorted(delta_rows(isolated))
+
+
+def _owners(s) -> list[int]:
+    """Partitions per member of the group, as the broker sees it."""
+    from finpulse import source
+
+    client = source.admin(s)  # keep a reference: the futures die with their client
+    group = client.describe_consumer_groups([s.kafka_group_id])[s.kafka_group_id].result(timeout=10)
+    return sorted(len(m.assignment.topic_partitions) for m in group.members)
+
+
+def _listed(line: str) -> list[int]:
+    inside = line.split("partitions [", 1)[1].split("]", 1)[0]
+    return [int(x) for x in inside.split(",") if x.strip()]
