@@ -2,6 +2,10 @@
 table's rows, while `finpulse ingest` (default settings) takes a steady rate of ticks.
 
     .venv/bin/python bench/trickle.py [--rate 2000] [--seconds 60] [--partitions 4] [--committer worker]
+        [--maintain]
+
+--maintain runs `finpulse maintain` after the trickle and reads the table again: the read times
+before and after it (row count, and a scan of every column) are in the JSON line.
 
 Runs against the local stack (`scripts/services up`) in a fresh topic, schema and Delta path,
 and prints one JSON line. Not part of `scripts/bench`: it takes as long as it measures.
@@ -36,6 +40,12 @@ def main() -> None:
         default="process",
         help="FINPULSE_DELTA_COMMITTER: one Delta committer per process (default) or one per worker (before)",
     )
+    args.add_argument("--maintain", action="store_true", help="then run `finpulse maintain` and read again")
+    args.add_argument(
+        "--before",
+        action="store_true",
+        help="the design before per-sink flushing: every batch committed by its worker, no background compaction",
+    )
     opts = args.parse_args()
 
     tag = uuid.uuid4().hex[:8]
@@ -48,6 +58,8 @@ def main() -> None:
         DELTA_TABLE_URI=str(table),
         FINPULSE_DELTA_COMMITTER=opts.committer,
     )
+    if opts.before:
+        env.update(FINPULSE_DELTA_COMMITTER="worker", FINPULSE_DELTA_FLUSH_MS="0", FINPULSE_AUTO_COMPACT_FILES="0")
 
     def finpulse(*argv: str) -> None:
         subprocess.run([sys.executable, "-m", "finpulse", *argv], env=env, cwd=ROOT, check=True, capture_output=True)
@@ -71,29 +83,52 @@ def main() -> None:
         elapsed = time.monotonic() - started
         time.sleep(SETTLE_S)
         dt = DeltaTable(str(table))
-        counted = time.perf_counter()
-        rows = dt.to_pyarrow_dataset().count_rows()
-        read_s = time.perf_counter() - counted
+        rows, read = _read(str(table))
         commits, files = dt.version() - first, len(dt.file_uris())
     finally:
         os.killpg(ingest.pid, signal.SIGTERM)
         ingest.wait(60)
+    after: dict = {}
+    if opts.maintain:
+        finpulse("maintain")
+        maintained_rows, maintained = _read(str(table))
+        assert maintained_rows >= rows
+        after = {
+            "after_maintain_live_files": len(DeltaTable(str(table)).file_uris()),
+            "after_maintain_count_rows_s": maintained["count_rows_s"],
+            "after_maintain_scan_s": maintained["scan_s"],
+        }
     print(
         json.dumps(
             {
                 "rate": opts.rate,
-                "committer": opts.committer,
+                "committer": env["FINPULSE_DELTA_COMMITTER"],
+                "design": "before" if opts.before else "now",
                 "seconds": round(elapsed, 1),
                 "rows": rows,
                 "commits": commits,
                 "live_files": files,
                 "commits_per_min": round(commits / elapsed * 60),
-                "count_rows_s": round(read_s, 3),
+                **read,
+                **after,
             }
         )
     )
     sys.stdout.flush()
     os._exit(0)  # delta-rs can abort the interpreter at exit (delta-rs #2184): the line above is the result
+
+
+def _read(uri: str) -> tuple[int, dict]:
+    """Rows of the table, the time to count them and the time to scan every column (fresh opens)."""
+    from deltalake import DeltaTable
+
+    started = time.perf_counter()
+    rows = DeltaTable(uri).to_pyarrow_dataset().count_rows()
+    counted = time.perf_counter() - started
+    started = time.perf_counter()
+    DeltaTable(uri).to_pyarrow_table()
+    scanned = time.perf_counter() - started
+    return rows, {"count_rows_s": round(counted, 3), "scan_s": round(scanned, 3)}
 
 
 if __name__ == "__main__":
