@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 # A killed worker's partitions move to a survivor after this long (the broker's minimum is 6 s).
 SESSION_TIMEOUT_MS = 6000
+HEARTBEAT_MS = 500
 
 
 def consumer(settings: Settings, on_assign: Callable, on_revoke: Callable, on_lost: Callable) -> Consumer:
@@ -50,7 +51,10 @@ def consumer(settings: Settings, on_assign: Callable, on_revoke: Callable, on_lo
             # offsets hold no message (transaction markers), so the sinks' positions reach it.
             "enable.partition.eof": True,
             "session.timeout.ms": SESSION_TIMEOUT_MS,
-            "heartbeat.interval.ms": SESSION_TIMEOUT_MS // 3,
+            # A member learns of a rebalance at its next heartbeat, and a cooperative rebalance takes
+            # two rounds: 500 ms heartbeats hand partitions to a joining worker within about a second
+            # (at a third of the session timeout, 2 s each, a drain's second worker idled for 4 s).
+            "heartbeat.interval.ms": HEARTBEAT_MS,
             "queued.max.messages.kbytes": PREFETCH_KBYTES,
             # Incremental rebalancing: a joining worker takes only the partitions that move to it, the
             # others keep theirs and keep writing (the eager "range" protocol revoked every partition

@@ -72,10 +72,14 @@ def azurite() -> dict[str, str]:
 
 @pytest.fixture
 def isolated(kafka: Settings, postgres: Settings, tmp_path: Path) -> Settings:
-    """A fresh topic (4 partitions), PostgreSQL schema and local Delta table for one test."""
+    """A fresh topic (4 partitions), consumer group, PostgreSQL schema and local Delta table for one
+    test: no rebalance of one test waits for a member another test left behind."""
     tag = uuid.uuid4().hex[:10]
     s = load_settings(
-        kafka_topic=f"test-{tag}", postgres_schema=f"t_{tag}", delta_table_uri=str(tmp_path / "delta" / "prices")
+        kafka_topic=f"test-{tag}",
+        kafka_group_id=f"test-{tag}",
+        postgres_schema=f"t_{tag}",
+        delta_table_uri=str(tmp_path / "delta" / "prices"),
     )
     source.create_topic(s, 4)
     create_tables(s.postgres_conninfo(), s.postgres_schema)

@@ -39,6 +39,7 @@ def secured(secure, kafka, postgres, azurite):
     tag = uuid.uuid4().hex[:10]
     s = load_settings(
         kafka_topic=f"secure-{tag}",
+        kafka_group_id=f"secure-{tag}",
         postgres_schema=f"s_{tag}",
         delta_table_uri=f"abfss://delta-lake@devstoreaccount1.dfs.core.windows.net/secure-{tag}/prices",
         **{k.lower(): v for k, v in secure.items()},
