@@ -54,7 +54,8 @@ def test_drain_over_secured_endpoints(benchmark, backlog, fresh_sinks, transport
     """The same drain (batch 5, 2 workers, both sinks, Delta on a local path) over the open
     endpoints and over Kafka SASL_SSL (SCRAM-SHA-512) with verify-full TLS to PostgreSQL; the
     report prints their ratio."""
-    overrides = _secure_env() if transport == "secured" else {}
+    # the local PostgreSQL serves TLS too, and libpq's default (prefer) would use it: say disable
+    overrides = _secure_env() if transport == "secured" else {"postgres_sslmode": "disable"}
     runs = []
 
     def setup():
