@@ -12,7 +12,8 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 from support import ROOT
 from support.cli import env_for, finpulse
-from support.sinks import assert_exactly_once, delta_rows, pg_rows, produced
+from support.metrics import Run, get, scrape, series, value, wait_for
+from support.sinks import assert_exactly_once, delta_rows, pg_count, pg_rows, produced
 
 from finpulse import source
 from finpulse.config import Settings, load_settings
@@ -60,12 +61,26 @@ def secure_env(s: Settings, secure: dict[str, str], **extra: str) -> dict[str, s
     return env_for(s, **{**secure, **extra})
 
 
-def test_init_produce_ingest_replay_verify_over_tls_sasl_and_sas(secured, secure):
+def test_init_produce_ingest_replay_verify_over_tls_sasl_and_sas(secured, secure, tmp_path):
     env = secure_env(secured, secure)
     total = 6_000
     finpulse("init", env=env)
     finpulse("produce", "--count", str(total), env=env)
-    finpulse("ingest", "--drain", env=env)
+    run = Run(tmp_path, env, "--metrics-port", "0")
+    try:  # the metrics of a run over the secured endpoints agree with what the sinks hold
+        port = run.port()
+
+        def landed() -> bool:
+            samples = scrape(port)
+            written = [value(samples, "finpulse_ticks_written_total", sink=k) for k in ("postgres", "delta")]
+            lag = series(samples, "finpulse_lag_messages")
+            return written == [total, total] and len(lag) == 8 and not any(lag.values())
+
+        wait_for(landed, "every tick in both sinks, by the metrics", run=run)
+        assert pg_count(secured) == len(delta_rows(secured)) == total
+        assert get(port, "/readyz")[0] == 200
+    finally:
+        assert run.stop() == 0, run.tail()
 
     with psycopg.connect(secured.postgres_conninfo()) as conn:  # the test reads over TLS too
         assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
