@@ -24,7 +24,7 @@ from typing import Any
 from finpulse.admission import Admission
 from finpulse.backoff import Backoff
 from finpulse.batch import FlushPolicy, Offsets, TickBatch
-from finpulse.errors import RulesChanged, ServiceUnavailable
+from finpulse.errors import FinpulseError, RulesChanged, ServiceUnavailable
 from finpulse.progress import Durations
 from finpulse.sinks import Sink, Written
 
@@ -156,6 +156,7 @@ class Lane:
             self.admission.close()
 
     def _run(self) -> None:
+        self._read_rules()
         while True:
             with self._cond:
                 while not self._closing.is_set():
@@ -182,6 +183,17 @@ class Lane:
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
+
+    def _read_rules(self) -> None:
+        """Read the sinks' rules as the lane starts, while they are likely up: admission keeps the
+        last rules of a sink that goes down, so this lane's sink is not paused by the other's outage
+        (rules never read wait for it, to keep the sinks identical). A failure here is left to the
+        first write."""
+        if self.admission is not None:
+            try:
+                self.admission.rules()
+            except FinpulseError as exc:  # the first write meets it again, and handles it as a write failure
+                log.debug("%s: sink rules not read at start (%s); the first write reads them", self.name, exc)
 
     def _due(self) -> bool:
         """The flush rule of this lane (FlushPolicy), with the reasons to write at once."""

@@ -266,6 +266,10 @@ def test_readyz_is_503_while_postgres_is_down(kafka, tmp_path, runs):
             run = runs(env, "--metrics-port", "0")
             port = run.port()
             wait_for(lambda: get(port, "/readyz") == (200, "ready\n"), "/readyz 200", run=run)
+            # every worker wrote once, so each lane holds both sinks' rules (admission keeps the
+            # last rules of a sink that is down; rules never read pause both lanes, to keep the
+            # sinks identical)
+            wait_for(lambda: pg_count(s) == 100 and len(delta_rows(s)) == 100, "the first ticks in both sinks", run=run)
 
             pg.stop("immediate")
             finpulse("produce", "--count", "100", "--seed", "8", env=env)  # a write finds it down
