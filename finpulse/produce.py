@@ -112,9 +112,11 @@ def send(
     messages: Iterator[tuple[bytes | None, bytes | None]],
     rate: float | None = None,
     on_progress: Callable[[int], None] | None = None,
+    using: Producer | None = None,
 ) -> int:
-    """Produce (key, value) pairs to KAFKA_TOPIC at up to `rate` messages/s; returns how many."""
-    p = producer(settings)
+    """Produce (key, value) pairs to KAFKA_TOPIC at up to `rate` messages/s; returns how many.
+    `using`: an already connected producer (a new one is made otherwise)."""
+    p = using if using is not None else producer(settings)
     errors: list[str] = []
 
     def delivered(err, _msg) -> None:
