@@ -86,16 +86,22 @@ def request(method: str, url: str, account: str, key: str) -> tuple[int, bytes]:
     ).decode()
     headers["Authorization"] = f"SharedKey {account}:{signature}"
     # No `data`: with a body urllib adds a Content-Type header that is not signed above.
-    req = urllib.request.Request(url, method=method, headers=headers)
+    return send(urllib.request.Request(url, method=method, headers=headers))
+
+
+def send(req: urllib.request.Request) -> tuple[int, bytes]:
+    """(status, body) of one request; Unreachable when Azurite does not answer or answers 5xx.
+    The query string (a SAS token, say) stays out of the message."""
+    what = f"{req.get_method()} {req.full_url.split('?')[0]}"
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as err:
         if err.code >= 500:  # still starting up, or overloaded: worth a retry
-            raise Unreachable(f"{method} {url}: HTTP {err.code}") from err
+            raise Unreachable(f"{what}: HTTP {err.code}") from err
         return err.code, err.read()
     except (urllib.error.URLError, OSError) as err:
-        raise Unreachable(f"{method} {url}: {err}") from err
+        raise Unreachable(f"{what}: {err}") from err
 
 
 def container_url(endpoint: str, name: str) -> str:

@@ -34,7 +34,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from azurite_container import DEV_ACCOUNT, DEV_KEY
+from azurite_container import DEV_ACCOUNT, DEV_KEY, Unreachable, send
 
 SAS_VERSION = "2021-08-06"
 
@@ -88,16 +88,9 @@ def tamper(token: str) -> str:
 
 def http_get(url: str) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(
-            urllib.request.Request(url, headers={"x-ms-version": SAS_VERSION}), timeout=10
-        ) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        if err.code >= 500:
-            raise Retry(f"GET {url.split('?')[0]}: HTTP {err.code}") from err
-        return err.code, err.read()
-    except (urllib.error.URLError, OSError) as err:
-        raise Retry(f"GET {url.split('?')[0]}: {err}") from err
+        return send(urllib.request.Request(url, headers={"x-ms-version": SAS_VERSION}))
+    except Unreachable as err:
+        raise Retry(str(err)) from err
 
 
 def verify_sas(endpoint: str, container: str, token: str) -> None:
