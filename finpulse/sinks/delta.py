@@ -14,11 +14,12 @@ from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchEr
 
 from finpulse.batch import FlushPolicy, Offsets, TickBatch
 from finpulse.config import Settings
-from finpulse.errors import AccessRefused, FinpulseError, RulesChanged, ServiceUnavailable, SinkRejected, first_line
+from finpulse.errors import RulesChanged, ServiceUnavailable, SinkRejected, first_line
 from finpulse.schema import DELTA, DELTA_PARTITION, LAST_ORDER, LINEAGE
 from finpulse.sinks import delta_files
 from finpulse.sinks import delta_maintenance as maintenance
 from finpulse.sinks.base import Filled, Rules, Summary, Written
+from finpulse.sinks.delta_errors import unavailable
 
 if TYPE_CHECKING:
     from finpulse.committer import CommitClient
@@ -66,23 +67,6 @@ def check_schema(table: DeltaTable, uri: str) -> None:
     ]
     if wrong:
         raise SinkRejected(f"the Delta table at {uri} cannot take FinPulse rows: {'; '.join(wrong)}")
-
-
-# object_store's words when the storage refused who we are: no retry heals it.
-_STORE_REFUSALS = ("lacked the necessary privileges", "403 Forbidden", "401 Unauthorized", "AuthenticationFailed")
-
-
-def unavailable(uri: str, what: str, exc: BaseException) -> FinpulseError:
-    """A delta-rs error as FinPulse's: AccessRefused when the store refused our credentials,
-    ServiceUnavailable (retry later) otherwise; one line either way (delta-rs adds an HTTP trace)."""
-    text = str(exc)
-    if any(r in text for r in _STORE_REFUSALS):
-        return AccessRefused(
-            f"storage refused access to the Delta table {uri} while {what} ({first_line(exc)}): check the "
-            "Azure credentials (AZURE_STORAGE_SAS_TOKEN, AZURE_STORAGE_ACCOUNT_KEY or the identity in use) "
-            "and their permissions"
-        )
-    return ServiceUnavailable(f"Delta table {uri}: {what} failed: {first_line(exc)}")
 
 
 def create_table(uri: str, storage_options: dict[str, str]) -> bool:
@@ -276,7 +260,7 @@ class DeltaSink:
                     f"admitted: {first_line(exc)}; if this persists, check its constraints and invariants "
                     "(`finpulse status` lists the ones FinPulse applies)"
                 ) from None
-            raise ServiceUnavailable(f"Delta write to {self.uri} failed: {exc}") from None
+            raise unavailable(self.uri, "writing", exc) from None
         held.update(todo.next_offsets)
         return Written(held, todo.ticks.num_rows, len(todo.rejects))
 

@@ -15,9 +15,9 @@ import pyarrow as pa
 from deltalake import DeltaTable, QueryBuilder, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
-from finpulse.errors import ServiceUnavailable, first_line
 from finpulse.schema import DELTA
 from finpulse.sinks.delta import with_partition_column
+from finpulse.sinks.delta_errors import unavailable
 
 CONSTRAINT_PREFIX = "delta.constraints."
 # The scratch table's log grows by one commit per probe; it is started afresh after this many.
@@ -31,7 +31,7 @@ def constraints(uri: str, storage_options: dict[str, str]) -> dict[str, str]:
     except TableNotFoundError:
         return {}
     except (DeltaError, OSError) as exc:
-        raise ServiceUnavailable(f"Delta table {uri}: reading its constraints failed: {first_line(exc)}") from None
+        raise unavailable(uri, "reading its constraints", exc) from None
     return {k.removeprefix(CONSTRAINT_PREFIX): v for k, v in sorted(config.items()) if k.startswith(CONSTRAINT_PREFIX)}
 
 
