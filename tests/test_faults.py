@@ -15,7 +15,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections import Counter
@@ -24,9 +23,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer
 from support import ROOT
 from support.cli import children, env_for, finpulse
+from support.group import group_member
 from support.private import PrivateAzurite, PrivateKafka, PrivatePostgres, running
 from support.sinks import VALUE_COLUMNS, assert_exactly_once, delta_rows, pg_rows, produced
 
@@ -238,36 +237,6 @@ def wait_writing(run: Ingest, count, workers: int) -> int:
     landed = count()
     wait_for(lambda: count() > landed, "rows after the assignment", ingest=run)
     return count()
-
-
-@contextmanager
-def group_member(s: Settings):
-    """Another member of the ingest's consumer group (same assignment protocol) that takes
-    partitions and reads nothing into any sink, until the block ends and it leaves."""
-    member = Consumer(
-        {
-            "bootstrap.servers": s.kafka_bootstrap_servers,
-            "group.id": s.kafka_group_id,
-            "partition.assignment.strategy": "cooperative-sticky",
-            "enable.auto.commit": False,
-            "session.timeout.ms": 6000,
-        }
-    )
-    member.subscribe([s.kafka_topic])
-    stop = threading.Event()
-
-    def poll() -> None:
-        while not stop.is_set():
-            member.poll(0.1)
-
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        poller.join(10)
-        member.close()
 
 
 def assigned_pids(output: str) -> set[int]:

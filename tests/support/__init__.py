@@ -2,6 +2,7 @@
 
 - `support.cli`: run the real `finpulse` CLI (`finpulse`, `env_for`, `start_ingest`, `finish`)
 - `support.sinks`: read both sinks back and compare with what was produced
+- `support.group`: another member of an ingest's consumer group (rebalances on demand)
 - `support.metrics`: an ingest run with `--metrics-port`, and the samples of its /metrics
 - `support.samples`: sample messages (feed fixtures, malformed messages) used by several test files
 - `support.hostile`: a seeded generator of hostile Kafka messages, for fuzzing the pipeline
