@@ -31,6 +31,7 @@ from deltalake.transaction import AddAction
 
 from finpulse.config import Settings
 from finpulse.errors import ServiceUnavailable, first_line
+from finpulse.link import Links, WorkerLink
 from finpulse.schema import DELTA, DELTA_PARTITION
 from finpulse.sinks.delta import MAX_COMMIT_RETRIES, app_id, topic_app_id
 
@@ -65,23 +66,24 @@ class Answer:
 
 
 class CommitClient:
-    """A worker's side: send one request, wait for its answer."""
+    """A worker's side: send one request over its link to the supervisor, wait for its answer."""
 
-    def __init__(self, worker: int, requests, replies):
-        self.worker, self.requests, self.replies = worker, requests, replies
+    def __init__(self, link: WorkerLink):
+        self.link = link
 
     def commit(
         self, adds: list[dict], base: dict[int, int | None], next_offsets: dict[int, int], topic_key: int | None
     ) -> Answer:
         rid = uuid.uuid4().hex
-        self.requests.put(Request(self.worker, rid, adds, base, next_offsets, topic_key))
+        if not self.link.tell("commit", Request(self.link.worker, rid, adds, base, next_offsets, topic_key)):
+            raise ServiceUnavailable("the Delta committer is gone (the supervisor exited)")
         deadline = time.monotonic() + REPLY_TIMEOUT_S
         while True:
-            try:
-                answer: Answer = self.replies.get(timeout=max(deadline - time.monotonic(), 0.001))
-            except queue.Empty:
-                raise ServiceUnavailable(f"the Delta committer did not answer within {REPLY_TIMEOUT_S:.0f}s") from None
-            if answer.id == rid:  # older answers belong to requests this worker gave up on
+            answer = self.link.receive(deadline - time.monotonic())
+            if answer is None:
+                raise ServiceUnavailable(f"the Delta committer did not answer within {REPLY_TIMEOUT_S:.0f}s")
+            assert isinstance(answer, Answer)
+            if answer.id == rid:  # older answers belong to requests an earlier process of this worker sent
                 return answer
 
 
@@ -89,20 +91,17 @@ class Committer:
     """The supervisor's side: a thread that commits what the workers staged, once per interval on
     a trickle (they write together); on a backlog, as fast as writes triggered by size arrive."""
 
-    def __init__(self, settings: Settings, ctx, workers: int):
+    def __init__(self, settings: Settings, links: Links, workers: int):
         self.settings = settings
         self.gather_s = min(GATHER_S, settings.delta_flush_ms / 1000 / 10)
         self.workers = workers
-        self.requests = ctx.Queue()
-        self.replies = {i: ctx.Queue() for i in range(workers)}
+        self.links = links
+        self.requests: queue.Queue[Request] = queue.Queue()
+        links.route("commit", self.requests)
         self.commits = 0
         self._table: DeltaTable | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="delta-committer", daemon=True)
-
-    def client(self, worker: int) -> tuple:
-        """What a worker needs to build its CommitClient (queues pickle across spawn)."""
-        return (worker, self.requests, self.replies[worker])
 
     def start(self) -> Committer:
         self._thread.start()
@@ -128,7 +127,7 @@ class Committer:
                 log.exception("Delta committer failed on %d staged writes; the workers retry", len(pending))
                 answers = [(r.worker, Answer(r.id, "retry", reason=f"committer error: {exc!r}")) for r in pending]
             for answer_to, answer in answers:
-                self.replies[answer_to].put(answer)
+                self.links.reply(answer_to, answer)
 
     def _gather(self, pending: list[Request]) -> None:
         """Add to `pending` what the other workers send within the gather window (their writes of

@@ -1,8 +1,8 @@
 """Where log records go and how they look on stderr (`--log-format`), and how a worker's records
 reach the supervisor.
 
-Workers format nothing: their records cross to the supervisor through a queue (`ToParent`) and
-its handler formats them, so one choice of format covers every process of a run.
+Workers format nothing: their records cross to the supervisor over their link (`ToParent`) and
+its handlers format them, so one choice of format covers every process of a run.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ import copy
 import enum
 import json
 import logging
-import logging.handlers
 import sys
 from datetime import UTC, datetime
 
 from rich.console import Console
+
+from finpulse.link import WorkerLink
 
 
 class LogFormat(enum.StrEnum):
@@ -46,10 +47,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
-class ToParent(logging.handlers.QueueHandler):
-    """A worker's log records, sent to the supervisor. The message is merged with its arguments
-    (they may not pickle) but kept apart from the traceback, which travels as text in exc_text:
-    the supervisor's formatter still sees a message and an exception, as for its own records."""
+class ToParent(logging.Handler):
+    """A worker's log records, sent to the supervisor over its link (finpulse.link). The message
+    is merged with its arguments (they may not pickle) but kept apart from the traceback, which
+    travels as text in exc_text: the supervisor's formatter still sees a message and an exception,
+    as for its own records."""
+
+    def __init__(self, link: WorkerLink):
+        super().__init__()
+        self.link = link
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.link.tell("log", self.prepare(record))
+        except Exception:  # a record that cannot be pickled must not stop the worker
+            self.handleError(record)
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         record = copy.copy(record)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import multiprocessing as mp
 import os
 import queue
@@ -24,6 +23,7 @@ from finpulse.committer import Committer
 from finpulse.compactor import Compactor
 from finpulse.config import Settings
 from finpulse.errors import FinpulseError, ServiceUnavailable, WorkerFailed
+from finpulse.link import Links
 from finpulse.progress import Progress, Totals
 from finpulse.sinks import open_sinks, prepare_sinks
 from finpulse.sinks.delta import DeltaSink
@@ -98,9 +98,7 @@ def _run(
     targets = {p: high for p, (_, high) in marks.items()} if drain else None
     n = workers or settings.workers or len(parts)
     ctx = mp.get_context("spawn")
-    events, logs = ctx.Queue(), ctx.Queue()
-    listener = logging.handlers.QueueListener(logs, *logging.getLogger().handlers, respect_handler_level=True)
-    listener.start()
+    links = Links(ctx)  # a pipe per worker process: its stats, errors, logs and commit requests
 
     totals = Totals()
     exporter.watch(totals, n)
@@ -112,10 +110,11 @@ def _run(
     fatal: list[FinpulseError] = []
     budget = RestartBudget()
     stopping = False
+    kill_at = float("inf")  # once stopping: a worker still running then is killed
 
     # one Delta committer for every worker of this process (finpulse.committer)
     committer = (
-        Committer(settings, ctx, n).start()
+        Committer(settings, links, n).start()
         if settings.delta_committer == "process" and DeltaSink.name in settings.sink_names
         else None
     )
@@ -128,16 +127,19 @@ def _run(
             feed=feed,
             strict=strict,
             topic_id=topic_id,
-            committer=committer.client(i) if committer is not None else None,
+            committer=committer is not None,
         )
-        p = ctx.Process(target=worker_main, args=(spec, events, logs), name=f"finpulse-worker-{i}", daemon=False)
+        end = links.connect(i)
+        p = ctx.Process(target=worker_main, args=(spec, end), name=f"finpulse-worker-{i}", daemon=False)
         p.start()
+        end.close()  # the worker holds its copy: when it exits, the supervisor's end reads EOF
         procs[i], started[i] = p, time.monotonic()
 
     def stop(*_) -> None:
-        nonlocal stopping
+        nonlocal stopping, kill_at
         if not stopping:
             log.info("stopping: flushing buffered ticks")
+            kill_at = time.monotonic() + STOP_TIMEOUT_S
         stopping = exporter.stopping = True
         for p in procs.values():
             if p.is_alive() and p.pid is not None:
@@ -161,7 +163,7 @@ def _run(
             spawn(i)
         with Progress(totals, console) as progress:
             while len(done) < n:
-                _pump(events, totals, fatal)
+                _pump(links.events, totals, fatal)
                 totals.alive = sum(p.is_alive() for p in procs.values())
                 progress.refresh()
                 if fatal and not stopping:
@@ -207,8 +209,11 @@ def _run(
                         del due[i]
                         spawn(i)
                 if stopping:
+                    if now > kill_at:
+                        _kill_stragglers(procs)
                     _reap(procs, done)
-            _pump(events, totals, fatal)
+            links.close()  # every worker exited: what they sent last is read
+            _pump(links.events, totals, fatal)
     finally:
         stop()
         for p in procs.values():
@@ -221,7 +226,7 @@ def _run(
             committer.stop()
         if compactor is not None:
             compactor.stop()
-        listener.stop()
+        links.close()
         if drained is not None:
             drained.close()
     if fatal:
@@ -344,6 +349,13 @@ def _pump(events, totals: Totals, fatal: list[FinpulseError]) -> None:
             fatal.append(payload)
         elif kind == "crash":  # the restart budget (RestartBudget) decides when crashes are fatal
             log.error("worker %d (pid %d) crashed:\n%s", worker, pid, payload)
+
+
+def _kill_stragglers(procs: dict[int, BaseProcess]) -> None:
+    for i, p in procs.items():
+        if p.is_alive():
+            log.error("worker %d (pid %s) did not stop within %.0fs of SIGTERM; killing it", i, p.pid, STOP_TIMEOUT_S)
+            p.kill()
 
 
 def _reap(procs: dict[int, BaseProcess], done: set[int]) -> None:

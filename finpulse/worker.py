@@ -16,6 +16,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaException
 
@@ -28,6 +29,7 @@ from finpulse.config import Settings
 from finpulse.deadletter import DeadLetters
 from finpulse.errors import FinpulseError, ServiceUnavailable
 from finpulse.lanes import Lane, Remote
+from finpulse.link import WorkerLink
 from finpulse.logformat import ToParent
 from finpulse.normalize import Decoder
 from finpulse.progress import WorkerStats
@@ -53,26 +55,28 @@ class WorkerSpec:
     feed: str | None = None
     strict: bool = False
     topic_id: str | None = None  # Kafka's id of the topic, stored with every position
-    committer: tuple | None = None  # Committer.client(): Delta writes are committed by the supervisor
+    committer: bool = False  # Delta writes are committed by the supervisor's committer, asked over the link
 
 
-def main(spec: WorkerSpec, events, logs) -> None:
-    """Entry point of the child process (spawn start method: librdkafka does not survive fork)."""
+def main(spec: WorkerSpec, conn: Connection) -> None:
+    """Entry point of the child process (spawn start method: librdkafka does not survive fork).
+    `conn` is its end of the pipe to the supervisor (finpulse.link)."""
+    link = WorkerLink(conn, spec.worker_id)
     root = logging.getLogger()
-    root.handlers[:] = [ToParent(logs)]  # the supervisor formats them (--log-format)
+    root.handlers[:] = [ToParent(link)]  # the supervisor formats them (--log-format)
     root.setLevel(logging.INFO)
     _die_with_parent()
-    worker = Worker(spec, events)
+    worker = Worker(spec, link)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
     signal.signal(signal.SIGINT, lambda *_: worker.stop.set())
     try:
         worker.run()
     except FinpulseError as exc:
-        events.put(("error", spec.worker_id, os.getpid(), exc))
+        link.tell("error", exc)
         log.error("worker %d stopped: %s", spec.worker_id, exc)
         sys.exit(exc.exit_code)
     except BaseException:
-        events.put(("crash", spec.worker_id, os.getpid(), traceback.format_exc()))
+        link.tell("crash", traceback.format_exc())
         raise
 
 
@@ -87,8 +91,8 @@ def _die_with_parent() -> None:
 
 
 class Worker:
-    def __init__(self, spec: WorkerSpec, events):
-        self.spec, self.events = spec, events
+    def __init__(self, spec: WorkerSpec, link: WorkerLink):
+        self.spec, self.link = spec, link
         s = spec.settings
         self.settings = s
         self.stop = threading.Event()
@@ -97,8 +101,8 @@ class Worker:
         sinks = open_sinks(s, spec.topic_id)
         for sink in sinks:
             stage = getattr(sink, "stage_commits", None)  # a sink that can leave commits to the process's committer
-            if spec.committer is not None and stage is not None:
-                stage(CommitClient(*spec.committer))
+            if spec.committer and stage is not None:
+                stage(CommitClient(link))
         self.lanes = [Lane(sink, sink.flush, Admission(s)) for sink in sinks]
         self.sinks = [Remote(lane, self.stop) for lane in self.lanes]  # reads, run on each lane's thread
         self.dead_letters = DeadLetters(s) if s.dlq_topic else None
@@ -307,7 +311,7 @@ class Worker:
             st.held_lag = {lane.name: self.source.lag(lane.held()) for lane in self.lanes}
             st.partitions = sorted(self.source.assigned)
         st.down = {lane.name: lane.down for lane in self.lanes if lane.down}
-        self.events.put(("stats", self.spec.worker_id, os.getpid(), st))
+        self.link.tell("stats", st)
 
     def _shutdown(self) -> None:
         """Flush what is buffered and give the sinks a bounded time to make it durable."""

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from support.rules import span
 from support.sinks import KEY_COLUMNS, assert_exactly_once, delta_rows, produced
 
 from finpulse.committer import CommitClient, Committer
+from finpulse.link import Links, WorkerLink
 from finpulse.sinks.delta import DeltaSink
 
 pytestmark = [pytest.mark.postgres]
@@ -33,15 +36,20 @@ def txn_partitions_per_commit(table_uri: str) -> list[set[int]]:
     return commits
 
 
+def committer_for(settings, workers: int) -> Committer:
+    return Committer(settings, Links(mp.get_context("spawn")), workers)
+
+
 def staged(settings, committer: Committer, worker: int) -> DeltaSink:
+    """A Delta sink of `worker`, on a thread of this process, whose commits go to `committer`."""
     sink = DeltaSink.from_settings(settings)
-    sink.stage_commits(CommitClient(*committer.client(worker)))
+    sink.stage_commits(CommitClient(WorkerLink(committer.links.connect(worker), worker)))
     return sink
 
 
 def test_workers_writes_are_committed_together_with_their_positions(isolated):
     s = isolated.model_copy(update={"delta_flush_ms": 1000})
-    committer = Committer(s, mp.get_context("spawn"), 2).start()
+    committer = committer_for(s, 2).start()
     sinks = [staged(s, committer, i) for i in range(2)]
     errors: list[BaseException] = []
 
@@ -70,7 +78,7 @@ def test_workers_writes_are_committed_together_with_their_positions(isolated):
 
 
 def test_a_write_whose_positions_went_stale_is_rewritten_from_the_tables(isolated):
-    committer = Committer(isolated, mp.get_context("spawn"), 2).start()
+    committer = committer_for(isolated, 2).start()
     first, second = staged(isolated, committer, 0), staged(isolated, committer, 1)
     try:
         assert second.positions([0]) == {}  # the new owner saw nothing held, then the old one wrote
@@ -85,6 +93,43 @@ def test_a_write_whose_positions_went_stale_is_rewritten_from_the_tables(isolate
 
     live = DeltaTable(isolated.delta_uri).file_uris()
     assert len(on_disk) == len(live) + 1, "the stale write's file stays on disk, invisible, for vacuum"
+
+
+def _ask_once(conn) -> None:
+    """A worker process that sends one commit request (based on a position the table does not
+    hold, so the answer is "stale") and exits 0 once it is answered."""
+    answer = CommitClient(WorkerLink(conn, 0)).commit([], {0: 123}, {0: 200}, None)
+    sys.exit(0 if answer.status == "stale" else 3)
+
+
+def test_a_worker_killed_while_it_waits_for_an_answer_leaves_its_successor_answered(isolated):
+    """The OOM killer strikes a worker while it waits for the committer. The worker restarted in
+    its place must still get answers (a queue shared by processes stayed locked by the dead one)."""
+    ctx = mp.get_context("spawn")
+    committer = committer_for(isolated, 1)  # not started: the first request waits for an answer
+
+    def worker() -> mp.process.BaseProcess:
+        end = committer.links.connect(0)
+        p = ctx.Process(target=_ask_once, args=(end,))
+        p.start()
+        end.close()
+        return p
+
+    first = worker()
+    deadline = time.monotonic() + 60
+    while committer.requests.empty():  # it asked, and waits
+        assert time.monotonic() < deadline and first.is_alive(), "the first worker sent no request"
+        time.sleep(0.05)
+    first.kill()
+    first.join(10)
+    committer.start()
+    try:
+        second = worker()
+        second.join(60)
+        assert second.exitcode == 0, f"the restarted worker got no answer (exit code {second.exitcode})"
+    finally:
+        committer.stop()
+        committer.links.close()
 
 
 @pytest.mark.kafka

@@ -6,9 +6,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import multiprocessing
 import os
-import pickle
-import queue
 import re
 import signal
 import socket
@@ -26,6 +25,7 @@ from support.sinks import delta_rows, pg_count
 
 from finpulse import produce, source
 from finpulse.config import load_settings
+from finpulse.link import WorkerLink
 from finpulse.logformat import JsonFormatter, ToParent
 from finpulse.metrics import Exporter
 from finpulse.progress import WRITE_BUCKETS, Durations, Totals, WorkerStats
@@ -84,10 +84,10 @@ def test_json_log_lines_carry_time_level_logger_pid_message_and_the_traceback():
     assert "ZeroDivisionError" in second["exc_info"] and "Traceback" in second["exc_info"]
 
 
-def test_a_worker_record_crosses_the_queue_with_its_message_and_traceback_apart():
-    q: queue.Queue = queue.Queue()
+def test_a_worker_record_crosses_the_link_with_its_message_and_traceback_apart():
+    supervisor_end, worker_end = multiprocessing.Pipe()
     sender = logging.getLogger("finpulse.test-queue")
-    sender.addHandler(ToParent(q))
+    sender.addHandler(ToParent(WorkerLink(worker_end, 3)))
     sender.propagate = False
     try:
         try:
@@ -96,7 +96,9 @@ def test_a_worker_record_crosses_the_queue_with_its_message_and_traceback_apart(
             sender.exception("lane %s failed", "postgres")
     finally:
         sender.handlers.clear()
-    record = pickle.loads(pickle.dumps(q.get_nowait()))  # as multiprocessing sends it
+    assert supervisor_end.poll(5), "the record was not sent"
+    kind, worker, _, record = supervisor_end.recv()  # pickled and sent, as from a worker process
+    assert (kind, worker) == ("log", 3)
     parsed = json.loads(JsonFormatter().format(record))
     assert parsed["message"] == "lane postgres failed" and "KeyError" in parsed["exc_info"]
     text = logging.Formatter("%(levelname)s %(name)s: %(message)s").format(record)
