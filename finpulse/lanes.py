@@ -68,6 +68,7 @@ class Lane:
         self.waiting = 0  # ticks and rejects handed over but not yet durable
         self.waiting_bytes = 0  # their estimated size (TickBatch.nbytes)
         self.down: str | None = None  # why the sink is unavailable right now
+        self._stalled: str | None = None  # set while a write waits to retry against a sink that is down
         self.write_times = Durations()  # each write until durable, retries included; see take_write_times
         self.failure: BaseException | None = None
         self._queue: list[TickBatch | _Call] = []
@@ -114,11 +115,16 @@ class Lane:
     def call(self, fn: Callable[[Sink], Any], cancel: threading.Event | None = None) -> Any:
         """Run `fn(sink)` on the lane's thread after everything submitted before it, and return its
         result (or raise its exception). A lane that failed raises its failure; `cancel` set while
-        waiting raises ServiceUnavailable."""
+        waiting raises ServiceUnavailable, and so does a write retrying against a sink that is down
+        (the call would wait behind it: the caller retries with its backoff, still reporting, and a
+        rebalance callback never hangs on a sink outage). On an idle lane the call itself is what
+        finds the sink back."""
         job = _Call(fn)
         with self._cond:
             if self.failure is not None:
                 raise self.failure
+            if self._stalled is not None:
+                raise ServiceUnavailable(self._stalled)
             self._queue.append(job)
             self._cond.notify_all()
         while not job.done.wait(CALL_POLL_S):
@@ -126,6 +132,9 @@ class Lane:
                 raise self.failure
             if cancel is not None and cancel.is_set():
                 raise ServiceUnavailable(f"stopped while waiting for {self.name}")
+            stalled = self._stalled
+            if stalled is not None and not job.done.is_set():  # it runs later; its result is not wanted
+                raise ServiceUnavailable(stalled)
         if job.error is not None:
             raise job.error
         return job.result
@@ -256,9 +265,12 @@ class Lane:
             except ServiceUnavailable as exc:
                 if self.down is None:
                     log.warning("%s unavailable, pausing its writes and retrying: %s", self.name, exc)
-                self.down = str(exc)
-                if self._closing.wait(backoff.next_delay()):  # stopping: what is not durable is re-read
-                    raise
+                self.down = self._stalled = str(exc)
+                try:
+                    if self._closing.wait(backoff.next_delay()):  # stopping: what is not durable is re-read
+                        raise
+                finally:
+                    self._stalled = None
                 continue
             if self.down is not None:
                 log.warning("%s is back; resuming with %d waiting", self.name, batch.size)

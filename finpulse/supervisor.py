@@ -156,6 +156,7 @@ def _run(
     # --drain ends when both sinks hold every partition up to the high watermarks seen now. The
     # sinks decide, not the workers: a worker may be assigned nothing for a while (another run of
     # the group, or members killed moments ago, hold the partitions) without anything being done.
+    # Not asked while a worker reports a sink down: a read would hold this loop for the pool's wait.
     drained = _DrainCheck(settings, targets) if targets is not None else None
     compactor = Compactor.start_if_enabled(settings)
     try:
@@ -168,7 +169,7 @@ def _run(
                 progress.refresh()
                 if fatal and not stopping:
                     stop()
-                if drained is not None and not stopping and drained():
+                if drained is not None and not stopping and not any(totals.down.values()) and drained():
                     log.info("both sinks hold everything up to the high watermarks seen at start")
                     stop()
                 now = time.monotonic()

@@ -116,19 +116,22 @@ class Worker:
     # ------------------------------------------------------------------ rebalance callbacks
     def _on_assign(self, parts: list[int]) -> dict[int, int]:
         """Where each newly assigned partition starts: the lowest position any sink holds, once the
-        positions are held against the topic; a partition no sink holds anything of: the earliest."""
+        positions are held against the topic; a partition no sink holds anything of: the earliest.
+        A rebalance that brings this worker nothing (cooperative rebalancing calls it with none)
+        reads no sink: a sink that is down must not hold up the group's rebalance."""
+        if not parts:
+            return {}
         starts = self._retrying("check sink positions against the topic", lambda: self._starts(parts))
         for p, n in starts.items():  # only these partitions change hands (cooperative rebalancing)
             self.consumed.pop(p, None)
             if n >= 0:
                 self.consumed[p] = n
-        if parts:  # an incremental rebalance that brings nothing new is not news
-            log.info(
-                "assigned partitions %s, starting at %s; owns %s",
-                parts,
-                {p: "earliest" if n < 0 else n for p, n in starts.items()},
-                sorted(self._owned() | set(parts)),
-            )
+        log.info(
+            "assigned partitions %s, starting at %s; owns %s",
+            parts,
+            {p: "earliest" if n < 0 else n for p, n in starts.items()},
+            sorted(self._owned() | set(parts)),
+        )
         return starts
 
     def _owned(self) -> set[int]:

@@ -239,6 +239,14 @@ def wait_writing(run: Ingest, count, workers: int) -> int:
     return count()
 
 
+def stalled(run: Ingest) -> set[int]:
+    """Worker pids whose PostgreSQL writes failed for the outage (log line: `time pid WARNING ...`)."""
+    return {
+        int(pid)
+        for pid in re.findall(r"^\S+ \S+ (\d+) WARNING finpulse.lanes: postgres unavailable", run.output(), re.M)
+    }
+
+
 def assigned_pids(output: str) -> set[int]:
     """Worker pids that own partitions after their latest assignment or revocation (log lines:
     `time pid LEVEL name: ... partitions [..]...; owns [..]`)."""
@@ -265,7 +273,8 @@ def test_postgres_outage_longer_than_rebalance_grace_with_a_worker_killed(privat
         before = wait_writing(run, lambda: pg_count(s), workers=2)  # the first join's rebalance is over
         private_postgres.stop("immediate")
         try:
-            time.sleep(1.0)
+            # both workers hold writes PostgreSQL did not take, so whichever gives a partition up has some
+            wait_for(lambda: stalled(run) >= set(run.workers()), "both workers' writes to stall", ingest=run)
             with group_member(s):
                 # partitions move to the new member (cooperative rebalancing: only those): the
                 # workers' revoke waits the 2 s grace for their PostgreSQL writes, then lets go

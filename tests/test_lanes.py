@@ -172,6 +172,29 @@ def test_a_call_raises_the_lane_failure_or_its_own_error_and_can_be_cancelled():
         lane.close()
 
 
+def test_a_call_behind_a_write_waiting_for_a_down_sink_is_refused_at_once_not_left_hanging(monkeypatch):
+    """A rebalance callback reads positions through the lane: while a write waits to retry against
+    a sink that is down, the read is refused (the worker retries it with its backoff) instead of
+    waiting behind the write for the whole outage. Once the sink is back the read runs again."""
+    monkeypatch.setattr("finpulse.lanes.RETRY_FIRST_S", 0.5)
+    monkeypatch.setattr("finpulse.lanes.RETRY_MAX_S", 0.5)
+    sink = FakeSink([ServiceUnavailable("connection refused")] * 1000)
+    lane = Lane(sink)
+    try:
+        lane.submit(span(0, 0, 3))
+        began = time.monotonic()
+        with pytest.raises(ServiceUnavailable, match="connection refused"):
+            lane.call(lambda s: s.positions([0]))
+        assert time.monotonic() - began < 5.0, (
+            "the read waited behind the write"
+        )  # a hang, not a speed: backoff is 0.5 s
+        sink.failures.clear()  # the sink is back: the write lands, and reads run again
+        assert lane.wait_idle(10) and lane.down is None
+        assert lane.call(lambda s: s.positions([0])) == {0: 3}
+    finally:
+        lane.close()
+
+
 def test_an_interval_policy_writes_once_per_interval_and_at_once_when_hurried():
     sink = FakeSink()
     lane = Lane(sink, FlushPolicy(interval_s=0.5, max_ticks=1_000))
