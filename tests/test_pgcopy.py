@@ -64,6 +64,13 @@ def test_sliced_arrays_encode_only_their_rows():
     )
 
 
+def test_chunks_are_the_same_bytes_as_one_encoding():
+    t = pa.concat_tables([ticks(37), ticks(40)])  # a chunked table, cut across its chunk boundary
+    pieces = list(pgcopy.chunks(t, rows=16))
+    assert len(pieces) == 2 + 5  # header, 77 rows in pieces of 16, trailer
+    assert b"".join(pieces) == pgcopy.encode(t)
+
+
 def test_null_in_a_fixed_column_is_refused():
     t = ticks(2).cast(TICKS.set(1, pa.field("price", pa.float64())))
     t = t.set_column(1, "price", pa.array([1.0, None]))
@@ -82,7 +89,8 @@ def test_round_trip_through_postgres(postgres):
             "kafka_offset int8, tick_index int4)"
         )
         with conn.cursor().copy(f"COPY rt ({', '.join(cols)}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.write(pgcopy.encode(t))
+            for chunk in pgcopy.chunks(t, rows=300):
+                copy.write(chunk)
         rows = conn.execute(f"SELECT {', '.join(TICKS.names)} FROM rt ORDER BY kafka_offset").fetchall()
     back = pa.Table.from_pylist([dict(zip(TICKS.names, r)) for r in rows], schema=TICKS)
     assert back.equals(t)

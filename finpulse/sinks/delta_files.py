@@ -50,8 +50,11 @@ def write_files(fs: pafs.FileSystem, rows: pa.Table) -> list[dict]:
     date partition; return their add actions (as dicts: they cross a process boundary)."""
     adds = []
     dates = rows.column(DELTA_PARTITION)
-    for day in pc.unique(dates).to_pylist():
-        part = rows.filter(pc.equal(dates, pa.scalar(day, dates.type))).drop_columns([DELTA_PARTITION])
+    days = pc.unique(dates).to_pylist()
+    for day in days:
+        # one date (the usual case): the rows themselves, not a filtered copy of them
+        part = rows if len(days) == 1 else rows.filter(pc.equal(dates, pa.scalar(day, dates.type)))
+        part = part.drop_columns([DELTA_PARTITION])
         value = day.isoformat()
         path = f"{DELTA_PARTITION}={value}/part-{uuid.uuid4()}-c000.snappy.parquet"
         with fs.open_output_stream(path) as out:

@@ -231,7 +231,8 @@ class PostgresSink:
             with conn.cursor() as cur:
                 if todo.ticks.num_rows and not narrow:
                     with cur.copy(_COPY_TICKS) as copy:
-                        copy.write(pgcopy.encode(todo.ticks))
+                        for chunk in pgcopy.chunks(todo.ticks):
+                            copy.write(chunk)
                 elif todo.ticks.num_rows:
                     found = copy_narrowing(conn, cur, _COPY_TICKS, todo.ticks)
                     refused = refused_rows(todo.ticks, {i: ("postgres", why) for i, why in found.items()})
@@ -317,7 +318,8 @@ class PostgresSink:
                 rows = rejects = 0
                 if batch.ticks.num_rows:
                     with cur.copy(f"COPY {_STAGE_TICKS} ({_TICK_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-                        copy.write(pgcopy.encode(batch.ticks))
+                        for chunk in pgcopy.chunks(batch.ticks):
+                            copy.write(chunk)
                     cur.execute(_FILL_TICKS, (self.topic,))
                     rows = cur.rowcount
                 if batch.rejects:
