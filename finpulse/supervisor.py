@@ -27,7 +27,7 @@ from finpulse.link import Links
 from finpulse.progress import Progress, Totals
 from finpulse.sinks import open_sinks, prepare_sinks
 from finpulse.sinks.delta import DeltaSink
-from finpulse.worker import WorkerSpec
+from finpulse.worker import ALLOCATOR_ENV, WorkerSpec
 from finpulse.worker import main as worker_main
 
 log = logging.getLogger("finpulse.supervisor")
@@ -98,6 +98,8 @@ def _run(
     targets = {p: high for p, (_, high) in marks.items()} if drain else None
     n = workers or settings.workers or len(parts)
     ctx = mp.get_context("spawn")
+    for name, value in ALLOCATOR_ENV.items():  # read as a worker process starts: set before spawning
+        os.environ.setdefault(name, value)
     links = Links(ctx)  # a pipe per worker process: its stats, errors, logs and commit requests
 
     totals = Totals()
