@@ -26,6 +26,7 @@ import pytest
 from support import ROOT
 from support.cli import children, env_for, finpulse
 from support.group import group_member
+from support.ingest_log import assigned_pids, stalled
 from support.private import PrivateAzurite, PrivateKafka, PrivatePostgres, running
 from support.sinks import VALUE_COLUMNS, assert_exactly_once, delta_rows, pg_rows, produced
 
@@ -239,23 +240,6 @@ def wait_writing(run: Ingest, count, workers: int) -> int:
     return count()
 
 
-def stalled(run: Ingest) -> set[int]:
-    """Worker pids whose PostgreSQL writes failed for the outage (log line: `time pid WARNING ...`)."""
-    return {
-        int(pid)
-        for pid in re.findall(r"^\S+ \S+ (\d+) WARNING finpulse.lanes: postgres unavailable", run.output(), re.M)
-    }
-
-
-def assigned_pids(output: str) -> set[int]:
-    """Worker pids that own partitions after their latest assignment or revocation (log lines:
-    `time pid LEVEL name: ... partitions [..]...; owns [..]`)."""
-    latest = {}
-    for pid, owns in re.findall(r"^\S+ \S+ (\d+) INFO finpulse.worker: .*partitions .*; owns \[(.*)\]", output, re.M):
-        latest[int(pid)] = bool(owns.strip())
-    return {pid for pid, some in latest.items() if some}
-
-
 # ---------------------------------------------------------------------------- a. PostgreSQL outage
 def test_postgres_outage_longer_than_rebalance_grace_with_a_worker_killed(private_postgres, kafka, tmp_path, ingests):
     """PostgreSQL goes down; during the outage another member joins the group, so the workers must
@@ -274,7 +258,7 @@ def test_postgres_outage_longer_than_rebalance_grace_with_a_worker_killed(privat
         private_postgres.stop("immediate")
         try:
             # both workers hold writes PostgreSQL did not take, so whichever gives a partition up has some
-            wait_for(lambda: stalled(run) >= set(run.workers()), "both workers' writes to stall", ingest=run)
+            wait_for(lambda: stalled(run.output()) >= set(run.workers()), "both workers' writes to stall", ingest=run)
             with group_member(s):
                 # partitions move to the new member (cooperative rebalancing: only those): the
                 # workers' revoke waits the 2 s grace for their PostgreSQL writes, then lets go
