@@ -21,8 +21,6 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
 from typing import cast
 
-log = logging.getLogger("finpulse.link")
-
 READ_WAIT_S = 0.1  # how often the reading thread notices new workers and the end of the run
 CLOSE_WAIT_S = 5.0  # at the end of the run, how long to wait for what exited workers sent last
 
@@ -131,6 +129,9 @@ class Links:
         kind, _, _, payload = message
         if kind == "log":
             logging.getLogger().handle(payload)
+            return
+        route = self._routes.get(kind)
+        if route is not None:
+            route.put(payload)
         else:
-            route = self._routes.get(kind)
-            route.put(payload) if route is not None else self.events.put(message)
+            self.events.put(message)

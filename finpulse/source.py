@@ -102,8 +102,13 @@ class GroupSource:
         self._consumer = consumer(settings, self._assigned, self._revoked, self._lost)
 
     # rebalance callbacks, on the consumer's poll
-    # With the cooperative protocol each callback names only the partitions that change hands.
+    # With the cooperative protocol each callback names only the partitions that change hands, and
+    # a rebalance that moves none of this member's still calls them, with none: the worker is not
+    # asked then (its answer reads the sinks, and a sink that is down must not hold up the group).
     def _assigned(self, c: Consumer, tps: list[TopicPartition]) -> None:
+        if not tps:
+            c.incremental_assign(tps)
+            return
         starts = self._on_assign([tp.partition for tp in tps])
         for tp in tps:
             tp.offset = starts.get(tp.partition, OFFSET_BEGINNING)
@@ -111,12 +116,13 @@ class GroupSource:
         # librdkafka keeps a partition's pause across assignments: one paused for backpressure
         # before it was revoked would stay paused for good; new partitions follow the others.
         c.resume(tps)
-        if self.paused and tps:
+        if self.paused:
             c.pause(tps)
         self.assigned |= {tp.partition for tp in tps}
 
     def _revoked(self, c: Consumer, tps: list[TopicPartition]) -> None:
-        self._on_revoke([tp.partition for tp in tps])
+        if tps:
+            self._on_revoke([tp.partition for tp in tps])
         c.incremental_unassign(tps)
         self.assigned -= {tp.partition for tp in tps}
 

@@ -124,11 +124,7 @@ class Worker:
     # ------------------------------------------------------------------ rebalance callbacks
     def _on_assign(self, parts: list[int]) -> dict[int, int]:
         """Where each newly assigned partition starts: the lowest position any sink holds, once the
-        positions are held against the topic; a partition no sink holds anything of: the earliest.
-        A rebalance that brings this worker nothing (cooperative rebalancing calls it with none)
-        reads no sink: a sink that is down must not hold up the group's rebalance."""
-        if not parts:
-            return {}
+        positions are held against the topic; a partition no sink holds anything of: the earliest."""
         starts = self._retrying("check sink positions against the topic", lambda: self._starts(parts))
         for p, n in starts.items():  # only these partitions change hands (cooperative rebalancing)
             self.consumed.pop(p, None)
