@@ -119,7 +119,7 @@ def test_stage_kafka_consume(benchmark, backlog):
                 "bootstrap.servers": s.kafka_bootstrap_servers,
                 "group.id": "bench-consume",
                 "enable.auto.commit": False,
-                "queued.max.messages.kbytes": source.PREFETCH_KBYTES,
+                **source.PREFETCH,
             }
         )
         c.assign([TopicPartition(s.kafka_topic, p, OFFSET_BEGINNING) for p in source.partitions(s)])

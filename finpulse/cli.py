@@ -139,7 +139,8 @@ def ingest(
     max_inflight_ticks: Annotated[
         Optional[int],
         typer.Option(
-            min=1000, help="Pause consuming when this many ticks wait for the sinks (env FINPULSE_MAX_INFLIGHT_TICKS)."
+            min=1000,
+            help="Pause consuming when this many ticks wait for the sinks (env FINPULSE_MAX_INFLIGHT_TICKS, default 150,000).",
         ),
     ] = None,
     max_inflight_bytes: Annotated[

@@ -105,10 +105,11 @@ class Settings(BaseSettings):
     batch_size: int = Field(5, ge=1, le=1_000_000, validation_alias=AliasChoices("FINPULSE_BATCH_SIZE", "batch_size"))
     # 100 ms bounds how stale a partial batch can get on a trickle of ticks.
     linger_ms: int = Field(100, ge=0, le=600_000, validation_alias=AliasChoices("FINPULSE_LINGER_MS", "linger_ms"))
-    # Ticks decoded but not yet durable in both sinks before consumption pauses. At roughly
-    # 200 bytes a tick in flight (Arrow rows plus raw bytes of rejects) this is ~50 MB.
+    # Ticks decoded but not yet durable in both sinks before consumption pauses: about 70 bytes
+    # of Arrow rows each, plus what writing them takes. Above Delta's size trigger
+    # (delta_flush_ticks), so a backlog still drains in full-size Delta writes.
     max_inflight_ticks: int = Field(
-        250_000, ge=1_000, validation_alias=AliasChoices("FINPULSE_MAX_INFLIGHT_TICKS", "max_inflight_ticks")
+        150_000, ge=1_000, validation_alias=AliasChoices("FINPULSE_MAX_INFLIGHT_TICKS", "max_inflight_ticks")
     )
     # The same bound in bytes: raw rejects carry their message (up to FINPULSE_MAX_MESSAGE_BYTES
     # each), so a topic of large bad messages is bounded too. 256 MiB keeps a worker well inside

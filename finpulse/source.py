@@ -15,7 +15,7 @@ from finpulse.errors import ServiceUnavailable
 from finpulse.records import Messages
 from finpulse.topic import (
     METADATA_TIMEOUT_S,
-    PREFETCH_KBYTES,
+    PREFETCH,
     admin,
     client_config,
     committed,
@@ -39,6 +39,7 @@ def consumer(settings: Settings, on_assign: Callable, on_revoke: Callable, on_lo
     positions come from the sinks (on_assign), Kafka's commit only feeds lag tools."""
     c = Consumer(
         {
+            **PREFETCH,
             **client_config(settings),
             "group.id": settings.kafka_group_id,
             "enable.auto.commit": False,
@@ -55,7 +56,6 @@ def consumer(settings: Settings, on_assign: Callable, on_revoke: Callable, on_lo
             # two rounds: 500 ms heartbeats hand partitions to a joining worker within about a second
             # (at a third of the session timeout, 2 s each, a drain's second worker idled for 4 s).
             "heartbeat.interval.ms": HEARTBEAT_MS,
-            "queued.max.messages.kbytes": PREFETCH_KBYTES,
             # Incremental rebalancing: a joining worker takes only the partitions that move to it, the
             # others keep theirs and keep writing (the eager "range" protocol revoked every partition
             # of every member at each join, so starting N workers stopped the group N times).
@@ -70,8 +70,9 @@ def consumer(settings: Settings, on_assign: Callable, on_revoke: Callable, on_lo
 
 
 # Messages taken from librdkafka's local queue per consume() call during a backlog: large enough
-# that decoding works on whole columns, small enough that one call stays well under a second.
-MAX_TAKE = 20_000
+# that decoding works on whole columns, small enough that one call stays well under a second and
+# its Python objects (one per message and field while decoding) a few MiB.
+MAX_TAKE = 10_000
 
 
 class GroupSource:

@@ -24,10 +24,11 @@ from finpulse.compactor import Compactor
 from finpulse.config import Settings
 from finpulse.errors import FinpulseError, ServiceUnavailable, WorkerFailed
 from finpulse.link import Links
+from finpulse.memory import ALLOCATOR_ENV
 from finpulse.progress import Progress, Totals
 from finpulse.sinks import open_sinks, prepare_sinks
 from finpulse.sinks.delta import DeltaSink
-from finpulse.worker import ALLOCATOR_ENV, WorkerSpec
+from finpulse.worker import WorkerSpec
 from finpulse.worker import main as worker_main
 
 log = logging.getLogger("finpulse.supervisor")

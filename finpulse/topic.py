@@ -16,9 +16,19 @@ from finpulse.config import Settings
 from finpulse.errors import AccessRefused, ConfigError, ServiceUnavailable
 from finpulse.kafka_config import client_config, refusal
 
-# librdkafka prefetches up to this much per partition while we decode and write; 16 MiB keeps a
-# worker's memory bounded yet lets a consume() call return ~100k ticks at once during a backlog.
-PREFETCH_KBYTES = 16 * 1024
+# How much librdkafka fetches ahead of what we take. Each fetched message costs its decompressed
+# bytes plus a few hundred bytes of librdkafka's own, and the thresholds are checked only between
+# fetches, so they bound memory only together with a small fetch: with librdkafka's defaults
+# (1 MiB of compressed batches per partition and fetch, 1 s backoff once the queue is full) a
+# worker's queue held up to 440,000 messages. A small queue refilled every 20 ms still fetches far
+# faster than a worker decodes (a bare consumer: 1M messages/s). Defaults: KAFKA_CONFIG_FILE may
+# set any of them.
+PREFETCH = {
+    "queued.min.messages": 20_000,
+    "queued.max.messages.kbytes": 4 * 1024,
+    "max.partition.fetch.bytes": 256 * 1024,
+    "fetch.queue.backoff.ms": 20,
+}
 METADATA_TIMEOUT_S = 10.0
 PROBE_SLICE_S = 0.25  # a metadata wait is cut into slices this long to notice a refusal
 
@@ -128,13 +138,13 @@ def outsider(settings: Settings, purpose: str) -> Consumer:
     replay, verify and status read with, so the live ingester never notices them."""
     return Consumer(
         {
+            **PREFETCH,
             **client_config(settings),
             "group.id": f"{settings.kafka_group_id}.{purpose}-{uuid.uuid4().hex[:12]}",
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "enable.partition.eof": True,
             "auto.offset.reset": "earliest",  # a start that retention deleted meanwhile: the oldest left
-            "queued.max.messages.kbytes": PREFETCH_KBYTES,
             # A new range is assigned only after the broker answers the fetch in flight; its long-poll
             # default (500 ms) would then stall every window of `verify`. Reads are short-lived, so a
             # 20 ms poll at the end of a partition costs little.

@@ -20,7 +20,7 @@ from multiprocessing.connection import Connection
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaException
 
-from finpulse import resume
+from finpulse import memory, resume
 from finpulse.admission import Admission
 from finpulse.backoff import Backoff
 from finpulse.batch import Accumulator, Offsets
@@ -39,16 +39,8 @@ from finpulse.source import GroupSource
 
 log = logging.getLogger("finpulse.worker")
 
-# Memory allocators of a worker process, unless the environment names its own. glibc gives each
-# thread that allocates an arena of its own (up to 8 per core), and a worker has many threads
-# (librdkafka's, delta-rs's, one per lane), each arena keeping what it freed; Arrow's default
-# jemalloc pool keeps freed memory for reuse too. One arena and the system allocator cost no
-# throughput and lowered the peak RSS of a worker draining 1M ticks with 2 workers from 352-361
-# to 254-277 MiB (two arenas: 281-291).
-ALLOCATOR_ENV = {"MALLOC_ARENA_MAX": "1", "ARROW_DEFAULT_MEMORY_POOL": "system"}
-
 IDLE_POLL_S = 0.2  # how often an idle worker looks at its stop flag
-REPORT_EVERY_S = 1.0  # stats to the supervisor and the Kafka group commit
+REPORT_EVERY_S = 1.0  # stats to the supervisor, the Kafka group commit, freed memory back to the system
 STOP_GRACE_S = 30.0  # Ctrl+C / SIGTERM waits this long for buffered rows to become durable
 # Reading the sinks' positions on an assignment while a sink is down: 0.5 s doubling to 10 s.
 POSITIONS_RETRY_FIRST_S = 0.5
@@ -235,6 +227,7 @@ class Worker:
                     next_report = time.monotonic() + REPORT_EVERY_S
                     self._commit_kafka()
                     self._report()
+                    memory.release_freed()
                     if os.getppid() != self.spec.parent_pid:
                         log.warning("supervisor is gone; stopping")
                         break

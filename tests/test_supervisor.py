@@ -59,9 +59,12 @@ def test_killing_the_supervisor_outright_leaves_no_orphans(isolated):
     proc = start_ingest(env, "--workers", "2")
     wait_for(lambda: len(children(proc.pid)) == 2, what="two workers")
     workers = children(proc.pid)
-    for pid in workers:  # the workers' allocators (worker.ALLOCATOR_ENV) are set as they start
+    for pid in workers:  # the workers' allocators (memory.ALLOCATOR_ENV) are set as they start
         environ = dict(v.split("=", 1) for v in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in v)
-        assert (environ.get("ARROW_DEFAULT_MEMORY_POOL"), environ.get("MALLOC_ARENA_MAX")) == ("system", "3")
+        allocators = [
+            environ.get(k) for k in ("ARROW_DEFAULT_MEMORY_POOL", "MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX")
+        ]
+        assert allocators == ["system", "262144", "3"]
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=10)
     wait_for(lambda: not any(alive(w) for w in workers), timeout=15, what="the workers to exit")
