@@ -1,8 +1,7 @@
 """A worker process's memory allocators: how they are set up, and handing freed memory back.
 
-Measured on the bench's 1M-tick drain with 2 workers (peak RSS of the largest worker, from a
-fresh clone): the defaults peaked at 330-341 MiB, these settings together with the smaller
-prefetch queue (topic.PREFETCH) and in-flight limit at 286-299 MiB, at the same ticks/s.
+What a worker's memory goes to, and what each setting saved, is in the README (Performance,
+Memory); the other bounds are librdkafka's prefetch (topic.PREFETCH) and the in-flight limit.
 """
 
 from __future__ import annotations

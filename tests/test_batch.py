@@ -30,6 +30,13 @@ def test_after_drops_exactly_what_a_sink_holds():
     assert b.after({0: 5, 1: 12}).empty
 
 
+def test_after_a_position_below_every_row_keeps_the_rows_without_copying_them():
+    b = _batch()
+    todo = b.after({0: 0, 1: 10, 5: 3})  # what a sink holds before these rows (and elsewhere)
+    assert todo.ticks is b.ticks
+    assert todo.next_offsets == b.next_offsets and todo.rejects == b.rejects
+
+
 def _span(partition: int, start: int, end: int) -> TickBatch:
     acc = Accumulator()
     d, m = _decoded(partition, list(range(start, end)))

@@ -24,6 +24,11 @@ from pyarrow import fs as pafs
 
 from finpulse.schema import DELTA_PARTITION
 
+# Rows per Parquet row group. The writer holds a whole row group's encoded pages and encoders until
+# the group is done: one group for a 150k-row write took 32 MB of Arrow memory at its peak, groups
+# of 16,384 rows 2 MB, for files about 9% larger (which compaction rewrites anyway).
+ROW_GROUP_ROWS = 16_384
+
 # Columns with min/max statistics: numbers only (Delta truncates timestamp and string statistics,
 # which readers then have to widen; numbers are exact).
 STATS_COLUMNS = ("kafka_partition", "kafka_offset", "tick_index", "price", "size")
@@ -58,7 +63,7 @@ def write_files(fs: pafs.FileSystem, rows: pa.Table) -> list[dict]:
         value = day.isoformat()
         path = f"{DELTA_PARTITION}={value}/part-{uuid.uuid4()}-c000.snappy.parquet"
         with fs.open_output_stream(path) as out:
-            pq.write_table(part, out, compression="snappy")
+            pq.write_table(part, out, compression="snappy", row_group_size=ROW_GROUP_ROWS)
             size = out.tell()
         adds.append(
             {
