@@ -140,7 +140,7 @@ def ingest(
         Optional[int],
         typer.Option(
             min=1000,
-            help="Pause consuming when this many ticks wait for the sinks (env FINPULSE_MAX_INFLIGHT_TICKS, default 150,000).",
+            help="Pause consuming when this many ticks wait for the sinks (env FINPULSE_MAX_INFLIGHT_TICKS, default 250,000).",
         ),
     ] = None,
     max_inflight_bytes: Annotated[
