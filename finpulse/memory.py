@@ -7,10 +7,7 @@ Memory); the other bounds are librdkafka's prefetch (topic.PREFETCH) and the in-
 from __future__ import annotations
 
 import ctypes
-import logging
 from collections.abc import Callable
-
-log = logging.getLogger(__name__)
 
 # Set in a worker's environment as it starts, unless the environment names its own.
 # - MALLOC_ARENA_MAX: glibc gives each thread that allocates an arena of its own (up to 8 per
