@@ -25,15 +25,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from deltalake import CommitProperties, DeltaTable, Transaction
+from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
-from deltalake.transaction import AddAction
 
 from finpulse.config import Settings
 from finpulse.errors import ServiceUnavailable, first_line
 from finpulse.link import Links, WorkerLink
-from finpulse.schema import DELTA, DELTA_PARTITION
-from finpulse.sinks.delta import MAX_COMMIT_RETRIES, app_id, topic_app_id
+from finpulse.sinks.delta import app_id, commit_files
 
 log = logging.getLogger("finpulse.committer")
 
@@ -100,6 +98,7 @@ class Committer:
         links.route("commit", self.requests)
         self.commits = 0
         self._table: DeltaTable | None = None
+        self._carry: list[Request] = []  # requests a round deferred to the next (see _commit)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="delta-committer", daemon=True)
 
@@ -114,12 +113,15 @@ class Committer:
 
     def _run(self) -> None:
         while True:
-            try:
-                pending = [self.requests.get(timeout=POLL_S)]
-            except queue.Empty:
-                if self._stop.is_set():
-                    return
-                continue
+            if self._carry:  # requests a round left for after its commit: decided now
+                pending, self._carry = self._carry, []
+            else:
+                try:
+                    pending = [self.requests.get(timeout=POLL_S)]
+                except queue.Empty:
+                    if self._stop.is_set():
+                        return
+                    continue
             self._gather(pending)
             try:
                 answers = self._commit(pending)
@@ -164,33 +166,38 @@ class Committer:
                 (r.worker, Answer(r.id, "retry", reason=f"reading the Delta log: {first_line(exc)}")) for r in pending
             ]
         topic = self.settings.kafka_topic
-        versions: dict[int, int | None] = {}
+        held: dict[int, int | None] = {}  # the table's positions, as committed
 
         def position(p: int) -> int | None:
-            if p not in versions:
-                versions[p] = table.transaction_version(app_id(topic, p))
-            return versions[p]
+            if p not in held:
+                held[p] = table.transaction_version(app_id(topic, p))
+            return held[p]
 
-        accepted, answers = [], []
+        # A request is judged against committed positions only. One that names a partition an
+        # accepted request of this round moves waits for the next round: judged against the
+        # position this round's commit has not made yet, it would be told "stale" with an offset
+        # that, should the commit fail, was never committed (the worker would skip rows up to it).
+        accepted: list[Request] = []
+        answers: list[tuple[int, Answer]] = []
+        moving: set[int] = set()
         for r in pending:
-            if all(position(p) == b for p, b in r.base.items()):
+            if moving.intersection(r.base):
+                self._carry.append(r)
+            elif all(position(p) == b for p, b in r.base.items()):
                 accepted.append(r)
-                versions.update(r.next_offsets)
+                moving.update(r.next_offsets)
             else:
                 answers.append((r.worker, Answer(r.id, "stale", {p: position(p) for p in r.base})))
         if not accepted:
             return answers
-        moved = {p for r in accepted for p in r.next_offsets}
-        txns = [Transaction(app_id(topic, p), versions[p]) for p in sorted(moved)]  # type: ignore[arg-type]
         keys = [r.topic_key for r in accepted if r.topic_key is not None]
-        txns += [Transaction(topic_app_id(topic), keys[0])] if keys else []  # one topic: one key
         try:
-            table.create_write_transaction(
-                [AddAction(**a) for r in accepted for a in r.adds],
-                mode="append",
-                schema=DELTA,
-                partition_by=[DELTA_PARTITION],
-                commit_properties=CommitProperties(app_transactions=txns, max_commit_retries=MAX_COMMIT_RETRIES),
+            commit_files(
+                table,
+                [a for r in accepted for a in r.adds],
+                {p: n for r in accepted for p, n in r.next_offsets.items()},
+                topic,
+                keys[0] if keys else None,  # one topic: one key
             )
         except (DeltaError, OSError) as exc:
             self._table = None
@@ -199,4 +206,4 @@ class Committer:
             )
             return answers + [(r.worker, Answer(r.id, "retry", reason=first_line(exc))) for r in accepted]
         self.commits += 1
-        return answers + [(r.worker, Answer(r.id, "ok", {p: versions[p] for p in r.next_offsets})) for r in accepted]
+        return answers + [(r.worker, Answer(r.id, "ok", dict(r.next_offsets))) for r in accepted]

@@ -9,14 +9,17 @@ import multiprocessing as mp
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
+from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError
 from support.cli import env_for, finpulse
 from support.rules import span
 from support.sinks import KEY_COLUMNS, assert_exactly_once, delta_rows, produced
 
-from finpulse.committer import CommitClient, Committer
+from finpulse.committer import CommitClient, Committer, Request
 from finpulse.link import Links, WorkerLink
 from finpulse.sinks.delta import DeltaSink
 
@@ -89,8 +92,6 @@ def test_a_write_whose_positions_went_stale_is_rewritten_from_the_tables(isolate
         committer.stop()
     assert sorted(delta_rows(isolated, KEY_COLUMNS)) == [(0, o, 0) for o in range(150)]
     on_disk = list(Path(isolated.delta_uri).glob("trade_date=*/*.parquet"))
-    from deltalake import DeltaTable
-
     live = DeltaTable(isolated.delta_uri).file_uris()
     assert len(on_disk) == len(live) + 1, "the stale write's file stays on disk, invisible, for vacuum"
 
@@ -141,3 +142,46 @@ def test_ingest_with_four_workers_commits_their_partitions_together(isolated):
     assert_exactly_once(delta_rows(isolated), produced(100_000), "delta")
     moved = [parts for parts in txn_partitions_per_commit(isolated.delta_uri) if parts]
     assert max(len(parts) for parts in moved) >= 3, moved  # one commit carried several workers' positions
+
+
+def _request(worker: int, base: dict, next_offsets: dict, key: int | None = None) -> Request:
+    return Request(worker, uuid.uuid4().hex, [], base, next_offsets, key)
+
+
+def test_a_request_behind_one_accepted_in_its_round_waits_for_that_commit(isolated, monkeypatch):
+    """Two requests for one partition in a round (a resend after a reply timeout, or a dead worker's
+    request beside its successor's): the second is judged only once the first's commit is known.
+    Judged before, it was told "stale" with a position that a failed commit never stored, and its
+    worker skipped the rows below it: a hole in Delta."""
+    assert DeltaSink.from_settings(isolated).write(span(0, 0, 300)).held == {0: 300}
+    committer = committer_for(isolated, 2)
+    first, resent = _request(0, {0: 300}, {0: 500}), _request(1, {0: 300}, {0: 500})
+
+    def refused(*_args, **_kw):
+        raise DeltaError("storage throttled")
+
+    monkeypatch.setattr(DeltaTable, "create_write_transaction", refused)
+    answers = {a.id: a for _, a in committer._commit([first, resent])}
+    assert answers[first.id].status == "retry"
+    assert resent.id not in answers, f"answered before the commit was known: {answers[resent.id]}"
+    monkeypatch.undo()
+    answers = {a.id: a for _, a in committer._commit(committer._carry)}
+    assert (answers[resent.id].status, answers[resent.id].positions) == ("ok", {0: 500})
+    assert DeltaSink.from_settings(isolated).positions([0]) == {0: 500}
+
+
+def test_two_processes_committing_other_partitions_at_once_do_not_conflict(isolated):
+    """Two `ingest` hosts commit on the same aligned second, each from the version it read: their
+    partitions differ, so delta-rs rebases one onto the other. A `txn` both commits named (the
+    topic's id) made the second fail every time."""
+    key = 12345
+    setup = committer_for(isolated, 1)
+    assert setup._commit([_request(0, {9: None}, {9: 1}, key)])[0][1].status == "ok"  # the topic id is stored
+    a, b = committer_for(isolated, 1), committer_for(isolated, 1)
+    ta, tb = a._latest(), b._latest()  # both read the log before either commits
+    b._latest = lambda: tb  # type: ignore[method-assign]
+    assert ta.version() == tb.version()
+    assert a._commit([_request(0, {0: None}, {0: 100}, key)])[0][1].status == "ok"
+    answer = b._commit([_request(0, {1: None}, {1: 100}, key)])[0][1]
+    assert answer.status == "ok", answer.reason
+    assert DeltaSink.from_settings(isolated).positions([0, 1, 9]) == {0: 100, 1: 100, 9: 1}

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError, TableNotFoundError
+from deltalake.transaction import AddAction
 
 from finpulse.batch import FlushPolicy, Offsets, TickBatch
 from finpulse.config import Settings
@@ -117,6 +118,30 @@ def topic_app_id(topic: str) -> str:
     return f"finpulse-topic-id:{topic}"
 
 
+def topic_txns(table: DeltaTable, topic: str, topic_key: int | None) -> list[Transaction]:
+    """The `txn` storing the topic's fingerprint, when the table does not hold it already. Every
+    commit naming one app id conflicts with every other that does (delta-rs does not rebase them):
+    were it in every commit, two `ingest` processes on disjoint partitions would still collide."""
+    if topic_key is None or table.transaction_version(topic_app_id(topic)) == topic_key:
+        return []
+    return [Transaction(topic_app_id(topic), topic_key)]
+
+
+def commit_files(table: DeltaTable, adds: list[dict], positions: Offsets, topic: str, topic_key: int | None) -> None:
+    """One Delta commit: the data files `adds` (delta_files.write_files) with each partition's new
+    position as its `txn`, on top of the version `table` has loaded. DeltaError when it fails."""
+    txns = [Transaction(app_id(topic, p), n) for p, n in sorted(positions.items())]
+    table.create_write_transaction(
+        [AddAction(**a) for a in adds],
+        mode="append",
+        schema=DELTA,
+        partition_by=[DELTA_PARTITION],
+        commit_properties=CommitProperties(
+            app_transactions=txns + topic_txns(table, topic, topic_key), max_commit_retries=MAX_COMMIT_RETRIES
+        ),
+    )
+
+
 class DeltaSink:
     name = "delta"
     keeps_rejects = False  # rejects live in PostgreSQL only; Delta holds each valid tick as a row
@@ -198,6 +223,12 @@ class DeltaSink:
         stored = self._latest().transaction_version(topic_app_id(self.topic))
         return {} if stored is None else {p: stored for p in partitions}
 
+    @property
+    def _topic_key(self) -> int | None:
+        from finpulse.resume import fingerprint
+
+        return fingerprint(self.topic_id) if self.topic_id else None
+
     def _id_txn(self, topic_id: str | None) -> list[Transaction]:
         from finpulse.resume import fingerprint
 
@@ -230,7 +261,7 @@ class DeltaSink:
             return Written(held, 0, 0)
         commit = CommitProperties(
             app_transactions=[Transaction(app_id(self.topic, p), n) for p, n in todo.next_offsets.items()]
-            + self._id_txn(self.topic_id),
+            + topic_txns(table, self.topic, self._topic_key),
             max_commit_retries=MAX_COMMIT_RETRIES,
         )
         try:
@@ -244,9 +275,7 @@ class DeltaSink:
                     commit_properties=commit,
                 )
             else:  # only rejects or skipped events: still record that these offsets are done
-                table.create_write_transaction(
-                    [], mode="append", schema=DELTA, partition_by=[DELTA_PARTITION], commit_properties=commit
-                )
+                commit_files(table, [], todo.next_offsets, self.topic, self._topic_key)
         except SchemaMismatchError as exc:
             raise SinkRejected(f"the Delta table at {self.uri} cannot take our rows: {exc}") from None
         except CommitFailedError as exc:
@@ -268,14 +297,12 @@ class DeltaSink:
         """Write the data files, then have the committer commit them with the positions. The
         positions come from the committer's answers (read from the log only for a partition not
         seen yet): the write path does not read the Delta log."""
-        from finpulse.resume import fingerprint
-
         client = self.committer
         assert client is not None
         unseen = [p for p in batch.next_offsets if p not in self._seen]
         if unseen:
             self._held(self._latest(), unseen)
-        topic_key = fingerprint(self.topic_id) if self.topic_id else None
+        topic_key = self._topic_key
         for _ in range(STALE_REWRITES):
             held = {p: v for p in batch.next_offsets if (v := self._seen.get(p)) is not None}
             todo = batch.after(held)
