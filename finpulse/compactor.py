@@ -2,9 +2,10 @@
 
 A thread of the supervisor (not of a worker, so no ingest commit waits for it) asks the Delta sink
 every FINPULSE_AUTO_COMPACT_EVERY_S seconds whether FINPULSE_AUTO_COMPACT_FILES small files piled
-up, and compacts them if so. A compaction that loses a commit race to the workers is retried by
-delta-rs, and failing that, at the next check; it never touches a position (`txn`), so it can
-neither lose nor duplicate one.
+up, and compacts them if so. It first claims the table (sinks/delta_compaction.py): while another
+host's compactor or a `finpulse maintain` holds it, this check is skipped. A compaction that loses a
+commit race to the workers is retried by delta-rs, and failing that, at the next check; it never
+touches a position (`txn`), so it can neither lose nor duplicate one.
 """
 
 from __future__ import annotations

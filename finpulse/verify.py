@@ -53,6 +53,7 @@ class SinkCheck:
     pending: int = 0  # missing keys at or above the sink's position: not ingested yet
     samples: dict[str, list[tuple[int, int, int]]] = field(default_factory=lambda: {k: [] for k in KINDS})
     gaps: list[Span] = field(default_factory=list)  # offset ranges holding every missing key
+    doubled: list[Span] = field(default_factory=list)  # offset ranges holding every duplicated key
 
     @property
     def exact(self) -> bool:
@@ -100,18 +101,37 @@ def run(
 
 def repair(
     settings: Settings, verdict: Verdict, feed: str | None = None, strict: bool = False, console: Console | None = None
-) -> dict[str, Report]:
-    """Replay, sink by sink, only the offset ranges in which `verdict` found missing keys, each
-    holding rows against every chosen sink's rules (as ingest does), not only its own."""
+) -> dict[str, Repair]:
+    """Sink by sink: remove the duplicated rows `verdict` found (each key kept once, in one atomic
+    rewrite), then replay only the offset ranges in which it found missing keys, each holding rows
+    against every chosen sink's rules (as ingest does), not only its own."""
     admission = Admission(settings)
+    done: dict[str, Repair] = {}
     try:
-        return {
-            name: replay.run(settings.model_copy(update={"sinks": name}), check.gaps, feed, strict, console, admission)
-            for name, check in verdict.sinks.items()
-            if check.gaps
-        }
+        for name, check in verdict.sinks.items():
+            if not (check.gaps or check.doubled):
+                continue
+            removed = 0
+            if check.doubled:
+                sink = sinks.KINDS[name].from_settings(settings)
+                try:
+                    removed = sink.remove_duplicates([(s.partition, s.start, s.end) for s in check.doubled])
+                finally:
+                    sink.close()
+            one = settings.model_copy(update={"sinks": name})
+            replayed = replay.run(one, check.gaps, feed, strict, console, admission) if check.gaps else None
+            done[name] = Repair(removed, replayed)
     finally:
         admission.close()
+    return done
+
+
+@dataclass
+class Repair:
+    """What `verify --repair` did to one sink: duplicated rows removed, and the replay of missing keys."""
+
+    duplicates_removed: int
+    replayed: Report | None
 
 
 def verify(
@@ -210,17 +230,26 @@ def _compare(
         room = samples - len(check.samples[kind])
         check.samples[kind].extend(unkey(span.partition, k) for k in which[: max(room, 0)])
     missing = found["missing"]
-    if not len(missing):
+    if len(missing):
+        check.pending += int(
+            np.count_nonzero((missing >> _INDEX_BITS) >= (position if position is not None else span.low))
+        )
+    _join(check.gaps, span, missing)
+    _join(check.doubled, span, found["duplicated"])
+
+
+def _join(spans: list[Span], span: Span, found: np.ndarray) -> None:
+    """Add the offsets of the keys `found` in `span` to `spans` as few offset ranges: keys closer
+    than GAP_JOIN share one (re-reading a few good messages costs less than another range)."""
+    if not len(found):
         return
-    offsets = missing >> _INDEX_BITS
-    check.pending += int(np.count_nonzero(offsets >= (position if position is not None else span.low)))
-    offsets = np.unique(offsets)
+    offsets = np.unique(found >> _INDEX_BITS)
     breaks = np.flatnonzero(np.diff(offsets) > GAP_JOIN)
     starts = np.concatenate([offsets[:1], offsets[breaks + 1]])
     ends = np.concatenate([offsets[breaks], offsets[-1:]]) + 1
     for a, b in zip(starts.tolist(), ends.tolist()):
-        last = check.gaps[-1] if check.gaps else None
+        last = spans[-1] if spans else None
         if last is not None and last.partition == span.partition and a - last.end <= GAP_JOIN:
-            check.gaps[-1] = Span(span.partition, last.start, b, span.low)
+            spans[-1] = Span(span.partition, last.start, b, span.low)
         else:
-            check.gaps.append(Span(span.partition, a, b, span.low))
+            spans.append(Span(span.partition, a, b, span.low))

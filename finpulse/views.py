@@ -17,7 +17,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from finpulse.replay import Report, Span
     from finpulse.show import Landed
-    from finpulse.verify import Verdict
+    from finpulse.verify import Repair, Verdict
 
 # Columns of a table written to a pipe (scripts, logs), where rich would otherwise assume 80.
 PIPED_WIDTH = 120
@@ -147,7 +147,12 @@ def maintained(out: Console, done: dict[str, dict]) -> None:
             f"{name}: compacted {report['files_removed']:,} files into {report['files_added']:,} in "
             f"{report['partitions']:,} date partitions; checkpoint at version {report['checkpoint']:,}; "
             f"vacuumed {report['vacuumed']:,} files; live files {before['files']:,} -> {after['files']:,} "
-            f"({before['small_files']:,} -> {after['small_files']:,} small)",
+            f"({before['small_files']:,} -> {after['small_files']:,} small)"
+            + (
+                f"; removed {report['duplicates_removed']:,} rows a concurrent compaction had doubled"
+                if report.get("duplicates_removed")
+                else ""
+            ),
             highlight=False,
         )
 
@@ -235,11 +240,15 @@ def verdict(out: Console, topic: str, verdict: Verdict) -> None:
                 out.print(f"  {kind} (partition, offset, tick_index): {shown}{more}", highlight=False, markup=False)
 
 
-def repaired(out: Console, name: str, report: Report) -> None:
-    tally = report.sinks[name]
-    out.print(
-        f"repair {name}: replayed {report.messages:,} messages, +{tally.rows:,} rows"
-        + (f", +{tally.rejects:,} rejects" if name == "postgres" else "")
-        + (f"; {len(tally.left)} partitions left to `finpulse ingest`" if tally.left else ""),
-        highlight=False,
-    )
+def repaired(out: Console, name: str, repair: Repair) -> None:
+    parts = []
+    if repair.duplicates_removed:
+        parts.append(f"removed {repair.duplicates_removed:,} duplicated rows")
+    if repair.replayed is not None:
+        tally = repair.replayed.sinks[name]
+        parts.append(
+            f"replayed {repair.replayed.messages:,} messages, +{tally.rows:,} rows"
+            + (f", +{tally.rejects:,} rejects" if name == "postgres" else "")
+            + (f"; {len(tally.left)} partitions left to `finpulse ingest`" if tally.left else "")
+        )
+    out.print(f"repair {name}: {'; '.join(parts) or 'nothing to do'}", highlight=False)

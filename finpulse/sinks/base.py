@@ -97,6 +97,10 @@ class Sink(Protocol):
         """Replay: add the rows of `batch` below the sink's positions that it lacks, never
         touching the positions (rows at or above them are left to `write`)."""
 
+    def remove_duplicates(self, spans: list[tuple[int, int, int]]) -> int:
+        """`verify --repair`: keep each key of the (partition, start, end) offset ranges once, in one
+        atomic step; how many rows were removed."""
+
     def keys(self, partition: int, start: int, end: int) -> dict[str, pa.Table]:
         """(kafka_offset, tick_index) held for offsets [start, end) of a partition: "rows", and
         "rejects" for a sink that keeps them."""

@@ -17,6 +17,7 @@ from finpulse.batch import FlushPolicy, Offsets, TickBatch
 from finpulse.config import Settings
 from finpulse.errors import RulesChanged, ServiceUnavailable, SinkRejected, first_line
 from finpulse.schema import DELTA, DELTA_PARTITION, LAST_ORDER, LINEAGE
+from finpulse.sinks import delta_compaction as compaction
 from finpulse.sinks import delta_files
 from finpulse.sinks import delta_maintenance as maintenance
 from finpulse.sinks.base import Filled, Rules, Summary, Written
@@ -371,23 +372,38 @@ class DeltaSink:
             return maintenance.health(table)
 
     def maintain(self, target_bytes: int, retention_hours: int) -> dict[str, object]:
-        """Compact small files per date partition, checkpoint, clean the log, vacuum; what was done."""
+        """Compact small files per date partition (waiting while another process compacts the
+        table), checkpoint, clean the log, vacuum; what was done."""
         table = self._latest()
         with self._io("maintenance"):
             before = maintenance.health(table)
-            compacted = maintenance.compact(table, target_bytes)
+            compacted = compaction.compact_exclusively(
+                table, self.uri, self.storage_options, target_bytes, wait_s=compaction.LEASE_S
+            )
+            if compacted is None:
+                raise ServiceUnavailable(
+                    f"another process kept compacting {self.uri} for {compaction.LEASE_S / 60:.0f} minutes; "
+                    "run `finpulse maintain` again later"
+                )
             vacuumed = maintenance.vacuum(table, retention_hours)  # its own commits come before the checkpoint
             checkpoint = maintenance.checkpoint_and_clean(table)
             after = maintenance.health(table)
         return {**compacted, "checkpoint": checkpoint, "vacuumed": vacuumed, "before": before, "after": after}
 
     def compact_if_needed(self, small_files: int, target_bytes: int) -> dict[str, int] | None:
-        """Background compaction: compact when at least `small_files` small files piled up."""
+        """Background compaction: compact when at least `small_files` small files piled up and no
+        other process compacts the table (None: nothing was done)."""
         table = self._latest()
         with self._io("background compaction"):
-            if maintenance.health(table)["small_files"] < small_files:
+            if maintenance.small_files(table) < small_files:
                 return None
-            return maintenance.compact(table, target_bytes)
+            return compaction.compact_exclusively(table, self.uri, self.storage_options, target_bytes)
+
+    def remove_duplicates(self, spans: list[tuple[int, int, int]]) -> int:
+        """Rewrite the rows of those offset ranges with every key once (delta_compaction)."""
+        table = self._latest()
+        with self._io("removing duplicated rows"):
+            return compaction.remove_duplicates(table, spans)
 
     def gaps(self) -> list[tuple[int, int, int, str]]:
         return []  # recorded in commit metadata; PostgreSQL's finpulse_gaps is the one that is read

@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import CommitProperties, DeltaTable
+from deltalake import DeltaTable
 
 # Compaction packs each date partition's small files toward this size: large enough that a day
 # of ticks is a handful of files for Spark and delta-rs, small enough to rewrite in a few seconds.
@@ -27,37 +27,26 @@ SMALL_FILE_BYTES = 16 << 20
 # Vacuum keeps files removed less than this long ago: Delta's own default (7 days), so a reader
 # or a time-travel query that started before a compaction still finds its files.
 RETENTION_HOURS = 168
-# Compaction loses a commit race to live ingest now and then; delta-rs retries it this often.
-MAX_COMMIT_RETRIES = 20
 # How far back `health` looks in the log for the last compaction.
 HISTORY_SCAN = 2_000
+
+
+def small_files(table: DeltaTable) -> int:
+    """How many live files are small (below SMALL_FILE_BYTES): what compaction would pack."""
+    sizes = pa.table(table.get_add_actions(flatten=True)).column("size_bytes")
+    return int(pc.sum(pc.less(sizes, SMALL_FILE_BYTES)).as_py() or 0) if len(sizes) else 0
 
 
 def health(table: DeltaTable) -> dict[str, Any]:
     """Version, live files, small files, bytes, last compaction (ISO time) and last checkpoint."""
     sizes = pa.table(table.get_add_actions(flatten=True)).column("size_bytes")
-    small = int(pc.sum(pc.less(sizes, SMALL_FILE_BYTES)).as_py() or 0) if len(sizes) else 0
     return {
         "version": table.version(),
         "files": len(sizes),
         "bytes": int(pc.sum(sizes).as_py() or 0),
-        "small_files": small,
+        "small_files": small_files(table),
         "last_compaction": _last_compaction(table),
         "last_checkpoint": _last_checkpoint(table),
-    }
-
-
-def compact(table: DeltaTable, target_bytes: int = TARGET_FILE_BYTES) -> dict[str, int]:
-    """Bin-pack each date partition's files toward `target_bytes`; what was removed and added."""
-    metrics = table.optimize.compact(
-        target_size=target_bytes,
-        max_concurrent_tasks=2,
-        commit_properties=CommitProperties(max_commit_retries=MAX_COMMIT_RETRIES),
-    )
-    return {
-        "files_removed": int(metrics.get("numFilesRemoved", 0)),
-        "files_added": int(metrics.get("numFilesAdded", 0)),
-        "partitions": int(metrics.get("partitionsOptimized", 0)),
     }
 
 

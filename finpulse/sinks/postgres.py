@@ -284,6 +284,10 @@ class PostgresSink:
             self.name, rows[0] if rows else 0, rejected[0] if rejected else 0, [tuple(r) for r in symbols], self.where
         )
 
+    def remove_duplicates(self, spans: list[tuple[int, int, int]]) -> int:
+        """Nothing to do: the primary keys of prices_raw and prices_rejected hold each key once."""
+        return 0
+
     def maintain(self, target_bytes: int, retention_hours: int) -> dict[str, object]:
         """Refresh the planner's statistics of FinPulse's tables (autovacuum does the rest)."""
         with self._connection("analysing tables") as conn:
