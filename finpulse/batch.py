@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from finpulse.records import Decoded, Reject
-from finpulse.schema import TICKS
+from finpulse.schema import LINEAGE, TICKS
 
 Offsets = dict[int, int]  # partition -> next offset to read (everything below it is held)
 
@@ -101,6 +101,9 @@ class Accumulator:
     nbytes: int = 0  # estimated, as TickBatch.nbytes: Arrow rows + raw bytes and reasons of rejects
     skipped: int = 0
     since: float | None = None  # monotonic time of the oldest waiting message
+    # A message came again, below what was already added (a seek back while a batch was being read):
+    # take() then keeps each key once, so no batch ever holds a key twice.
+    repeated: bool = False
 
     def add(self, decoded: Decoded, partitions: list[int], offsets: list[int]) -> None:
         if decoded.ticks.num_rows:
@@ -110,9 +113,12 @@ class Accumulator:
         self.rejects.extend(decoded.rejects)
         self.nbytes += sum(reject_nbytes(r) for r in decoded.rejects)
         self.skipped += decoded.skipped
+        nxt = self.next_offsets
         for p, o in zip(partitions, offsets):  # per message: cheap, and covers skipped ones too
-            if o >= self.next_offsets.get(p, 0):
-                self.next_offsets[p] = o + 1
+            if o >= nxt.get(p, 0):
+                nxt[p] = o + 1
+            else:
+                self.repeated = True
         if self.since is None and partitions:
             self.since = time.monotonic()
 
@@ -142,9 +148,12 @@ class Accumulator:
 
     def take(self) -> TickBatch:
         table = pa.Table.from_batches(self.pieces, schema=TICKS) if self.pieces else TICKS.empty_table()
-        batch = TickBatch(table, tuple(self.rejects), dict(self.next_offsets))
+        rejects = tuple(self.rejects)
+        if self.repeated:
+            table, rejects = _first_of_each_key(table, rejects)
+        batch = TickBatch(table, rejects, dict(self.next_offsets))
         self.pieces, self.rejects, self.next_offsets = [], [], {}
-        self.ticks, self.nbytes, self.since = 0, 0, None
+        self.ticks, self.nbytes, self.since, self.repeated = 0, 0, None, False
         return batch
 
     def drop(self, partitions) -> None:
@@ -163,6 +172,24 @@ class Accumulator:
         self.next_offsets = keep
         if keep:
             self.since = time.monotonic()
+
+
+def _first_of_each_key(ticks: pa.Table, rejects: tuple[Reject, ...]) -> tuple[pa.Table, tuple[Reject, ...]]:
+    """The rows and rejects with each (partition, offset, tick_index) once: the first of its copies
+    (a message read twice decodes the same way twice)."""
+    if ticks.num_rows:
+        numbered = ticks.append_column("__row", pa.array(np.arange(ticks.num_rows, dtype=np.int64)))
+        first = numbered.group_by(list(LINEAGE), use_threads=False).aggregate([("__row", "min")])
+        if first.num_rows < ticks.num_rows:
+            ticks = ticks.take(pa.array(np.sort(first.column("__row_min").to_numpy())))
+    seen: set[tuple[int, int, int]] = set()
+    kept = []
+    for r in rejects:
+        key = (r.partition, r.offset, r.tick_index)
+        if key not in seen:
+            seen.add(key)
+            kept.append(r)
+    return ticks, tuple(kept)
 
 
 def reject_nbytes(r: Reject) -> int:

@@ -98,6 +98,7 @@ class GroupSource:
         self._on_assign, self._on_revoke, self._on_lost = on_assign, on_revoke, on_lost
         self._on_end, self._on_reset = on_end, on_reset
         self.assigned: set[int] = set()
+        self._seeked: set[int] = set()  # partitions moved by seek() during the current take()
         self.paused = False
         self.committed: dict[int, int] = {}
         self._consumer = consumer(settings, self._assigned, self._revoked, self._lost)
@@ -140,6 +141,7 @@ class GroupSource:
         if not records:
             records = self._consumer.consume(max(1, min(want, MAX_TAKE)), wait_s)
         good = []
+        self._seeked.clear()
         for m in records:
             err = m.error()
             if err is None:
@@ -152,6 +154,8 @@ class GroupSource:
                 raise ServiceUnavailable(f"Kafka consumer failed: {err.str()}")
             else:
                 log.warning("Kafka: %s", err.str())
+        if self._seeked:  # on_reset moved these: what this call fetched of them comes again from there
+            good = [m for m in good if m.partition() not in self._seeked]
         return good
 
     def pause(self) -> None:
@@ -167,6 +171,7 @@ class GroupSource:
     def seek(self, starts: dict[int, int]) -> None:
         for p, offset in starts.items():
             self._consumer.seek(TopicPartition(self.topic, p, offset))
+            self._seeked.add(p)
 
     def watermarks(self, parts: list[int]) -> dict[int, tuple[int, int]]:
         """(low, high) per partition from the broker; KafkaException when it does not answer."""

@@ -83,3 +83,21 @@ def test_below_is_exactly_what_after_leaves_out():
     passed = b.below(held).column("kafka_offset").to_pylist()
     assert passed == [0, 1, 10] and kept == [2, 3, 11]
     assert b.below({}).num_rows == 0
+
+
+def test_messages_read_again_within_one_batch_land_once():
+    """A seek back while a batch was being read (an --allow-data-loss reset) delivers messages the
+    accumulator already holds: the batch keeps each key once (twice, Delta stored both copies and
+    PostgreSQL refused the batch for good)."""
+    acc = Accumulator()
+    for offs in ([0, 1, 2, 3, 4], [2, 3, 4, 5, 6]):
+        d, m = _decoded(0, offs)
+        acc.add(d, m.partitions, m.offsets)
+    acc.rejects += [Reject(1, 7, -1, "canonical", "bad", b"x", None)] * 2
+    batch = acc.take()
+    assert batch.ticks.column("kafka_offset").to_pylist() == [0, 1, 2, 3, 4, 5, 6]
+    assert [r.offset for r in batch.rejects] == [7]
+    assert batch.next_offsets == {0: 7}
+    d, m = _decoded(0, [7])
+    acc.add(d, m.partitions, m.offsets)
+    assert acc.take().ticks.column("kafka_offset").to_pylist() == [7]  # the next batch is read as usual

@@ -8,9 +8,11 @@ import threading
 import orjson
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from support.rules import POISON_TRIGGER, span
 from support.sinks import pg_count
 
+from finpulse.errors import ServiceUnavailable, SinkRejected
 from finpulse.sinks.postgres import _ADVANCE, PostgresSink
 
 pytestmark = [pytest.mark.postgres]
@@ -71,3 +73,34 @@ def test_a_batch_refused_for_a_data_reason_is_narrowed_to_the_offending_rows(iso
     assert [(o, i, f) for o, i, f, _, _ in rejects] == [(17, 0, "postgres"), (640, 0, "postgres")]
     assert all("22023" in reason and "poison tick" in reason for *_, reason, _ in rejects)
     assert orjson.loads(bytes(rejects[0][4]))["symbol"] == "POISON"
+
+
+def test_a_read_only_server_is_an_outage_not_a_refusal(isolated):
+    """A failover to a standby, a demoted primary: writes fail with 25006 until a primary takes
+    them again. The lane must wait and retry, not stop the whole run (exit 4)."""
+    info = conninfo_to_dict(isolated.postgres_conninfo())
+    read_only = make_conninfo(**{**info, "options": f"{info['options']} -c default_transaction_read_only=on"})
+    sink = PostgresSink(read_only, isolated.kafka_topic)
+    try:
+        with pytest.raises(ServiceUnavailable, match="25006"):
+            sink.write(span(0, 0, 10))
+    finally:
+        sink.close()
+    assert pg_count(isolated) == 0
+
+
+def test_a_key_another_writer_already_stored_stops_with_what_to_do(isolated):
+    """A row at a key above the position (another topic on these tables, a hand-made row) would fail
+    the COPY with 23505 on every retry: a refusal that says what to do, not an outage for ever."""
+    sink = PostgresSink(isolated.postgres_conninfo(), isolated.kafka_topic)
+    try:
+        sink.write(span(0, 0, 10))
+        with psycopg.connect(isolated.postgres_conninfo(), autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO prices_raw SELECT symbol, price, size, timestamp_ms, trade_time, exchange, side, "
+                "broker_time, 0, 12, 0 FROM prices_raw LIMIT 1"
+            )
+        with pytest.raises(SinkRejected, match="23505.*only `finpulse ingest` and `replay` of one topic"):
+            sink.write(span(0, 10, 20))
+    finally:
+        sink.close()

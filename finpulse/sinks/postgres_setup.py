@@ -4,7 +4,6 @@ checked where present) and SQLSTATE classes -> FinPulse's error classes, used by
 from __future__ import annotations
 
 import psycopg
-from psycopg import errors as pgerr
 from psycopg_pool import PoolTimeout
 
 from finpulse.errors import AccessRefused, ServiceUnavailable, SinkRejected, first_line
@@ -20,9 +19,14 @@ from finpulse.schema import (
 )
 
 # SQLSTATE classes that heal by themselves: connection trouble (08), the server shutting down or
-# starting (57P), too many connections / out of resources (53), and conflicts with another writer
-# (40: serialization/deadlock; 23505: a concurrent first write of the same partition).
+# starting (57P), too many connections / out of resources (53), conflicts with another writer (40:
+# serialization/deadlock; 55P03: a lock not granted in time), and a server that is read-only for now
+# (25006: a standby after a failover, a demoted primary, default_transaction_read_only) until the
+# new primary takes writes. A unique violation (23505) is none of these: every write locks its
+# partitions and skips what they hold, so a key already there means another writer of these tables
+# (another topic, a hand-made row) and retrying would stall for ever.
 _TRANSIENT_CLASSES = ("08", "53", "57", "40", "58")
+_TRANSIENT_STATES = ("25006", "55P03")
 
 
 # libpq's words when TLS refused the server's certificate (or the server refused TLS): no retry heals it.
@@ -47,12 +51,15 @@ def classify(exc: Exception, what: str) -> Exception:
             f"PostgreSQL connection failed while {what}: {first_line(exc)} "
             "(check that it runs and the POSTGRES_* settings)"
         )
-    if state.startswith(_TRANSIENT_CLASSES) or isinstance(exc, pgerr.UniqueViolation):
+    if state.startswith(_TRANSIENT_CLASSES) or state in _TRANSIENT_STATES:
         return ServiceUnavailable(f"PostgreSQL busy while {what} ({state}): {first_line(exc)}")
-    hint = {
+    hints = {
         "28": "check POSTGRES_USER, POSTGRES_PASSWORD and POSTGRES_DB (or POSTGRES_URL)",
         "42": "run `finpulse init`, or fix the table so it has the columns of the canonical schema",
-    }.get(state[:2], "see the PostgreSQL log")
+        "23505": "the table already holds a row with a key FinPulse writes (partition, offset, tick_index): "
+        "only `finpulse ingest` and `replay` of one topic may write these tables; run `finpulse verify`",
+    }
+    hint = hints.get(state) or hints.get(state[:2], "see the PostgreSQL log")
     return SinkRejected(f"PostgreSQL refused {what} ({state or type(exc).__name__}): {first_line(exc)}; {hint}")
 
 
