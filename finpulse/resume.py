@@ -95,8 +95,8 @@ def refuse(topic: str, gaps: list[Gap]) -> DataLoss:
 
 
 def settle(topic: str, sinks: list, marks: Marks, topic_id: str | None, allow: bool) -> dict[str, Offsets]:
-    """Hold every sink's positions against the topic (`marks`, Kafka's `topic_id`). No gap: nothing
-    happens. Gaps and not `allow`: DataLoss. Gaps and `allow`: each sink records its gaps and moves
+    """Hold every sink's positions against the topic (`marks`, Kafka's `topic_id`), once each sink
+    said its tables belong to this topic (Sink.own_topic). No gap: nothing happens. Gaps and not `allow`: DataLoss. Gaps and `allow`: each sink records its gaps and moves
     its positions to where ingest goes on (storing `topic_id` with them). Returns each sink's
     positions after that, so a caller need not read them again."""
     current = fingerprint(topic_id) if topic_id else None
@@ -104,6 +104,7 @@ def settle(topic: str, sinks: list, marks: Marks, topic_id: str | None, allow: b
     held: dict[str, Offsets] = {}
     found: dict[str, list[Gap]] = {}
     for sink in sinks:
+        sink.own_topic(parts)  # another topic's ticks in these tables: SinkRejected (their keys collide)
         held[sink.name] = sink.positions(parts)
         gaps = find_gaps(sink.name, held[sink.name], sink.topic_keys(parts), marks, current)
         if gaps:

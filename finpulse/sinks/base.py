@@ -85,6 +85,11 @@ class Sink(Protocol):
         """Record `gaps` (resume.Gap) and move each partition's position to its gap's target,
         never lower, in one atomic step, storing `topic_id` with the positions."""
 
+    def own_topic(self, partitions: Iterable[int]) -> None:
+        """SinkRejected when the tables hold another topic's ticks: a key (partition, offset,
+        tick_index) names no topic, so two topics' keys collide. Records the sink's topic where it
+        keeps no other record of it."""
+
     def positions(self, partitions: Iterable[int]) -> Offsets:
         """Next offset to read for each partition the sink holds anything of (absent: nothing)."""
 

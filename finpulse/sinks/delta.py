@@ -119,6 +119,11 @@ def topic_app_id(topic: str) -> str:
     return f"finpulse-topic-id:{topic}"
 
 
+# The `txn` whose version is the fingerprint of the topic NAME the table belongs to (its rows carry no
+# topic, so a second topic's keys would collide with the first's).
+OWNER_APP_ID = "finpulse-table-topic"
+
+
 def topic_txns(table: DeltaTable, topic: str, topic_key: int | None) -> list[Transaction]:
     """The `txn` storing the topic's fingerprint, when the table does not hold it already. Every
     commit naming one app id conflicts with every other that does (delta-rs does not rebase them):
@@ -207,6 +212,45 @@ class DeltaSink:
         except (DeltaError, OSError) as exc:
             self._table = None
             raise unavailable(self.uri, what, exc) from None
+
+    def own_topic(self, partitions: Iterable[int]) -> None:
+        """The table records the name of its topic in a `txn` of its own (OWNER_APP_ID). A table
+        without one (written by an earlier release, or new) gets it, unless it holds rows but no
+        position of this topic: those rows are another topic's."""
+        from finpulse.resume import fingerprint
+
+        ours = fingerprint(self.topic)
+        for _ in range(2):  # a second ingest host may record it at the same moment: read it again
+            table = self._latest()
+            owner = table.transaction_version(OWNER_APP_ID)
+            if owner == ours:
+                return
+            if owner is not None or (bool(table.file_uris()) and not self._held(table, partitions)):
+                raise SinkRejected(
+                    f"the Delta table at {self.uri} holds the ticks of another topic than {self.topic!r}, and "
+                    "ingesting it there would mix two topics whose keys (partition, offset, tick_index) collide: "
+                    f"point DELTA_TABLE_URI and POSTGRES_SCHEMA at new tables for {self.topic!r}, or set "
+                    "KAFKA_TOPIC back"
+                )
+            try:
+                table.create_write_transaction(
+                    [],
+                    mode="append",
+                    schema=DELTA,
+                    partition_by=[DELTA_PARTITION],
+                    commit_properties=CommitProperties(
+                        app_transactions=[Transaction(OWNER_APP_ID, ours)],
+                        custom_metadata={"finpulse.topic": self.topic},
+                        max_commit_retries=MAX_COMMIT_RETRIES,
+                    ),
+                )
+                return
+            except CommitFailedError:
+                self._table = None
+            except (DeltaError, OSError) as exc:
+                self._table = None
+                raise unavailable(self.uri, "recording its topic", exc) from None
+        raise ServiceUnavailable(f"the Delta table at {self.uri}: its topic could not be recorded; retrying")
 
     def positions(self, partitions: Iterable[int]) -> Offsets:
         return self._held(self._latest(), partitions)

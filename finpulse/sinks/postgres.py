@@ -16,7 +16,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from finpulse.batch import FlushPolicy, Offsets, TickBatch
 from finpulse.checks import refused_rows
 from finpulse.config import Settings
-from finpulse.errors import first_line
+from finpulse.errors import SinkRejected, first_line
 from finpulse.records import Reject
 from finpulse.schema import (
     GAPS_TABLE,
@@ -57,6 +57,7 @@ _ADVANCE = (
 )
 # Accepting a gap: positions move to the gaps' targets (still GREATEST) and the topic id is replaced.
 _REBASE = _ADVANCE.replace("COALESCE(EXCLUDED.topic_id, o.topic_id)", "EXCLUDED.topic_id")
+_OTHER_TOPIC = f"SELECT topic FROM {OFFSETS_TABLE} WHERE topic <> %s ORDER BY updated_at DESC LIMIT 1"
 _TOPIC_IDS = (
     f"SELECT kafka_partition, topic_id FROM {OFFSETS_TABLE} "
     "WHERE topic = %s AND kafka_partition = ANY(%s) AND topic_id IS NOT NULL"
@@ -166,6 +167,17 @@ class PostgresSink:
         except psycopg.Error as exc:
             return exc
         return None
+
+    def own_topic(self, partitions: Iterable[int]) -> None:
+        """finpulse_offsets names the topic of every position: one of another topic refuses."""
+        with self._connection("reading offsets") as conn:
+            other = conn.execute(_OTHER_TOPIC, (self.topic,)).fetchone()
+        if other is not None:
+            raise SinkRejected(
+                f"{self.where} holds the ticks of topic {other[0]!r}, and ingesting {self.topic!r} into it would "
+                "mix two topics whose keys (partition, offset, tick_index) collide: point POSTGRES_SCHEMA "
+                f"and DELTA_TABLE_URI at new tables for {self.topic!r}, or set KAFKA_TOPIC back"
+            )
 
     def positions(self, partitions: Iterable[int]) -> Offsets:
         with self._connection("reading offsets") as conn:
