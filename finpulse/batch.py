@@ -210,13 +210,15 @@ class FlushPolicy:
     max_ticks: int = 0
     aligned: bool = False
 
-    def left(self, last_write: float, now: float) -> float:
-        """Seconds until the interval since `last_write` is over (times: time.time())."""
+    def next_due(self, mono: float, wall: float) -> float:
+        """When the write after one that starts now is due, on the monotonic clock (`mono`:
+        time.monotonic()). The wall clock (`wall`: time.time()) only picks the phase of an aligned
+        interval: a step of it (NTP, a VM resumed) moves no deadline already set."""
         if self.interval_s <= 0:
-            return 0.0
+            return mono
         if self.aligned:
-            return (last_write // self.interval_s + 1) * self.interval_s - now
-        return self.interval_s - (now - last_write)
+            return mono + (wall // self.interval_s + 1) * self.interval_s - wall
+        return mono + self.interval_s
 
-    def due(self, queued: int, last_write: float, now: float) -> bool:
-        return self.interval_s <= 0 or self.left(last_write, now) <= 0 or queued >= self.max_ticks
+    def due(self, queued: int, next_due: float, mono: float) -> bool:
+        return self.interval_s <= 0 or mono >= next_due or queued >= self.max_ticks

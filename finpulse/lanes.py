@@ -60,7 +60,7 @@ class Lane:
         self.sink = sink
         self.admission = admission  # used on this lane's thread only
         self.policy = policy or FlushPolicy()
-        self._last_write = 0.0  # wall-clock time (FlushPolicy aligns to it) the last write started
+        self._next_due = 0.0  # monotonic time the next write is due (FlushPolicy.next_due)
         self._hurry = 0  # callers in wait_idle: write what is queued now
         self.positions: Offsets = {}  # what the sink holds, as of its last write
         self.rows = 0  # rows this lane wrote (ticks, not rejects)
@@ -171,12 +171,12 @@ class Lane:
                 while not self._closing.is_set():
                     if self._queue and self._due():
                         break
-                    left = self.policy.left(self._last_write, time.time())
+                    left = self._next_due - time.monotonic()
                     self._cond.wait(max(left, 0.001) if self._queue else None)
                 if not self._queue:
                     return
                 items, self._queue, self._busy = self._queue, [], True
-                self._last_write = time.time()
+                self._next_due = self.policy.next_due(time.monotonic(), time.time())
             batches: list[TickBatch] = []
             for item in [*items, None]:  # consecutive batches go out as one write; calls in between
                 if isinstance(item, TickBatch):
@@ -208,7 +208,7 @@ class Lane:
         """The flush rule of this lane (FlushPolicy), with the reasons to write at once."""
         if self._hurry or any(isinstance(item, _Call) for item in self._queue):
             return True
-        return self.policy.due(self.waiting, self._last_write, time.time())
+        return self.policy.due(self.waiting, self._next_due, time.monotonic())
 
     def _write_all(self, batches: list[TickBatch]) -> bool:
         """Write `batches` as one; False when the lane failed (the failure is kept for the worker)."""

@@ -229,10 +229,34 @@ def test_an_interval_policy_still_writes_a_backlog_as_soon_as_it_reaches_the_siz
 
 def test_an_aligned_interval_ends_on_the_wall_clocks_multiples_of_it():
     """Delta's policy is aligned, so every worker of a process writes in the same moments and the
-    committer commits their files together."""
+    committer commits their files together. The wall clock picks the phase; the deadline it gives
+    is on the monotonic clock (here 50.0 when the wall clock reads 1001.7)."""
     aligned, plain = FlushPolicy(2.0, 100, aligned=True), FlushPolicy(2.0, 100)
-    assert aligned.left(last_write=1001.5, now=1001.7) == pytest.approx(0.3)  # next multiple: 1002
-    assert plain.left(last_write=1001.5, now=1001.7) == pytest.approx(1.8)
-    assert aligned.due(0, last_write=1001.5, now=1002.0) and not plain.due(0, last_write=1001.5, now=1002.0)
-    assert aligned.due(100, last_write=1001.5, now=1001.6)  # the size trigger needs no boundary
-    assert FlushPolicy().due(0, last_write=1001.5, now=1001.5)  # no interval: at once
+    assert aligned.next_due(mono=50.0, wall=1001.7) == pytest.approx(50.3)  # next multiple: 1002
+    assert plain.next_due(mono=50.0, wall=1001.7) == pytest.approx(52.0)
+    assert aligned.due(0, next_due=50.3, mono=50.3) and not aligned.due(0, next_due=50.3, mono=50.2)
+    assert aligned.due(100, next_due=50.3, mono=50.0)  # the size trigger needs no boundary
+    assert FlushPolicy().due(0, next_due=99.0, mono=50.0)  # no interval: at once
+
+
+def test_a_wall_clock_stepped_back_an_hour_does_not_hold_up_an_aligned_interval(monkeypatch):
+    """NTP steps the clock back an hour: the next write is still due within one interval (deadlines
+    taken from the wall clock pushed it an hour away, and a trickle reached Delta only when the
+    size trigger filled)."""
+    sink = FakeSink()
+    real = time.time
+    lane = Lane(sink, FlushPolicy(interval_s=0.2, max_ticks=1_000_000, aligned=True))
+    try:
+        lane.submit(span(0, 0, 2))
+        deadline = time.monotonic() + 5
+        while not sink.writes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        monkeypatch.setattr(time, "time", lambda: real() - 3600)  # the step, after the first write
+        lane.submit(span(0, 2, 4))
+        deadline = time.monotonic() + 5
+        while len(sink.writes) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sink.writes == [2, 2], "the second write waited for the wall clock to catch up"
+    finally:
+        monkeypatch.undo()
+        lane.close()
