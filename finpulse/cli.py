@@ -178,6 +178,12 @@ def ingest(
             help="Serve Prometheus metrics, /healthz and /readyz on this port, 0 for a free one (env FINPULSE_METRICS_PORT; default off).",
         ),
     ] = None,
+    metrics_host: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Address the metrics server binds (env FINPULSE_METRICS_HOST; default 0.0.0.0, every interface; 127.0.0.1 for this host only).",
+        ),
+    ] = None,
     allow_data_loss: AllowDataLoss = False,
     topic: Topic = None,
     bootstrap_servers: Bootstrap = None,
@@ -197,6 +203,7 @@ def ingest(
         max_inflight_ticks=max_inflight_ticks,
         max_inflight_bytes=max_inflight_bytes,
         metrics_port=metrics_port,
+        metrics_host=metrics_host,
         allow_data_loss=allow_data_loss or None,
         kafka_topic=topic,
         kafka_bootstrap_servers=bootstrap_servers,

@@ -169,6 +169,11 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         None, ge=0, le=65535, validation_alias=AliasChoices("FINPULSE_METRICS_PORT", "metrics_port")
     )
+    # The address it binds: all interfaces, as exporters do, so Prometheus can scrape from another
+    # host or container; 127.0.0.1 keeps it on this host (a sidecar, an agent on the node).
+    metrics_host: str = Field(
+        "0.0.0.0", min_length=1, validation_alias=AliasChoices("FINPULSE_METRICS_HOST", "metrics_host")
+    )
 
     @field_validator("sinks")
     @classmethod

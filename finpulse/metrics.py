@@ -9,13 +9,20 @@ behind. The registry is this module's own, never prometheus_client's global one.
     /metrics   the metrics (docs/metrics.md lists them)
     /healthz   200 while the supervisor runs
     /readyz    200 once every worker reported, partitions are assigned and no sink is down;
-               otherwise 503 and one line saying why
+               otherwise 503 and one line saying which worker or sink (never a host, user or
+               driver message: anyone who can reach the port may ask; the log has the detail)
+
+The server binds FINPULSE_METRICS_HOST (all interfaces by default, as exporters do: Prometheus
+scrapes from another host or container), answers at most MAX_CONNECTIONS requests at once (more are
+closed unanswered) and gives each connection REQUEST_DEADLINE_S: an idle or half-sent request can
+hold no thread of the supervisor, the process that also commits Delta and restarts workers.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import socket
 import socketserver
 import threading
 import time
@@ -34,10 +41,12 @@ from finpulse.progress import WRITE_BUCKETS, Totals
 
 log = logging.getLogger(__name__)
 
-# All interfaces, as exporters do: Prometheus scrapes from another host or container.
-BIND_HOST = "0.0.0.0"
-# /readyz shows a sink's reason cut to this length: one short line, whatever the driver said.
-REASON_CHARS = 200
+# Requests answered at once: a scrape and a probe or two at a time is the normal load; past this,
+# a connection is closed unanswered rather than given a thread.
+MAX_CONNECTIONS = 8
+# A connection is closed this long after it was accepted, answered or not (a scrape takes
+# milliseconds): a client that sends nothing, or a byte now and then, holds its thread no longer.
+REQUEST_DEADLINE_S = 5.0
 # A worker reports every second, except while it waits for its writes on a rebalance (up to
 # FINPULSE_REBALANCE_GRACE_MS) or at a retention reset (30 s). Silent this much longer, it is stuck.
 STALE_MARGIN_S = 15.0
@@ -75,18 +84,19 @@ class Exporter:
     def port(self) -> int | None:
         return self._server.server_address[1] if self._server is not None else None
 
-    def start(self, port: int) -> None:
-        """Listen on `port` (0: a free one), answering on a daemon thread. A port that cannot be
-        bound is a ConfigError naming the setting."""
+    def start(self, port: int, host: str = "0.0.0.0") -> None:
+        """Listen on `host`:`port` (0: a free port), answering on a daemon thread. An address that
+        cannot be bound is a ConfigError naming the settings."""
         try:
-            self._server = _Server((BIND_HOST, port), _Handler, self)
+            self._server = _Server((host, port), _Handler, self)
         except OSError as exc:
             why = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
             raise ConfigError(
-                f"FINPULSE_METRICS_PORT / --metrics-port: port {port} {why}; choose another port, or 0 for a free one"
+                f"FINPULSE_METRICS_PORT / --metrics-port: port {port} {why} (on {host}); choose another port "
+                "(0 for a free one), or another FINPULSE_METRICS_HOST / --metrics-host"
             ) from None
         threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True).start()
-        log.info("metrics on http://%s:%d/metrics (health: /healthz, /readyz)", BIND_HOST, self.port)
+        log.info("metrics on http://%s:%d/metrics (health: /healthz, /readyz)", host, self.port)
 
     def stop(self) -> None:
         if self._server is not None:
@@ -100,7 +110,7 @@ def serve(settings: Settings) -> Iterator[Exporter]:
     """An Exporter, listening on settings.metrics_port while the block runs (None: not at all)."""
     exporter = Exporter(settings.sink_names, max(settings.rebalance_grace_ms / 1000, RESET_WAIT_S) + STALE_MARGIN_S)
     if settings.metrics_port is not None:
-        exporter.start(settings.metrics_port)
+        exporter.start(settings.metrics_port, settings.metrics_host)
     try:
         yield exporter
     finally:
@@ -116,16 +126,12 @@ def unready(t: Totals, workers: int, stale_s: float) -> str | None:
     silent = {w: now - at for w, at in sorted(t.reported.items()) if now - at > stale_s}
     if silent:
         return "; ".join(f"worker {w} has not reported for {s:.0f}s" for w, s in silent.items())
-    down = {sink: why for d in t.down.values() for sink, why in d.items()}
-    if down:
-        return "; ".join(_line(f"{sink} down: {why}") for sink, why in sorted(down.items()))
+    down = sorted({sink for d in t.down.values() for sink in d})
+    if down:  # why is in the log: a driver's message names hosts and users
+        return "; ".join(f"{sink} down" for sink in down)
     if not any(t.partitions.values()):
         return "no partitions assigned to this run's workers yet"
     return None
-
-
-def _line(text: str) -> str:
-    return (text.splitlines() or [""])[0][:REASON_CHARS]
 
 
 def held_lag(t: Totals) -> dict[tuple[int, str], int]:
@@ -215,10 +221,47 @@ class _RunCollector(Collector):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # Connections the kernel queues before this server takes them: they cost no thread; busy
+    # ones are then closed at once instead of timing out in a short queue.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], exporter: Exporter):
         self.exporter = exporter
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._deadlines: dict[int, threading.Timer] = {}  # connection -> the timer that cuts it
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, handler)
+
+    def process_request(self, request, client_address) -> None:
+        """A thread per connection, at most MAX_CONNECTIONS at once, each closed by its deadline."""
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # busy: closed unanswered, as a full accept queue would
+            return
+        deadline = threading.Timer(REQUEST_DEADLINE_S, _cut, (request,))
+        deadline.daemon = True
+        self._deadlines[id(request)] = deadline
+        deadline.start()
+        try:
+            super().process_request(request, client_address)  # its thread ends in process_request_thread
+        except BaseException:
+            self._deadlines.pop(id(request), None)
+            deadline.cancel()
+            self._slots.release()
+            raise
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that went away (or was cut at its deadline) is no error of ours."""
+        log.debug("metrics request from %s ended early", client_address[0], exc_info=True)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            timer = self._deadlines.pop(id(request), None)
+            if timer is not None:
+                timer.cancel()
+            self._slots.release()
 
     def server_bind(self) -> None:
         # HTTPServer's own looks up the host's fully qualified name, which can stall on DNS
@@ -226,8 +269,17 @@ class _Server(ThreadingHTTPServer):
         self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
 
+def _cut(request: socket.socket) -> None:
+    """A connection past its deadline: blocked reads and writes on it end at once."""
+    try:
+        request.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    timeout = REQUEST_DEADLINE_S  # each read and write of the socket, within the connection's deadline
 
     def do_GET(self) -> None:
         exporter = self.server.exporter
