@@ -9,6 +9,8 @@ the producer's size limit aside) is logged and counted, never fatal: the DLQ is 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 from confluent_kafka import KafkaException, Producer
 
@@ -32,6 +34,10 @@ HEADERS_HEADROOM = 16 * 1024
 # A larger reject's value is cut to this many bytes; header finpulse.truncated = original length.
 MAX_VALUE_BYTES = MESSAGE_MAX_BYTES - HEADERS_HEADROOM
 REASON_MAX_BYTES = 1024  # reasons quote bits of the message; keep the header bounded
+# A send() waits at most this long, in all, for room in the producer's queue (full while the DLQ's
+# partition leader is offline): the worker that calls it must keep reading, reporting and hearing
+# SIGTERM. What does not fit by then is not copied (counted and logged; prices_rejected has it).
+QUEUE_WAIT_S = 1.0
 
 
 def create_topic(settings: Settings) -> bool:
@@ -43,7 +49,7 @@ def create_topic(settings: Settings) -> bool:
 
 
 class DeadLetters:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, stop: threading.Event | None = None):
         assert settings.dlq_topic, "DeadLetters needs FINPULSE_DLQ_TOPIC"
         self.topic, self.source_topic = settings.dlq_topic, settings.kafka_topic
         self.settings = settings
@@ -57,11 +63,13 @@ class DeadLetters:
             }
         )
         self.failed = 0
+        self.stop = stop or threading.Event()  # set: waiting for room in the queue ends at once
 
     def send(self, rejects: tuple[Reject, ...] | list[Reject]) -> None:
         if self.partitions is None:  # in the worker's loop, so an outage here is retried
             self.partitions = len(source.partitions(self.settings, topic=self.topic))
-        for r in rejects:
+        deadline = time.monotonic() + QUEUE_WAIT_S
+        for i, r in enumerate(rejects):
             headers = [
                 ("finpulse.reason", _cut(r.reason.encode(), REASON_MAX_BYTES)),
                 ("finpulse.feed", r.feed.encode()),
@@ -72,18 +80,32 @@ class DeadLetters:
             if value is not None and len(value) > MAX_VALUE_BYTES:
                 headers.append(("finpulse.truncated", str(len(value)).encode()))
                 value = value[:MAX_VALUE_BYTES]
-            self._produce(r, value, headers, r.partition % self.partitions)
+            if not self._produce(r, value, headers, r.partition % self.partitions, deadline):
+                left = len(rejects) - i
+                self.failed += left
+                log.warning(
+                    "%d dead-letter records not copied to %s: the producer's queue stayed full for %.0fs "
+                    "(is the topic's leader offline?); prices_rejected holds them",
+                    left,
+                    self.topic,
+                    QUEUE_WAIT_S,
+                )
+                break
         self.producer.poll(0)
 
-    def _produce(self, r: Reject, value: bytes | None, headers, partition: int) -> None:
+    def _produce(self, r: Reject, value: bytes | None, headers, partition: int, deadline: float) -> bool:
+        """Queue one record; False when the queue stayed full until `deadline` (or a stop)."""
         while True:
             try:
                 self.producer.produce(
                     self.topic, value=value, partition=partition, headers=headers, on_delivery=self._delivered
                 )
-                return
-            except BufferError:  # local queue full: let librdkafka send some first
-                self.producer.poll(0.1)
+                return True
+            except BufferError:  # local queue full: let librdkafka send some first, for a while
+                left = deadline - time.monotonic()
+                if left <= 0 or self.stop.is_set():
+                    return False
+                self.producer.poll(min(0.1, left))
             except KafkaException as exc:  # e.g. MSG_SIZE_TOO_LARGE: this copy is lost, ingest goes on
                 self.failed += 1
                 log.warning(
@@ -94,7 +116,7 @@ class DeadLetters:
                     self.topic,
                     exc.args[0].str(),
                 )
-                return
+                return True
 
     def _delivered(self, err, _msg) -> None:
         if err is not None:

@@ -105,7 +105,7 @@ class Worker:
                 stage(CommitClient(link))
         self.lanes = [Lane(sink, sink.flush, Admission(s)) for sink in sinks]
         self.sinks = [Remote(lane, self.stop) for lane in self.lanes]  # reads, run on each lane's thread
-        self.dead_letters = DeadLetters(s) if s.dlq_topic else None
+        self.dead_letters = DeadLetters(s, self.stop) if s.dlq_topic else None
         self.acc = Accumulator()
         self.consumed: Offsets = {}  # next offset per assigned partition, as read
         self.linger_s = s.linger_ms / 1000

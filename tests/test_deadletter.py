@@ -3,6 +3,9 @@ that never stop a worker, and a DLQ topic with fewer partitions than the source.
 
 from __future__ import annotations
 
+import threading
+import time
+
 import psycopg
 import pytest
 from confluent_kafka import Producer
@@ -12,7 +15,7 @@ from support.sinks import read_topic
 
 from finpulse import source
 from finpulse.config import load_settings
-from finpulse.deadletter import MAX_VALUE_BYTES, MESSAGE_MAX_BYTES, REASON_MAX_BYTES, DeadLetters
+from finpulse.deadletter import MAX_VALUE_BYTES, MESSAGE_MAX_BYTES, QUEUE_WAIT_S, REASON_MAX_BYTES, DeadLetters
 from finpulse.normalize import Reject
 
 MIB = 1 << 20
@@ -42,6 +45,32 @@ def _dead_letters(partitions: int | None = None) -> DeadLetters:
     return dl
 
 
+class _Full(_Recorder):
+    """A producer whose queue never empties: the DLQ's partition leader is offline."""
+
+    def produce(self, *args, **kwargs):
+        raise BufferError("Local: Queue full")
+
+
+def test_a_full_producer_queue_holds_a_worker_up_for_a_second_at_most_and_never_past_a_stop():
+    """With the DLQ's leader offline and many rejects, send() looped on poll() for ever: the worker
+    ignored SIGTERM and overran max.poll.interval.ms. Now it gives up on the copies after
+    QUEUE_WAIT_S (they stay in prices_rejected), and at once once the worker is stopping."""
+    dl = _dead_letters(partitions=1)
+    dl.producer = _Full()
+    rejects = [Reject(0, o, -1, "unknown", "bad", b"x", None) for o in range(500)]
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (dl.send(rejects), done.set()), daemon=True)
+    began = time.monotonic()
+    worker.start()
+    assert done.wait(QUEUE_WAIT_S + 5), "send() still blocked on a full queue"
+    assert time.monotonic() - began < QUEUE_WAIT_S + 1 and dl.failed == 500
+    dl.stop.set()
+    began = time.monotonic()
+    dl.send(rejects)
+    assert time.monotonic() - began < 0.5 and dl.failed == 1000
+
+
 def test_a_large_reject_is_cut_to_fit_with_its_length_in_a_header_and_the_reason_is_bounded():
     dl = _dead_letters(partitions=1)
     dl.producer = _Recorder()
@@ -69,7 +98,7 @@ def test_dead_letter_partition_is_the_source_partition_modulo_the_dlq_count():
 def test_a_producer_error_is_logged_and_counted_never_raised(caplog):
     dl = _dead_letters(partitions=1)  # the real librdkafka producer, which refuses this locally
     too_big = b"y" * (MESSAGE_MAX_BYTES + 1)
-    dl._produce(Reject(0, 9, -1, "unknown", "bad", too_big, None), too_big, [], 0)
+    dl._produce(Reject(0, 9, -1, "unknown", "bad", too_big, None), too_big, [], 0, time.monotonic() + 1)
     assert dl.failed == 1
     assert "not sent to src-dlq" in caplog.text and "src/0/9" in caplog.text
     dl.close(timeout=1)
