@@ -10,10 +10,19 @@
 
 Exactly one way may be set: two are a ConfigError naming both, so a forgotten key never silently
 wins over the SAS token an operator meant to use.
+
+delta-rs also reads `AZURE_*` variables from the process environment and adds them to the options
+it is given: an account key found there is used even when the options carry a SAS token, and so
+an empty `AZURE_STORAGE_ACCOUNT_KEY=` (what Docker's env_file and Kubernetes make of a blank line
+in .env.example) made a valid SAS token be refused. So when FinPulse builds the options it removes
+from this process's environment (and so from the workers it spawns) every credential variable
+delta-rs would read: the options already carry the way FinPulse chose, and nothing else may add to
+it. Empty `AZURE_*` variables go too: empty means unset, everywhere.
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from finpulse.errors import ConfigError
@@ -44,6 +53,39 @@ def methods(s: Settings) -> list[str]:
     if s.azure_use_managed_identity:
         found.append("managed identity")
     return found
+
+
+# The environment variables delta-rs (object_store's Azure configuration) reads as credentials.
+_CREDENTIAL_VARIABLES = (
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_ACCESS_KEY",
+    "AZURE_STORAGE_MASTER_KEY",
+    "AZURE_STORAGE_SAS_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_TOKEN",
+    "AZURE_STORAGE_CLIENT_ID",
+    "AZURE_CLIENT_ID",
+    "AZURE_STORAGE_CLIENT_SECRET",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_STORAGE_TENANT_ID",
+    "AZURE_STORAGE_AUTHORITY_ID",
+    "AZURE_TENANT_ID",
+    "AZURE_AUTHORITY_ID",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_USE_AZURE_CLI",
+)
+# Where a managed identity is asked for a token: kept for that way (App Service, Arc set them).
+_IDENTITY_VARIABLES = ("AZURE_MSI_ENDPOINT", "AZURE_IDENTITY_ENDPOINT", "AZURE_OBJECT_ID", "AZURE_MSI_RESOURCE_ID")
+
+
+def isolate_environment(way: str) -> None:
+    """Remove what delta-rs would add to FinPulse's choice from this process's environment: every
+    credential variable (the options carry the chosen way's values), the identity endpoint ones
+    unless the way is managed identity, and every empty AZURE_* variable."""
+    drop = set(_CREDENTIAL_VARIABLES) | (set() if way == "managed identity" else set(_IDENTITY_VARIABLES))
+    for name in [n for n in os.environ if n.startswith("AZURE_")]:
+        if name in drop or not os.environ[name].strip():
+            del os.environ[name]
 
 
 def storage_options(s: Settings, uri: str) -> dict[str, str]:
@@ -85,6 +127,7 @@ def storage_options(s: Settings, uri: str) -> dict[str, str]:
     options.update(secret)
     if s.azure_storage_use_emulator:
         options["use_emulator"] = "true"
+    isolate_environment(way)
     return options
 
 

@@ -134,6 +134,17 @@ def test_an_untrusted_ca_is_refused_by_kafka_and_postgresql(secured, secure):
     assert "POSTGRES_SSLROOTCERT" in line and "certificate verify failed" in line, line
 
 
+def test_a_sas_token_works_beside_an_empty_account_key_and_keys_finpulse_does_not_read(secured, secure):
+    """Docker's env_file and Kubernetes turn .env.example's blank `AZURE_STORAGE_ACCOUNT_KEY=` into an
+    empty variable; delta-rs read it from the environment and signed with an empty key, so a valid
+    SAS token was refused. An account key under a name FinPulse does not read did the same."""
+    env = secure_env(secured, secure, AZURE_STORAGE_ACCOUNT_KEY="", AZURE_STORAGE_ACCESS_KEY="bm90LXRoZS1rZXk=")
+    finpulse("init", env=env)
+    finpulse("produce", "--count", "300", env=env)
+    finpulse("ingest", "--drain", "--sinks", "delta", env=env, timeout=180)
+    assert len(delta_rows(secured)) == 300
+
+
 def test_a_sas_token_azurite_does_not_accept_is_refused_at_once(secured, secure):
     token = secure["AZURE_STORAGE_SAS_TOKEN"]
     forged = token[: token.index("sig=") + 4] + "Zm9yZ2Vk"  # a signature the account key did not make
