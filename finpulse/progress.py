@@ -16,6 +16,7 @@ from rich.text import Text
 log = logging.getLogger("finpulse.progress")
 
 LOG_EVERY_S = 5.0  # plain progress lines when output is not a terminal
+GONE_KEPT = 64  # exited workers whose late reports are told apart from a live worker's (Totals.gone)
 
 
 # Upper bounds (seconds) of the write-duration buckets: a small write to a local sink takes a few
@@ -83,7 +84,10 @@ class Totals:
     down: dict[int, dict[str, str]] = field(default_factory=dict)
     paused: dict[int, bool] = field(default_factory=dict)
     reported: dict[int, float] = field(default_factory=dict)  # worker -> when its view arrived (monotonic)
-    gone: set[int] = field(default_factory=set)  # pids of workers that exited: late reports add counts only
+    # pids of the workers that exited last (late reports add counts only), oldest first. A dead
+    # worker's pipe is read to its end before it counts as exited, so its late words come within
+    # moments: the last GONE_KEPT are plenty, and months of restarts keep no more.
+    gone: dict[int, None] = field(default_factory=dict)
     restarts: int = 0
     alive: int = 0  # worker processes running now (set by the supervisor)
     started: float = field(default_factory=time.monotonic)
@@ -116,7 +120,9 @@ class Totals:
         with self._lock:
             pid = self.pids.pop(worker, None)
             if pid is not None:
-                self.gone.add(pid)
+                self.gone[pid] = None
+                while len(self.gone) > GONE_KEPT:
+                    del self.gone[next(iter(self.gone))]
             for view in (self.lag, self.held_lag, self.partitions, self.down, self.paused, self.reported):
                 view.pop(worker, None)
 

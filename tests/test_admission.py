@@ -4,6 +4,11 @@ two sinks never differ. Against the real PostgreSQL, Kafka and a local Delta tab
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import orjson
 import psycopg
 import pytest
@@ -16,6 +21,7 @@ from finpulse import produce
 from finpulse.admission import Admission
 from finpulse.batch import FlushPolicy
 from finpulse.lanes import Lane
+from finpulse.sinks import delta_rules
 from finpulse.sinks.delta import DeltaSink
 
 pytestmark = [pytest.mark.postgres]
@@ -122,3 +128,25 @@ def test_ingest_replay_and_verify_agree_on_what_the_sinks_rules_refuse(isolated)
     status = orjson.loads(finpulse("status", "--json", env=env).stdout)
     assert any("refuse_poison" in r for r in status["rules"]["postgres"]), status["rules"]
     assert status["rules"]["delta"] == ["CHECK not_42: price != 42"], status["rules"]
+
+
+def test_the_delta_rules_scratch_table_holds_one_probe_and_a_dead_process_leaves_none(tmp_path, monkeypatch):
+    """Months of probes kept every probe's Parquet files in the temporary directory until the rules
+    were read again, and a SIGKILLed worker's for good."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = tmp_path / f"{delta_rules.SCRATCH_PREFIX}{dead.pid}-abc"
+    (orphan / "_delta_log").mkdir(parents=True)
+    rules = delta_rules.DeltaRules({"cheap": "price < 15"})
+    try:
+        for start in range(0, 200, 20):
+            assert sorted(rules.refused(span(0, start, start + 20).ticks)) == (
+                list(range(14, 20)) if start == 0 else list(range(20))
+            )
+        assert not orphan.exists()
+        assert rules._dir is not None
+        assert len(list(Path(rules._dir).glob("*.parquet"))) == 1
+    finally:
+        rules.close()
+    assert list(tmp_path.glob(f"{delta_rules.SCRATCH_PREFIX}*")) == []

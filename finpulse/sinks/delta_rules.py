@@ -4,12 +4,20 @@ delta-rs checks them while writing and refuses a whole write without saying whic
 constraint failed. So they are evaluated here the way delta-rs evaluates them (DataFusion SQL:
 a row is refused when `NOT (expression)` is true): the rows are written, numbered, to a scratch
 table on local disk and each constraint is asked for the numbers it refuses. A table with no
-constraints costs nothing (`constraints` returns {} and no checker is made)."""
+constraints costs nothing (`constraints` returns {} and no checker is made).
+
+The scratch table lives in the temporary directory (delta-rs's SQL engine reads only Delta
+tables, and its in-memory store does not outlive one handle). It holds one probe's rows at a time:
+the files of earlier probes are deleted after each one. A process killed before it removed its
+scratch table leaves it behind; the next checker made on this host removes it.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import pyarrow as pa
 from deltalake import DeltaTable, QueryBuilder, write_deltalake
@@ -22,6 +30,7 @@ from finpulse.sinks.delta_errors import unavailable
 CONSTRAINT_PREFIX = "delta.constraints."
 # The scratch table's log grows by one commit per probe; it is started afresh after this many.
 FRESH_AFTER_PROBES = 500
+SCRATCH_PREFIX = "finpulse-delta-rules-"
 
 
 def constraints(uri: str, storage_options: dict[str, str]) -> dict[str, str]:
@@ -53,7 +62,8 @@ class DeltaRules:
     def _scratch(self) -> DeltaTable:
         if self._table is None or self._probes >= FRESH_AFTER_PROBES:
             self.close()
-            self._dir = tempfile.mkdtemp(prefix="finpulse-delta-rules-")
+            _remove_orphans()
+            self._dir = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
             self._table = DeltaTable.create(self._dir, schema=DELTA.append(pa.field(ROW, pa.int64())))
             self._probes = 0
         return self._table
@@ -67,6 +77,7 @@ class DeltaRules:
         rows = with_partition_column(ticks)
         numbered = rows.append_column(ROW, pa.array(range(rows.num_rows), pa.int64()))
         write_deltalake(table, numbered, mode="overwrite")
+        _drop_replaced_files(table)
         query = QueryBuilder().register("probe", table)
         found: dict[int, list[str]] = {}
         for name, expr in self.checks.items():
@@ -80,3 +91,26 @@ class DeltaRules:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+def _drop_replaced_files(table: DeltaTable) -> None:
+    """Delete the data files earlier probes left (each probe overwrites the last one's rows)."""
+    live = {Path(uri.removeprefix("file://")).name for uri in table.file_uris()}
+    for old in Path(table.table_uri.removeprefix("file://")).glob("*.parquet"):
+        if old.name not in live:
+            old.unlink(missing_ok=True)
+
+
+def _remove_orphans() -> None:
+    """Scratch tables of processes that are gone (killed before they cleaned up) on this host."""
+    for path in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        try:
+            pid = int(path.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0])
+        except ValueError:
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass  # another user's live process
