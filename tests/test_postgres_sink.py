@@ -3,7 +3,11 @@ and a batch PostgreSQL refuses for a data reason is narrowed down to the rows it
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
+import signal
 import threading
+import time
 
 import orjson
 import psycopg
@@ -13,7 +17,7 @@ from support.rules import POISON_TRIGGER, span
 from support.sinks import pg_count
 
 from finpulse.errors import ServiceUnavailable, SinkRejected
-from finpulse.sinks.postgres import _ADVANCE, PostgresSink
+from finpulse.sinks.postgres import _ADVANCE, FENCE_AFTER_S, PostgresSink
 
 pytestmark = [pytest.mark.postgres]
 
@@ -104,3 +108,43 @@ def test_a_key_another_writer_already_stored_stops_with_what_to_do(isolated):
             sink.write(span(0, 10, 20))
     finally:
         sink.close()
+
+
+def _hold_partition_then_freeze(conninfo: str, topic: str, mid_copy: bool, ready) -> None:
+    """A writer that takes partition 0's lock, writes a little, and is frozen (SIGSTOP) with its
+    transaction open: idle in it, or half-way through a COPY."""
+    conn = psycopg.connect(conninfo)
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s), 0)", (topic,))
+    if mid_copy:
+        with conn.cursor().copy("COPY prices_raw (symbol) FROM STDIN") as copy:
+            copy.write("A\n")
+            ready.set()
+            os.kill(os.getpid(), signal.SIGSTOP)
+    ready.set()
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+
+@pytest.mark.parametrize("mid_copy", [False, True], ids=["idle-in-transaction", "mid-copy"])
+def test_a_writer_frozen_in_its_transaction_holds_its_partition_seconds_not_minutes(isolated, mid_copy):
+    """A worker frozen with its transaction open kept its partitions' locks: their new owner waited
+    for the statement timeout (2 minutes), and the partitions made no progress. The new owner ends
+    the frozen session after FENCE_AFTER_S and writes."""
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    frozen = ctx.Process(
+        target=_hold_partition_then_freeze, args=(isolated.postgres_conninfo(), isolated.kafka_topic, mid_copy, ready)
+    )
+    frozen.start()
+    sink = PostgresSink(isolated.postgres_conninfo(), isolated.kafka_topic)
+    try:
+        assert ready.wait(30)
+        time.sleep(0.5)  # it is stopped, its transaction open
+        began = time.monotonic()
+        assert sink.write(span(0, 0, 10)).held == {0: 10}
+        assert time.monotonic() - began < FENCE_AFTER_S + 10
+    finally:
+        sink.close()
+        os.kill(frozen.pid, signal.SIGCONT)
+        frozen.kill()
+        frozen.join(10)
+    assert pg_count(isolated) == 10

@@ -47,6 +47,19 @@ _HELD = f"SELECT kafka_partition, next_offset FROM {OFFSETS_TABLE} WHERE topic =
 # A row lock (FOR UPDATE) cannot serialise a partition's first write, when there is no row yet to
 # lock; a transaction-scoped advisory lock on (topic, partition) can, and is released at commit.
 _LOCK = "SELECT pg_advisory_xact_lock(hashtext(%s), p) FROM unnest(%s::int[]) AS t(p) ORDER BY p"
+# A writer waits this long for those locks before it looks at who holds them (55P03 after it).
+FENCE_AFTER_S = 5
+# Fencing: the sessions holding those locks whose transaction waits for its own client, which sends
+# nothing (a worker frozen by SIGSTOP, a paused VM: idle in its transaction, or half-way through a
+# COPY) are ended, so their partitions' new owner goes on instead of waiting for the statement
+# timeout. Their transaction rolls back; were the frozen worker to resume, its write fails and is
+# retried, and the guard skips what the new owner wrote. A holder that is working is left alone.
+_FENCE = (
+    "SELECT a.pid, pg_terminate_backend(a.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = hashtext(%s)::oid "
+    "AND l.objid = ANY(%s::int[]::oid[]) AND l.objsubid = 2 AND a.pid <> pg_backend_pid() "
+    "AND a.wait_event_type = 'Client' AND a.wait_event = 'ClientRead'"
+)
 # GREATEST: whatever a caller passes, a position can only move forward.
 _ADVANCE = (
     f"INSERT INTO {OFFSETS_TABLE} AS o (topic, kafka_partition, next_offset, topic_id) "
@@ -148,6 +161,25 @@ class PostgresSink:
         )
         self.pool.open(wait=False)
 
+    def _lock(self, conn: psycopg.Connection, parts: list[int]) -> None:
+        """Take the partitions' locks for this transaction, fencing off a frozen holder (_FENCE)."""
+        conn.execute(f"SET LOCAL lock_timeout = '{FENCE_AFTER_S}s'")
+        try:
+            with conn.transaction():  # a savepoint: a lock not granted leaves the transaction usable
+                conn.execute(_LOCK, (self.topic, parts))
+        except psycopg.errors.LockNotAvailable:
+            fenced = [pid for pid, _ in conn.execute(_FENCE, (self.topic, parts)).fetchall()]
+            if fenced:
+                log.warning(
+                    "partitions %s: ended PostgreSQL sessions %s, which held their locks while their "
+                    "client sent nothing for %ds (a frozen writer)",
+                    parts,
+                    fenced,
+                    FENCE_AFTER_S,
+                )
+            conn.execute(_LOCK, (self.topic, parts))  # 55P03 again, if a working holder still has them
+        conn.execute("SET LOCAL lock_timeout TO DEFAULT")
+
     @contextmanager
     def _connection(self, what: str) -> Iterator[psycopg.Connection]:
         """A pooled connection; a driver error leaves it as FinPulse's error (postgres_setup.classify)."""
@@ -194,7 +226,7 @@ class PostgresSink:
     def accept_gaps(self, gaps: list, topic_id: str | None) -> None:
         parts = sorted({g.partition for g in gaps})
         with self._connection("recording a gap") as conn, conn.transaction():
-            conn.execute(_LOCK, (self.topic, parts))
+            self._lock(conn, parts)
             with conn.cursor() as cur:
                 for g in gaps:
                     cur.execute(_RECORD_GAP, (self.topic, g.partition, g.start, g.end, g.reason, topic_id))
@@ -233,7 +265,7 @@ class PostgresSink:
         of which becomes a reject; the rest of the batch lands."""
         parts = sorted(batch.next_offsets)
         with self.pool.connection(timeout=POOL_WAIT_S) as conn, conn.transaction():
-            conn.execute(_LOCK, (self.topic, parts))
+            self._lock(conn, parts)
             held = {p: n for p, n in conn.execute(_HELD, (self.topic, parts)).fetchall()}
             todo = batch.after(held)
             if todo.empty:
@@ -324,7 +356,7 @@ class PostgresSink:
         Rows at or above a position are left out: they belong to `write`, which advances it."""
         parts = sorted(batch.next_offsets)
         with self._connection(f"inserting missing rows of {batch.ticks.num_rows}") as conn, conn.transaction():
-            conn.execute(_LOCK, (self.topic, parts))
+            self._lock(conn, parts)
             held = {p: n for p, n in conn.execute(_HELD, (self.topic, parts)).fetchall()}
             if batch.after(held).size == batch.size:  # nothing below any position
                 return Filled(0, 0, held)
