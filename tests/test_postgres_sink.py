@@ -17,7 +17,7 @@ from support.rules import POISON_TRIGGER, span
 from support.sinks import pg_count
 
 from finpulse.errors import ServiceUnavailable, SinkRejected
-from finpulse.sinks.postgres import _ADVANCE, FENCE_AFTER_S, PostgresSink
+from finpulse.sinks.postgres import _ADVANCE, FENCE_AFTER_S, PostgresSink, plaintext_risk, warn_plaintext
 
 pytestmark = [pytest.mark.postgres]
 
@@ -148,3 +148,33 @@ def test_a_writer_frozen_in_its_transaction_holds_its_partition_seconds_not_minu
         frozen.kill()
         frozen.join(10)
     assert pg_count(isolated) == 10
+
+
+@pytest.mark.parametrize(
+    ("host", "mode", "warned"),
+    [
+        ("db.internal.example", None, True),
+        ("db.internal.example", "prefer", True),
+        ("db.internal.example", "require", False),
+        ("db.internal.example", "verify-full", False),
+        ("localhost", None, False),
+        ("127.0.0.1", "disable", False),
+        ("/var/run/postgresql", None, False),
+    ],
+)
+def test_a_remote_server_without_required_tls_is_warned_about(host, mode, warned, monkeypatch):
+    """libpq's default, prefer, silently accepts a downgrade to plain text: fine on this host, a
+    risk across a network. One warning at start says what to set."""
+    monkeypatch.delenv("PGSSLMODE", raising=False)
+    info = {"host": host, "dbname": "finpulse", "user": "finpulse", **({"sslmode": mode} if mode else {})}
+    why = plaintext_risk(make_conninfo(**info))
+    assert (why is not None) == warned
+    if why:
+        assert "POSTGRES_SSLMODE=verify-full" in why and host in why
+
+
+def test_the_plaintext_warning_comes_once(caplog):
+    conninfo = make_conninfo(host="db.once.example", dbname="finpulse", user="finpulse")
+    for _ in range(3):
+        warn_plaintext(conninfo)
+    assert sum("db.once.example" in r.getMessage() for r in caplog.records) == 1

@@ -4,6 +4,7 @@ Its tables and its error table (SQLSTATE -> our errors) are in postgres_setup.py
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -118,12 +119,46 @@ _FILL_TICKS = _fill_sql(PRICES_TABLE, _STAGE_TICKS, _TICK_COLUMNS)
 _FILL_REJECTS = _fill_sql(REJECTS_TABLE, _STAGE_REJECTS, _REJECT_COLUMNS)
 
 
+# Hosts a connection to which never leaves this machine.
+_LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "")
+# libpq's modes that require TLS; the others (prefer, libpq's default; allow; disable) take plain
+# text from a server, or a man in the middle, that does not offer TLS.
+_TLS_REQUIRED = ("require", "verify-ca", "verify-full")
+_warned: set[str] = set()
+
+
+def plaintext_risk(conninfo: str) -> str | None:
+    """Why this connection may travel in plain text (None when it cannot, or stays on this host)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    info = conninfo_to_dict(conninfo)
+    hosts = [h for h in str(info.get("host") or "").split(",") if not h.startswith("/")]
+    remote = [h for h in hosts if h.strip().lower() not in _LOCAL_HOSTS]
+    mode = str(info.get("sslmode") or os.environ.get("PGSSLMODE") or "prefer")
+    if not remote or mode in _TLS_REQUIRED:
+        return None
+    return (
+        f"PostgreSQL at {', '.join(remote)} is reached with sslmode={mode}, which accepts plain text when the "
+        "server (or anyone in between) does not offer TLS: set POSTGRES_SSLMODE=verify-full (with "
+        "POSTGRES_SSLROOTCERT) or require for a server across a network"
+    )
+
+
+def warn_plaintext(conninfo: str) -> None:
+    """Log plaintext_risk once per process and server."""
+    why = plaintext_risk(conninfo)
+    if why is not None and why not in _warned:
+        _warned.add(why)
+        log.warning("%s", why)
+
+
 class PostgresSink:
     name = "postgres"
     keeps_rejects = True  # a key is held as a row of prices_raw or as a reject
 
     @classmethod
     def from_settings(cls, settings: Settings, topic_id: str | None = None) -> PostgresSink:
+        warn_plaintext(settings.postgres_conninfo())
         return cls(
             settings.postgres_conninfo(),
             settings.kafka_topic,
