@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from deltalake import DeltaTable
-from deltalake.exceptions import DeltaError
+from deltalake.exceptions import CommitFailedError, DeltaError
 
 from finpulse.config import Settings
 from finpulse.errors import ServiceUnavailable, first_line
@@ -43,6 +43,9 @@ POLL_S = 0.2
 # a round the committer waits at most this long for the other workers' (and at most a tenth of
 # the interval), and commits as soon as every worker has sent one.
 GATHER_S = 0.1
+# A request whose commit lost a race to another process is judged again this many times before its
+# worker is told to retry (each time against the log as it is then).
+CONFLICTS_JUDGED_AGAIN = 3
 
 
 @dataclass
@@ -53,6 +56,7 @@ class Request:
     base: dict[int, int | None]  # partition -> position its rows start from (None: nothing held)
     next_offsets: dict[int, int]
     topic_key: int | None  # resume.fingerprint of the topic id, stored as its own txn
+    conflicts: int = 0  # commits of it that lost a race to another process
 
 
 @dataclass
@@ -199,6 +203,21 @@ class Committer:
                 topic,
                 keys[0] if keys else None,  # one topic: one key
             )
+        except CommitFailedError as exc:
+            # Another process's commit moved a position these requests start from (a partition that
+            # changed hands between hosts): judged again next round against the log as it is now,
+            # they are answered "stale" and rewritten, not "retry" (which pauses the worker's lane).
+            self._table = None
+            again = [r for r in accepted if r.conflicts < CONFLICTS_JUDGED_AGAIN]
+            for r in again:
+                r.conflicts += 1
+            self._carry.extend(again)
+            log.info(
+                "Delta commit of %d staged writes lost a race to another process: %s", len(accepted), first_line(exc)
+            )
+            return answers + [
+                (r.worker, Answer(r.id, "retry", reason=first_line(exc))) for r in accepted if r not in again
+            ]
         except (DeltaError, OSError) as exc:
             self._table = None
             log.warning(

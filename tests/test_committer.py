@@ -185,3 +185,19 @@ def test_two_processes_committing_other_partitions_at_once_do_not_conflict(isola
     answer = b._commit([_request(0, {1: None}, {1: 100}, key)])[0][1]
     assert answer.status == "ok", answer.reason
     assert DeltaSink.from_settings(isolated).positions([0, 1, 9]) == {0: 100, 1: 100, 9: 1}
+
+
+def test_a_commit_that_loses_a_partition_to_another_host_is_answered_stale_not_retry(isolated):
+    """A partition changed hands between two ingest hosts while the old owner's write was in flight:
+    both committers accept a request from the same position, and delta-rs refuses the second commit.
+    "retry" paused that worker's lane as if Delta were down; judged again, the request is stale."""
+    a, b = committer_for(isolated, 1), committer_for(isolated, 1)
+    a._latest()
+    tb = b._latest()  # b read the log before a committed
+    stale_view = [tb]
+    b._latest = lambda: stale_view.pop() if stale_view else Committer._latest(b)  # type: ignore[method-assign]
+    assert a._commit([_request(0, {0: None}, {0: 100})])[0][1].status == "ok"
+    lost = _request(0, {0: None}, {0: 80})
+    assert b._commit([lost]) == [], "answered before it was judged against the winning commit"
+    [(_, answer)] = b._commit(b._carry)
+    assert (answer.status, answer.positions) == ("stale", {0: 100})
