@@ -31,7 +31,8 @@ from deltalake.exceptions import CommitFailedError, DeltaError
 from finpulse.config import Settings
 from finpulse.errors import ServiceUnavailable, first_line
 from finpulse.link import Links, WorkerLink
-from finpulse.sinks.delta import app_id, commit_files
+from finpulse.sinks.delta import app_id, commit_files, topic_app_id
+from finpulse.sinks.delta_log import TableLog
 
 log = logging.getLogger("finpulse.committer")
 
@@ -101,7 +102,7 @@ class Committer:
         self.requests: queue.Queue[Request] = queue.Queue()
         links.route("commit", self.requests)
         self.commits = 0
-        self._table: DeltaTable | None = None
+        self.log = TableLog(settings.delta_uri, settings.delta_storage_options)
         self._carry: list[Request] = []  # requests a round deferred to the next (see _commit)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="delta-committer", daemon=True)
@@ -154,28 +155,20 @@ class Committer:
                 return
 
     def _latest(self) -> DeltaTable:
-        s = self.settings
-        if self._table is None:
-            self._table = DeltaTable(s.delta_uri, storage_options=s.delta_storage_options)
-        else:
-            self._table.update_incremental()
-        return self._table
+        return self.log.table()
 
     def _commit(self, pending: list[Request]) -> list[tuple[int, Answer]]:
         try:
             table = self._latest()
         except (DeltaError, OSError) as exc:
-            self._table = None
+            self.log.reset()
             return [
                 (r.worker, Answer(r.id, "retry", reason=f"reading the Delta log: {first_line(exc)}")) for r in pending
             ]
         topic = self.settings.kafka_topic
-        held: dict[int, int | None] = {}  # the table's positions, as committed
 
-        def position(p: int) -> int | None:
-            if p not in held:
-                held[p] = table.transaction_version(app_id(topic, p))
-            return held[p]
+        def position(p: int) -> int | None:  # the table's position, as committed
+            return self.log.txn(app_id(topic, p))
 
         # A request is judged against committed positions only. One that names a partition an
         # accepted request of this round moves waits for the next round: judged against the
@@ -202,12 +195,13 @@ class Committer:
                 {p: n for r in accepted for p, n in r.next_offsets.items()},
                 topic,
                 keys[0] if keys else None,  # one topic: one key
+                self.log.txn(topic_app_id(topic)),
             )
         except CommitFailedError as exc:
             # Another process's commit moved a position these requests start from (a partition that
             # changed hands between hosts): judged again next round against the log as it is now,
             # they are answered "stale" and rewritten, not "retry" (which pauses the worker's lane).
-            self._table = None
+            self.log.reset()
             again = [r for r in accepted if r.conflicts < CONFLICTS_JUDGED_AGAIN]
             for r in again:
                 r.conflicts += 1
@@ -219,7 +213,7 @@ class Committer:
                 (r.worker, Answer(r.id, "retry", reason=first_line(exc))) for r in accepted if r not in again
             ]
         except (DeltaError, OSError) as exc:
-            self._table = None
+            self.log.reset()
             log.warning(
                 "Delta commit of %d staged writes failed; the workers retry: %s", len(accepted), first_line(exc)
             )

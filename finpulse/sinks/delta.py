@@ -22,6 +22,7 @@ from finpulse.sinks import delta_files
 from finpulse.sinks import delta_maintenance as maintenance
 from finpulse.sinks.base import Filled, Rules, Summary, Written
 from finpulse.sinks.delta_errors import unavailable
+from finpulse.sinks.delta_log import TableLog
 
 if TYPE_CHECKING:
     from finpulse.committer import CommitClient
@@ -124,18 +125,21 @@ def topic_app_id(topic: str) -> str:
 OWNER_APP_ID = "finpulse-table-topic"
 
 
-def topic_txns(table: DeltaTable, topic: str, topic_key: int | None) -> list[Transaction]:
-    """The `txn` storing the topic's fingerprint, when the table does not hold it already. Every
-    commit naming one app id conflicts with every other that does (delta-rs does not rebase them):
-    were it in every commit, two `ingest` processes on disjoint partitions would still collide."""
-    if topic_key is None or table.transaction_version(topic_app_id(topic)) == topic_key:
+def topic_txns(topic: str, topic_key: int | None, stored: int | None) -> list[Transaction]:
+    """The `txn` storing the topic's fingerprint, when the table does not hold it (`stored`) already.
+    Every commit naming one app id conflicts with every other that does (delta-rs does not rebase
+    them): were it in every commit, two `ingest` processes on disjoint partitions would collide."""
+    if topic_key is None or stored == topic_key:
         return []
     return [Transaction(topic_app_id(topic), topic_key)]
 
 
-def commit_files(table: DeltaTable, adds: list[dict], positions: Offsets, topic: str, topic_key: int | None) -> None:
+def commit_files(
+    table: DeltaTable, adds: list[dict], positions: Offsets, topic: str, topic_key: int | None, stored_key: int | None
+) -> None:
     """One Delta commit: the data files `adds` (delta_files.write_files) with each partition's new
-    position as its `txn`, on top of the version `table` has loaded. DeltaError when it fails."""
+    position as its `txn`, on top of the version `table` has loaded, and the topic's fingerprint
+    unless the table holds it (`stored_key`). DeltaError when it fails."""
     txns = [Transaction(app_id(topic, p), n) for p, n in sorted(positions.items())]
     table.create_write_transaction(
         [AddAction(**a) for a in adds],
@@ -143,7 +147,7 @@ def commit_files(table: DeltaTable, adds: list[dict], positions: Offsets, topic:
         schema=DELTA,
         partition_by=[DELTA_PARTITION],
         commit_properties=CommitProperties(
-            app_transactions=txns + topic_txns(table, topic, topic_key), max_commit_retries=MAX_COMMIT_RETRIES
+            app_transactions=txns + topic_txns(topic, topic_key, stored_key), max_commit_retries=MAX_COMMIT_RETRIES
         ),
     )
 
@@ -176,7 +180,7 @@ class DeltaSink:
         self.uri, self.storage_options, self.topic, self.topic_id = uri, storage_options, topic, topic_id
         self.where = uri
         self.flush = FlushPolicy()  # from_settings sets Delta's interval and size trigger
-        self._table: DeltaTable | None = None
+        self.log = TableLog(uri, storage_options)  # the table, and its txn versions as of its version
         self.committer: CommitClient | None = None  # stage_commits: a CommitClient of the process's committer
         self._seen: dict[int, int | None] = {}  # with a committer: positions as last known
 
@@ -188,15 +192,11 @@ class DeltaSink:
 
     def _latest(self) -> DeltaTable:
         try:
-            if self._table is None:
-                self._table = DeltaTable(self.uri, storage_options=self.storage_options)
-            else:
-                self._table.update_incremental()
-            return self._table
+            return self.log.table()
         except TableNotFoundError:
             raise SinkRejected(f"no Delta table at {self.uri}: run `finpulse init`") from None
         except (DeltaError, OSError) as exc:
-            self._table = None
+            self.log.reset()
             raise unavailable(self.uri, "reading its log", exc) from None
 
     @contextmanager
@@ -207,10 +207,10 @@ class DeltaSink:
         try:
             yield
         except CommitFailedError as exc:
-            self._table = None
+            self.log.reset()
             raise ServiceUnavailable(f"Delta commit conflict while {what} at {self.uri}: {first_line(exc)}") from None
         except (DeltaError, OSError) as exc:
-            self._table = None
+            self.log.reset()
             raise unavailable(self.uri, what, exc) from None
 
     def own_topic(self, partitions: Iterable[int]) -> None:
@@ -222,10 +222,10 @@ class DeltaSink:
         ours = fingerprint(self.topic)
         for _ in range(2):  # a second ingest host may record it at the same moment: read it again
             table = self._latest()
-            owner = table.transaction_version(OWNER_APP_ID)
+            owner = self.log.txn(OWNER_APP_ID)
             if owner == ours:
                 return
-            if owner is not None or (bool(table.file_uris()) and not self._held(table, partitions)):
+            if owner is not None or (bool(table.file_uris()) and not self._held(partitions)):
                 raise SinkRejected(
                     f"the Delta table at {self.uri} holds the ticks of another topic than {self.topic!r}, and "
                     "ingesting it there would mix two topics whose keys (partition, offset, tick_index) collide: "
@@ -246,26 +246,29 @@ class DeltaSink:
                 )
                 return
             except CommitFailedError:
-                self._table = None
+                self.log.reset()
             except (DeltaError, OSError) as exc:
-                self._table = None
+                self.log.reset()
                 raise unavailable(self.uri, "recording its topic", exc) from None
         raise ServiceUnavailable(f"the Delta table at {self.uri}: its topic could not be recorded; retrying")
 
     def positions(self, partitions: Iterable[int]) -> Offsets:
-        return self._held(self._latest(), partitions)
+        self._latest()
+        return self._held(partitions)
 
-    def _held(self, table: DeltaTable, partitions: Iterable[int]) -> Offsets:
+    def _held(self, partitions: Iterable[int]) -> Offsets:
+        """Positions as of the table's last refresh (TableLog: no log read per partition)."""
         held = {}
         for p in partitions:
-            version = table.transaction_version(app_id(self.topic, p))
+            version = self.log.txn(app_id(self.topic, p))
             self._seen[p] = version
             if version is not None:
                 held[p] = version
         return held
 
     def topic_keys(self, partitions: Iterable[int]) -> dict[int, int]:
-        stored = self._latest().transaction_version(topic_app_id(self.topic))
+        self._latest()
+        stored = self.log.txn(topic_app_id(self.topic))
         return {} if stored is None else {p: stored for p in partitions}
 
     @property
@@ -283,7 +286,7 @@ class DeltaSink:
         import json
 
         table = self._latest()
-        held = self._held(table, {g.partition for g in gaps})
+        held = self._held({g.partition for g in gaps})
         txns = [Transaction(app_id(self.topic, g.partition), max(g.target, held.get(g.partition, 0))) for g in gaps]
         record = [{"partition": g.partition, "from": g.start, "to": g.end, "reason": g.reason} for g in gaps]
         commit = CommitProperties(
@@ -300,13 +303,13 @@ class DeltaSink:
         if self.committer is not None:
             return self._write_staged(batch)
         table = self._latest()  # one log refresh serves the guard and the commit's read version
-        held = self._held(table, batch.next_offsets)
+        held = self._held(batch.next_offsets)
         todo = batch.after(held)
         if todo.empty:
             return Written(held, 0, 0)
         commit = CommitProperties(
             app_transactions=[Transaction(app_id(self.topic, p), n) for p, n in todo.next_offsets.items()]
-            + topic_txns(table, self.topic, self._topic_key),
+            + topic_txns(self.topic, self._topic_key, self.log.txn(topic_app_id(self.topic))),
             max_commit_retries=MAX_COMMIT_RETRIES,
         )
         try:
@@ -320,14 +323,16 @@ class DeltaSink:
                     commit_properties=commit,
                 )
             else:  # only rejects or skipped events: still record that these offsets are done
-                commit_files(table, [], todo.next_offsets, self.topic, self._topic_key)
+                commit_files(
+                    table, [], todo.next_offsets, self.topic, self._topic_key, self.log.txn(topic_app_id(self.topic))
+                )
         except SchemaMismatchError as exc:
             raise SinkRejected(f"the Delta table at {self.uri} cannot take our rows: {exc}") from None
         except CommitFailedError as exc:
-            self._table = None  # another writer won; re-read before trying again
+            self.log.reset()  # another writer won; re-read before trying again
             raise ServiceUnavailable(f"Delta commit conflict: {exc}") from None
         except (DeltaError, OSError) as exc:
-            self._table = None
+            self.log.reset()
             if _refuses_data(exc):
                 raise RulesChanged(
                     f"the Delta table at {self.uri} refuses rows its constraints, as last read, "
@@ -346,7 +351,8 @@ class DeltaSink:
         assert client is not None
         unseen = [p for p in batch.next_offsets if p not in self._seen]
         if unseen:
-            self._held(self._latest(), unseen)
+            self._latest()
+            self._held(unseen)
         topic_key = self._topic_key
         for _ in range(STALE_REWRITES):
             held = {p: v for p in batch.next_offsets if (v := self._seen.get(p)) is not None}
@@ -367,7 +373,7 @@ class DeltaSink:
         raise ServiceUnavailable(f"Delta positions at {self.uri} kept moving during {STALE_REWRITES} rewrites")
 
     def close(self) -> None:
-        self._table = None
+        self.log.reset()
 
     # ------------------------------------------------------------------ read side
     def keys(self, partition: int, start: int, end: int) -> dict[str, pa.Table]:
@@ -458,7 +464,7 @@ class DeltaSink:
         rows at or above a position are left out: they belong to `write`, which advances it. Delta
         keeps no rejects, so none are counted."""
         table = self._latest()
-        held = self._held(table, batch.next_offsets)
+        held = self._held(batch.next_offsets)
         ticks = batch.below(held)
         if not ticks.num_rows:
             return Filled(0, 0, held)
