@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +26,40 @@ if TYPE_CHECKING:
     from finpulse.config import Settings
 
 log = logging.getLogger(__name__)
+
+# librdkafka says every failed connection attempt, for every client and broker, several times a
+# second while a broker restarts: one line per kind and REPEAT_WINDOW_S is plenty.
+REPEAT_WINDOW_S = 10.0
+
+
+class Repeats(logging.Filter):
+    """Lets a log line through once per REPEAT_WINDOW_S; the next one that passes says how many like
+    it were held back. Lines that differ only in their numbers (timings, ports) count as alike."""
+
+    def __init__(self, window_s: float = REPEAT_WINDOW_S):
+        super().__init__()
+        self.window_s = window_s
+        self._seen: dict[str, tuple[float, int]] = {}  # kind -> (when it last passed, held back since)
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = re.sub(r"\d+", "#", record.getMessage())
+        now = time.monotonic()
+        with self._lock:
+            passed, held = self._seen.get(kind, (float("-inf"), 0))
+            if now - passed < self.window_s:
+                self._seen[kind] = (passed, held + 1)
+                return False
+            self._seen[kind] = (now, 0)
+            if len(self._seen) > 1000:  # kinds are few; keep it bounded all the same
+                self._seen = {kind: (now, 0)}
+        if held:
+            record.msg, record.args = f"{record.getMessage()} ({held} more like it in {self.window_s:.0f}s)", None
+        return True
+
+
+LIBRDKAFKA = logging.getLogger("librdkafka")
+LIBRDKAFKA.addFilter(Repeats())
 
 # Java client properties librdkafka does not know and FinPulse does not need.
 JAVA_ONLY = (
@@ -118,7 +154,7 @@ def client_config(settings: Settings) -> dict[str, Any]:
         **{k: v for k, v in named.items() if v is not None},
         # config.Settings takes the file's bootstrap.servers when KAFKA_BOOTSTRAP_SERVERS is not set
         "bootstrap.servers": settings.kafka_bootstrap_servers,
-        "logger": logging.getLogger("librdkafka"),
+        "logger": LIBRDKAFKA,
     }
     if "sasl.mechanism" in config and "sasl.mechanisms" in config:
         del config["sasl.mechanisms"]  # librdkafka's alias: the named setting wins

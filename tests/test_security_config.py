@@ -3,6 +3,9 @@ secret ever shows in a repr, an error or the CLI's help."""
 
 from __future__ import annotations
 
+import logging
+import time
+
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
@@ -253,3 +256,41 @@ def test_an_extra_env_file_is_read_over_dotenv(env, tmp_path):
     env.setenv("FINPULSE_ENV_FILE", str(tmp_path / "nope.env"))
     with pytest.raises(ConfigError, match="FINPULSE_ENV_FILE"):
         load_settings()
+
+
+def test_librdkafka_lines_that_repeat_are_let_through_once_per_window(caplog):
+    """A broker restart made every worker log each failed connection attempt, many times a second."""
+    from finpulse.kafka_config import Repeats
+
+    logger = logging.getLogger("test.repeats")
+    logger.addFilter(Repeats(window_s=60))
+    try:
+        with caplog.at_level(logging.ERROR, logger="test.repeats"):
+            for ms in range(50):
+                logger.error("FAIL [c#consumer-1]: Connect to 127.0.0.1:4242 failed (after %dms in state CONNECT)", ms)
+            logger.error("another line")
+    finally:
+        logger.filters.clear()
+    assert [r.getMessage() for r in caplog.records] == [
+        "FAIL [c#consumer-1]: Connect to 127.0.0.1:4242 failed (after 0ms in state CONNECT)",
+        "another line",
+    ]
+
+
+def test_the_next_line_let_through_counts_those_held_back(caplog):
+    from finpulse.kafka_config import Repeats
+
+    logger = logging.getLogger("test.repeats.count")
+    logger.addFilter(Repeats(window_s=0.05))
+    try:
+        with caplog.at_level(logging.ERROR, logger="test.repeats.count"):
+            for port in range(5):
+                logger.error("Connect to 127.0.0.1:%d failed", port)
+            time.sleep(0.1)
+            logger.error("Connect to 127.0.0.1:9 failed")
+    finally:
+        logger.filters.clear()
+    assert [r.getMessage() for r in caplog.records] == [
+        "Connect to 127.0.0.1:0 failed",
+        "Connect to 127.0.0.1:9 failed (4 more like it in 0s)",
+    ]
