@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from finpulse import clock
 from finpulse.admission import Admission
 from finpulse.backoff import Backoff
 from finpulse.batch import FlushPolicy, Offsets, TickBatch
@@ -176,7 +177,7 @@ class Lane:
                 if not self._queue:
                     return
                 items, self._queue, self._busy = self._queue, [], True
-                self._next_due = self.policy.next_due(time.monotonic(), time.time())
+                self._next_due = self.policy.next_due(time.monotonic(), clock.wall())
             batches: list[TickBatch] = []
             for item in [*items, None]:  # consecutive batches go out as one write; calls in between
                 if isinstance(item, TickBatch):
