@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this checkout's finpulse and test support
 
 import psycopg  # noqa: E402
 from confluent_kafka import Consumer, TopicPartition  # noqa: E402
@@ -128,10 +128,13 @@ class Monitor(threading.Thread):
                     for p in self.partitions:
                         at, high = positions.get(p) or 0, marks[p][1]
                         key = ("postgres" if positions is pg else "delta", p)
+                        since = self.since.setdefault(key, now)
+                        # still since the last reading that saw it move: up to now (seen moving
+                        # now, or still still); 0 once it holds everything
+                        stalled = 0.0 if at >= high and at == self.last.get(key) else now - since
                         if at >= high or at != self.last.get(key):
                             self.since[key] = now
                         self.last[key] = at
-                        stalled = now - self.since.setdefault(key, now)
                         self.window[p] = max(self.window.get(p, 0.0), stalled)
 
 
@@ -238,7 +241,9 @@ class Soak:
             os.killpg(self.ingest.pid, signal.SIGKILL)
             self.ingest.wait()
             self.start_ingest()
-        elif kind == "stop_postgres":
+        if kind in ("stop_postgres", "restart_broker", "stop_azurite"):
+            f.victim_partitions = list(range(self.args.partitions))  # a service every partition needs
+        if kind == "stop_postgres":
             self.pg.stop("immediate")
             time.sleep(OUTAGE_S)
             self.pg.start()
