@@ -14,9 +14,9 @@ from deltalake import write_deltalake
 
 from finpulse import produce, source
 from finpulse.normalize import Decoder, Messages
-from finpulse.schema import DELTA_PARTITION, PRICES_TABLE
-from finpulse.sinks import pgcopy
-from finpulse.sinks.delta import with_partition_column
+from finpulse.schema import PRICES_TABLE
+from finpulse.sinks.delta.table import PARTITION_BY, with_partition_columns
+from finpulse.sinks.postgres import pgcopy
 
 LIMIT_ROWS = min(BENCH_TICKS, 500_000)  # one large batch, as large as memory comfortably allows
 
@@ -85,7 +85,7 @@ def test_limit_postgres_copy(benchmark, rows, fresh_sinks):
 
 def test_limit_delta_write(benchmark, rows, fresh_sinks):
     """delta-rs writing the rows as one large batch to a new local table."""
-    table = with_partition_column(rows)
+    table = with_partition_columns(rows)
     runs = []
 
     def setup():
@@ -93,7 +93,7 @@ def test_limit_delta_write(benchmark, rows, fresh_sinks):
 
     def run(path):
         started = time.perf_counter()
-        write_deltalake(path, table, mode="append", partition_by=[DELTA_PARTITION])
+        write_deltalake(path, table, mode="append", partition_by=PARTITION_BY)
         runs.append(time.perf_counter() - started)
 
     benchmark.pedantic(run, setup=setup, rounds=2, iterations=1)

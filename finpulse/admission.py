@@ -20,6 +20,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
+from finpulse import sinks
 from finpulse.batch import TickBatch
 from finpulse.checks import refused_rows
 from finpulse.config import Settings
@@ -33,7 +34,7 @@ RULES_RETRY_S = 5.0  # a refresh that found a sink down is tried again this soon
 class Admission:
     def __init__(self, settings: Settings, sink_names: tuple[str, ...] | None = None):
         self.settings = settings
-        self.sink_names = sink_names or settings.sink_names
+        self.sink_names = sink_names or sinks.chosen(settings)
         self._rules: list | None = None
         self._read_at = 0.0
 

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from finpulse import logformat, views
+from finpulse import sinks as registry
 from finpulse.cli_options import (
     AllowDataLoss,
     Bootstrap,
@@ -28,6 +29,8 @@ from finpulse.cli_options import (
 )
 from finpulse.config import Settings, load_settings
 from finpulse.errors import FinpulseError
+from finpulse.kafka_config import bootstrap as kafka_bootstrap
+from finpulse.kafka_config import file_properties
 from finpulse.logformat import LogFormat
 
 app = typer.Typer(
@@ -58,7 +61,12 @@ def _root(
 
 
 def settings(**overrides) -> Settings:
-    return load_settings(**overrides)
+    """Settings from the environment, .env and the flags, with the sinks they name checked."""
+    s = load_settings(**overrides)
+    # checked where they live, but at once: one clear line before any work
+    registry.chosen(s)  # FINPULSE_SINKS / --sinks names kinds of sink
+    file_properties(s)  # KAFKA_CONFIG_FILE can be read and holds no Java-only store
+    return s
 
 
 @app.command()
@@ -117,7 +125,7 @@ def produce(
     ) as bar:
         task = bar.add_task("produce", total=count)
         sent = producing.send(s, stream, rate, on_progress=lambda n: bar.advance(task, n))
-    views.produced(out, sent, s.kafka_topic, s.kafka_bootstrap_servers)
+    views.produced(out, sent, s.kafka_topic, kafka_bootstrap(s))
 
 
 @app.command()
@@ -212,7 +220,7 @@ def ingest(
     )
     live = None if logformat.is_json() else err  # json: progress as log lines, not a live table
     result = supervisor.run(s, drain=drain, feed=feed, strict=strict, console=live)
-    views.ingested(out, result.totals, result.workers, s.sink_names)
+    views.ingested(out, result.totals, result.workers, registry.chosen(s))
 
 
 @app.command()
@@ -329,7 +337,7 @@ def status(
     if as_json:
         views.print_json(out, st.as_json())
     else:
-        views.status(out, st.as_json(), s.kafka_topic, s.kafka_group_id)
+        views.status(out, st.as_json(), s.kafka_topic, s.kafka_group_id, st.headlines())
     if st.errors:  # shown above as far as possible; each reason on stderr, the first sets the exit code
         first, *others = st.errors.values()
         for exc in others:

@@ -2,6 +2,11 @@
 
 Environment names are those of `.env.example`. Tuning knobs that the original project did not
 have are prefixed `FINPULSE_`. Every default carries a comment saying why it is what it is.
+
+This module is the bottom layer: it knows the settings' names, types and defaults, nothing of the
+sinks, Kafka's client or Azure's sign-in. What is checked against those is checked where they live
+(finpulse.sinks.chosen for FINPULSE_SINKS, kafka_config for the client properties file and its
+bootstrap servers, sinks/delta/azure.py for the Azure credentials).
 """
 
 from __future__ import annotations
@@ -10,15 +15,13 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from finpulse.errors import ConfigError
 
 #: Embedded Delta location used when neither DELTA_TABLE_URI nor Azure credentials are set.
 LOCAL_DELTA_PATH = Path("data") / "delta" / "prices"
-
-AZURE_SCHEMES = ("abfss://", "abfs://", "az://", "azure://")
 
 
 class Settings(BaseSettings):
@@ -32,7 +35,9 @@ class Settings(BaseSettings):
     )
 
     # --- Kafka: names and defaults of the original project ---
-    kafka_bootstrap_servers: str = "localhost:29092"  # the local broker's host port
+    # The local broker's host port. When not set, KAFKA_CONFIG_FILE's bootstrap.servers counts
+    # (kafka_config.bootstrap), then this default.
+    kafka_bootstrap_servers: str = "localhost:29092"
     kafka_topic: str = Field("raw_prices", min_length=1)
     kafka_group_id: str = Field("finpulse-price-consumer", min_length=1)
     # Security (finpulse.kafka_config): every client FinPulse makes gets these. Unset means the
@@ -47,18 +52,6 @@ class Settings(BaseSettings):
     kafka_ssl_key_password: SecretStr | None = None
     # A Java-style client properties file (what Confluent Cloud, Event Hubs or MSK hand out).
     kafka_config_file: Path | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _bootstrap_from_file(cls, data: Any) -> Any:
-        """KAFKA_CONFIG_FILE's bootstrap.servers counts when KAFKA_BOOTSTRAP_SERVERS is not set."""
-        if isinstance(data, dict) and not data.get("kafka_bootstrap_servers"):
-            from finpulse.kafka_config import file_bootstrap
-
-            found = file_bootstrap(data.get("kafka_config_file"))
-            if found:
-                data = {**data, "kafka_bootstrap_servers": found}
-        return data
 
     @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
     @classmethod
@@ -89,7 +82,7 @@ class Settings(BaseSettings):
     delta_table_uri: str | None = None  # wins over the Azure and embedded defaults when set
     azure_storage_account_name: str | None = None
     azure_storage_account_key: SecretStr | None = None
-    # The other ways in, for accounts that forbid keys (finpulse.azure_auth; the README's table):
+    # The other ways in, for accounts that forbid keys (sinks/delta/azure.py; the README's table):
     azure_storage_sas_token: SecretStr | None = None
     azure_client_id: str | None = None  # service principal, workload identity, user-assigned identity
     azure_client_secret: SecretStr | None = None  # service principal
@@ -153,9 +146,9 @@ class Settings(BaseSettings):
     auto_compact_every_s: float = Field(
         60.0, gt=0, le=86_400, validation_alias=AliasChoices("FINPULSE_AUTO_COMPACT_EVERY_S", "auto_compact_every_s")
     )
-    # Which sinks ingest writes to: "all" (the product), or one kind of finpulse.sinks.KINDS
-    # (postgres, delta) alone, for a back-fill or a deployment that needs only one of them.
-    sinks: str = Field("all", validation_alias=AliasChoices("FINPULSE_SINKS", "sinks"))
+    # Which sinks ingest writes to: "all" (the product), or a comma list of kinds of
+    # finpulse.sinks.KINDS (postgres, delta), for a back-fill or a deployment that needs fewer.
+    sinks: str = Field("all", min_length=1, validation_alias=AliasChoices("FINPULSE_SINKS", "sinks"))
     # One worker process per partition by default (None = the topic's partition count).
     workers: int | None = Field(None, ge=1, le=256, validation_alias=AliasChoices("FINPULSE_WORKERS", "workers"))
     # Also send every rejected message to this Kafka topic (at least once), for tools that
@@ -174,15 +167,6 @@ class Settings(BaseSettings):
     metrics_host: str = Field(
         "0.0.0.0", min_length=1, validation_alias=AliasChoices("FINPULSE_METRICS_HOST", "metrics_host")
     )
-
-    @field_validator("sinks")
-    @classmethod
-    def _known_sink(cls, value: str) -> str:
-        from finpulse import sinks  # the registry imports this module: look it up when validating
-
-        if value != "all" and value not in sinks.names():
-            raise ValueError(f"{value!r} is not a sink: choose all, {', '.join(sinks.names())}")
-        return value
 
     # ------------------------------------------------------------------ derived values
     def postgres_conninfo(self) -> str:
@@ -247,17 +231,18 @@ class Settings(BaseSettings):
         return f"postgresql://{self.postgres_user}@{self.postgres_host}:{self.postgres_port}/{self.postgres_db}"
 
     @property
-    def sink_names(self) -> tuple[str, ...]:
-        from finpulse import sinks
-
-        return sinks.names() if self.sinks == "all" else (self.sinks,)
-
-    @property
     def azure_configured(self) -> bool:
-        """An account name and one way in (finpulse.azure_auth) are set."""
-        from finpulse.azure_auth import methods
-
-        return bool(self.azure_storage_account_name and methods(self))
+        """An account name and something to sign in with: Delta's default location is then Azure
+        (which way, and whether it is complete, sinks/delta/azure.py checks)."""
+        ways = (
+            self.azure_storage_account_key,
+            self.azure_storage_sas_token,
+            self.azure_client_secret,
+            self.azure_federated_token_file,
+        )
+        return bool(
+            self.azure_storage_account_name and (any(w is not None for w in ways) or self.azure_use_managed_identity)
+        )
 
     @property
     def delta_uri(self) -> str:
@@ -267,15 +252,6 @@ class Settings(BaseSettings):
         if self.azure_configured:
             return f"abfss://{self.azure_container_name}@{self.azure_storage_account_name}.dfs.core.windows.net/prices"
         return str(LOCAL_DELTA_PATH.resolve())
-
-    @property
-    def delta_storage_options(self) -> dict[str, str]:
-        uri = self.delta_uri
-        if not uri.startswith(AZURE_SCHEMES):
-            return {}
-        from finpulse.azure_auth import storage_options
-
-        return storage_options(self, uri)
 
 
 # Which variable a field is read from, for error messages.

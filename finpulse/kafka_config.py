@@ -152,13 +152,21 @@ def client_config(settings: Settings) -> dict[str, Any]:
     config: dict[str, Any] = {
         **file_properties(settings),
         **{k: v for k, v in named.items() if v is not None},
-        # config.Settings takes the file's bootstrap.servers when KAFKA_BOOTSTRAP_SERVERS is not set
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        # the file's bootstrap.servers counts when KAFKA_BOOTSTRAP_SERVERS is not set
+        "bootstrap.servers": bootstrap(settings),
         "logger": LIBRDKAFKA,
     }
     if "sasl.mechanism" in config and "sasl.mechanisms" in config:
         del config["sasl.mechanisms"]  # librdkafka's alias: the named setting wins
     return config
+
+
+def bootstrap(settings: Settings) -> str:
+    """The brokers: KAFKA_BOOTSTRAP_SERVERS (or --bootstrap-servers) when set, else the
+    bootstrap.servers line of KAFKA_CONFIG_FILE, else the default (the local broker)."""
+    if "kafka_bootstrap_servers" in settings.model_fields_set:
+        return settings.kafka_bootstrap_servers
+    return file_bootstrap(settings.kafka_config_file) or settings.kafka_bootstrap_servers
 
 
 def file_bootstrap(path: str | Path | None) -> str | None:
@@ -174,7 +182,7 @@ def refusal(settings: Settings, error: Any) -> AccessRefused | None:
     may heal. The message names the settings to check, never their values."""
     name = error.name() if hasattr(error, "name") else ""
     text = error.str() if hasattr(error, "str") else str(error)
-    where = f"Kafka at {settings.kafka_bootstrap_servers}"
+    where = f"Kafka at {bootstrap(settings)}"
     lowered = text.lower()
     if name in ("_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED") or "sasl authentication" in lowered:
         return AccessRefused(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from finpulse import sinks
 from finpulse.config import Settings
-from finpulse.sinks.delta_maintenance import RETENTION_HOURS, TARGET_FILE_BYTES
+from finpulse.sinks.delta.maintenance import RETENTION_HOURS, TARGET_FILE_BYTES
 
 __all__ = ["RETENTION_HOURS", "TARGET_FILE_BYTES", "run"]
 

@@ -35,9 +35,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from finpulse import sinks as registry
 from finpulse.config import Settings
 from finpulse.errors import ConfigError
 from finpulse.progress import WRITE_BUCKETS, Totals
+from finpulse.sinks import keeping_rejects
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +110,9 @@ class Exporter:
 @contextmanager
 def serve(settings: Settings) -> Iterator[Exporter]:
     """An Exporter, listening on settings.metrics_port while the block runs (None: not at all)."""
-    exporter = Exporter(settings.sink_names, max(settings.rebalance_grace_ms / 1000, RESET_WAIT_S) + STALE_MARGIN_S)
+    exporter = Exporter(
+        registry.chosen(settings), max(settings.rebalance_grace_ms / 1000, RESET_WAIT_S) + STALE_MARGIN_S
+    )
     if settings.metrics_port is not None:
         exporter.start(settings.metrics_port, settings.metrics_host)
     try:
@@ -165,9 +169,10 @@ class _RunCollector(Collector):
         for sink in sinks:
             written.add_metric([sink], t.rows.get(sink, 0))
         yield written
-        # Every sink records each reject once; the first one counts it (postgres keeps them).
+        # Every sink records each reject once; the first that keeps rejects counts them.
+        counting = keeping_rejects(sinks) or sinks[0]
         yield CounterMetricFamily(
-            "finpulse_rejects", "Messages rejected this run, each counted once.", value=t.rejects.get(sinks[0], 0)
+            "finpulse_rejects", "Messages rejected this run, each counted once.", value=t.rejects.get(counting, 0)
         )
         yield CounterMetricFamily(
             "finpulse_messages_consumed", "Messages read from Kafka this run (re-reads included).", value=t.messages

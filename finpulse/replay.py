@@ -118,6 +118,7 @@ class Left:
 
 @dataclass
 class Tally:
+    keeps_rejects: bool = False  # the sink keeps rejects (they are counted too)
     rows: int = 0  # ticks this sink took from the replay
     rejects: int = 0
     left: dict[int, Left] = field(default_factory=dict)  # partition -> what was left to ingest
@@ -176,7 +177,7 @@ def replay(
 ) -> Report:
     """Read each span and hand every batch to every sink (see the module's rules)."""
     started = time.monotonic()
-    tallies = {sink.name: Tally() for sink in sinks}
+    tallies = {sink.name: Tally(sink.keeps_rejects) for sink in sinks}
     messages = 0
     for span in spans:
         at = span.start

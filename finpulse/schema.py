@@ -1,4 +1,5 @@
-"""The one Arrow schema of a tick row; the PostgreSQL DDL and the Delta schema are derived from it.
+"""The one Arrow schema of a tick row; the PostgreSQL DDL below and the Delta schema (with its
+partition columns, sinks/delta/table.py) are derived from it.
 
 A row is a trade as the exchange reported it plus its lineage: the Kafka partition and offset of
 the message that carried it and `tick_index`, its position inside that message (0 for a message
@@ -29,10 +30,6 @@ LINEAGE = ("kafka_partition", "kafka_offset", "tick_index")
 # The total order of ticks, newest first when descending: a symbol's "last" price is the first
 # tick in it, the same in every sink even when ticks share a trade time (a millisecond feed).
 LAST_ORDER = ("trade_time", *LINEAGE)
-
-#: Delta partitions by the trade's UTC date, derived from trade_time at write time.
-DELTA_PARTITION = "trade_date"
-DELTA = TICKS.append(pa.field(DELTA_PARTITION, pa.date32(), nullable=False))
 
 # --------------------------------------------------------------------- PostgreSQL
 PRICES_TABLE = "prices_raw"

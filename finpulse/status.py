@@ -1,22 +1,20 @@
 """Status: where the topic is, where each sink is, and how far behind; read-only.
 
-`collect` asks the broker (watermarks, the group's committed offsets) and each kind of sink in the
-registry (its positions, and what it describes of itself: Delta version, files and bytes;
-PostgreSQL's rejects per partition). A sink that cannot be read
-is reported in `errors` with nulls in its columns, so one outage does not hide the rest.
-`as_json` is the stable shape that docs/operations.md documents key by key.
+`collect` asks the broker (watermarks, the group's committed offsets) and each chosen kind of sink
+in the registry: its positions, what it describes of itself (Delta: version, files and bytes;
+PostgreSQL: rejects per partition) and its rules. A sink that cannot be read is reported in `errors`
+with nulls in its columns, so one outage does not hide the rest. `as_json` is the stable shape that
+docs/operations.md documents key by key: per partition `<sink>_position` and `<sink>_lag`, and
+per sink a section named after it (where it is, and what it describes).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import cast
 
 from finpulse import sinks, source
 from finpulse.config import Settings
 from finpulse.errors import FinpulseError, ServiceUnavailable, SinkRejected
-
-SINKS = sinks.names()
 
 
 @dataclass(frozen=True)
@@ -26,7 +24,7 @@ class PartitionStatus:
     high: int  # broker's high watermark: one past the newest message
     committed: int | None  # KAFKA_GROUP_ID's committed offset (None: never committed)
     positions: dict[str, int | None]  # sink -> next offset it will write (None: holds nothing / unread)
-    rejected: int | None  # rejects PostgreSQL holds for this partition (None: unread)
+    rejected: int | None  # rejects the sink that keeps them holds for this partition (None: unread)
 
     def lag(self, position: int | None, readable: bool = True) -> int | None:
         """Messages from `position` to the high watermark; a sink that holds nothing of the
@@ -40,12 +38,16 @@ class PartitionStatus:
 class Status:
     topic: str
     group_id: str
+    sinks: tuple[str, ...]
     partitions: list[PartitionStatus]
-    delta: dict[str, object]  # uri, version, files, bytes (None when unreadable)
-    postgres: dict[str, object]  # server (no password), schema
+    sections: dict[str, dict[str, object]]  # sink -> where it is and what it describes (None: unread)
     errors: dict[str, FinpulseError] = field(default_factory=dict)  # what could not be read
     gaps: list[tuple[int, int, int, str]] = field(default_factory=list)  # accepted with --allow-data-loss
     rules: dict[str, list[str]] = field(default_factory=dict)  # per sink, the table's own rules (admission)
+
+    def headlines(self) -> dict[str, str]:
+        """Per sink, one line for a person (each kind says what matters of it)."""
+        return {name: sinks.KINDS[name].headline(self.sections[name]) for name in self.sinks}
 
     def as_json(self) -> dict:
         parts = []
@@ -57,13 +59,13 @@ class Status:
                 "committed": p.committed,
                 "committed_lag": p.lag(p.committed),
             }
-            for sink in SINKS:
+            for sink in self.sinks:
                 row[f"{sink}_position"] = p.positions.get(sink)
                 row[f"{sink}_lag"] = p.lag(p.positions.get(sink), sink not in self.errors)
             row["rejected"] = p.rejected
             parts.append(row)
         totals: dict[str, object] = {"messages": sum(p.high - p.low for p in self.partitions)}
-        for key in ("committed_lag", *(f"{s}_lag" for s in SINKS), "rejected"):
+        for key in ("committed_lag", *(f"{s}_lag" for s in self.sinks), "rejected"):
             values = [row[key] for row in parts]
             totals[key] = None if None in values else sum(values)  # type: ignore[arg-type]
         return {
@@ -71,8 +73,7 @@ class Status:
             "group_id": self.group_id,
             "partitions": parts,
             "totals": totals,
-            "delta": self.delta,
-            "postgres": self.postgres,
+            **self.sections,
             "gaps": [{"partition": p, "from_offset": a, "to_offset": b, "reason": r} for p, a, b, r in self.gaps],
             "rules": self.rules,
             "errors": {sink: str(exc) for sink, exc in self.errors.items()},
@@ -84,47 +85,51 @@ def collect(settings: Settings) -> Status:
     parts = source.partitions(settings)
     marks = source.watermarks(settings, parts)
     committed = source.committed(settings, parts)
+    chosen = sinks.chosen(settings)
     errors: dict[str, FinpulseError] = {}
     positions: dict[str, dict[int, int]] = {}
-    described: dict[str, dict[str, object]] = {}
+    sections: dict[str, dict[str, object]] = {}
+    rejected: dict[int, int] | None = None
     gaps: list[tuple[int, int, int, str]] = []
     rules: dict[str, list[str]] = {}
-    for name, kind in sinks.KINDS.items():
-        positions[name], described[name] = {}, {}
+    counting = sinks.keeping_rejects(chosen)  # the sink whose rejects are counted
+    for name in chosen:
+        kind = sinks.KINDS[name]
+        positions[name] = {}
+        sections[name] = {**kind.location(settings), **dict.fromkeys(kind.describes)}
         try:
             sink = kind.from_settings(settings)
             try:
                 positions[name] = sink.positions(parts)
-                described[name] = sink.describe(parts)
+                described = sink.describe(parts)
                 gaps += sink.gaps()
             finally:
                 sink.close()
+            if name == counting:
+                rejected = described.pop("rejected", None)  # type: ignore[assignment]
+            sections[name].update(described)
             checker = kind.rules(settings)
             if checker is not None:
                 rules[name] = checker.described
                 checker.close()
         except (ServiceUnavailable, SinkRejected) as exc:
             errors[name] = exc
-    # Rejects per partition, from the sink that keeps them (None when it could not be read).
-    counted = [d["rejected"] for d in described.values() if "rejected" in d]
-    rejected = cast("dict[int, int]", counted[0]) if counted else None
-    delta = {"uri": settings.delta_uri, "version": None, "files": None, "bytes": None, **described.get("delta", {})}
     return Status(
         settings.kafka_topic,
         settings.kafka_group_id,
+        chosen,
         [
             PartitionStatus(
                 p,
                 low,
                 high,
                 committed.get(p),
-                {s: positions[s].get(p) for s in SINKS},
-                None if rejected is None else rejected.get(p, 0),
+                {s: positions[s].get(p) for s in chosen},
+                None if counting is None or counting in errors else (rejected or {}).get(p, 0),
             )
             for p, (low, high) in sorted(marks.items())
         ],
-        delta,
-        {"server": settings.postgres_display(), "schema": settings.postgres_schema},
+        sections,
         errors,
         sorted(set(gaps)),
         rules,

@@ -16,18 +16,16 @@ from multiprocessing.process import BaseProcess
 from confluent_kafka import KafkaException
 from rich.console import Console
 
-from finpulse import deadletter, metrics, resume, source
+from finpulse import deadletter, metrics, resume, sinks, source
 from finpulse.backoff import Backoff
 from finpulse.batch import Offsets
-from finpulse.committer import Committer
-from finpulse.compactor import Compactor
 from finpulse.config import Settings
 from finpulse.errors import FinpulseError, ServiceUnavailable, WorkerFailed
+from finpulse.kafka_config import bootstrap
 from finpulse.link import Links
 from finpulse.memory import ALLOCATOR_ENV
 from finpulse.progress import Progress, Totals
 from finpulse.sinks import open_sinks, prepare_sinks
-from finpulse.sinks.delta import DeltaSink
 from finpulse.worker import WorkerSpec
 from finpulse.worker import main as worker_main
 
@@ -77,165 +75,188 @@ def run(
     terminal, to the log otherwise. With FINPULSE_METRICS_PORT the metrics and health endpoints
     answer from the start (finpulse.metrics), while Kafka is awaited too."""
     with metrics.serve(settings) as exporter:
-        return _run(settings, exporter, workers, drain, feed, strict, console)
+        parts = wait_for_kafka(settings)
+        if parts is None:  # stopped before Kafka answered: nothing started, nothing to flush
+            return Summary(Totals(), 0, 0)
+        prepare(settings)
+        topic_id = source.topic_id(settings)
+        marks = source.watermarks(settings, parts)
+        _settle(settings, marks, topic_id)  # a recreated topic or a retention gap: DataLoss, or recorded
+        n = workers or settings.workers or len(parts)
+        for name, value in ALLOCATOR_ENV.items():  # read as a worker process starts: set before spawning
+            os.environ.setdefault(name, value)
+        ctx = mp.get_context("spawn")
+        links = Links(ctx)  # a pipe per worker process: its stats, errors, logs and commit requests
+        totals = Totals()
+        exporter.watch(totals, n)
 
+        def start(i: int) -> BaseProcess:
+            spec = WorkerSpec(i, settings, os.getpid(), feed=feed, strict=strict, topic_id=topic_id)
+            end = links.connect(i)
+            p = ctx.Process(target=worker_main, args=(spec, end), name=f"finpulse-worker-{i}", daemon=False)
+            p.start()
+            end.close()  # the worker holds its copy: when it exits, the supervisor's end reads EOF
+            return p
 
-def _run(
-    settings: Settings,
-    exporter: metrics.Exporter,
-    workers: int | None,
-    drain: bool,
-    feed: str | None,
-    strict: bool,
-    console: Console | None,
-) -> Summary:
-    parts = wait_for_kafka(settings)
-    if parts is None:  # stopped before Kafka answered: nothing started, nothing to flush
-        return Summary(Totals(), 0, 0)
-    prepare(settings)
-    topic_id = source.topic_id(settings)
-    marks = source.watermarks(settings, parts)
-    _settle(settings, marks, topic_id)  # a recreated topic or a retention gap: DataLoss, or recorded
-    targets = {p: high for p, (_, high) in marks.items()} if drain else None
-    n = workers or settings.workers or len(parts)
-    ctx = mp.get_context("spawn")
-    for name, value in ALLOCATOR_ENV.items():  # read as a worker process starts: set before spawning
-        os.environ.setdefault(name, value)
-    links = Links(ctx)  # a pipe per worker process: its stats, errors, logs and commit requests
-
-    totals = Totals()
-    exporter.watch(totals, n)
-    procs: dict[int, BaseProcess] = {}
-    started: dict[int, float] = {}
-    backoff: dict[int, Backoff] = {}  # worker -> its restart delays
-    due: dict[int, float] = {}  # worker -> when to restart it
-    done: set[int] = set()
-    fatal: list[FinpulseError] = []
-    budget = RestartBudget()
-    stopping = False
-    kill_at = float("inf")  # once stopping: a worker still running then is killed
-
-    # one Delta committer for every worker of this process (finpulse.committer)
-    committer = (
-        Committer(settings, links, n).start()
-        if settings.delta_committer == "process" and DeltaSink.name in settings.sink_names
-        else None
-    )
-
-    def spawn(i: int) -> None:
-        spec = WorkerSpec(
-            i,
-            settings,
-            os.getpid(),
-            feed=feed,
-            strict=strict,
-            topic_id=topic_id,
-            committer=committer is not None,
+        sup = Supervisor(n, start)
+        # --drain ends when every sink holds each partition up to the high watermark seen now. The
+        # sinks decide, not the workers: a worker may be assigned nothing for a while (another run
+        # of the group, or members killed moments ago, hold the partitions) without being done.
+        drained = _DrainCheck(settings, {p: high for p, (_, high) in marks.items()}) if drain else None
+        services = sinks.services(settings, links, n)  # e.g. Delta's committer and compactor
+        log.info(
+            "ingesting %s (%d partitions) with %d workers%s",
+            settings.kafka_topic,
+            len(parts),
+            n,
+            ", draining to the current high watermarks" if drain else "",
         )
-        end = links.connect(i)
-        p = ctx.Process(target=worker_main, args=(spec, end), name=f"finpulse-worker-{i}", daemon=False)
-        p.start()
-        end.close()  # the worker holds its copy: when it exits, the supervisor's end reads EOF
-        procs[i], started[i] = p, time.monotonic()
 
-    def stop(*_) -> None:
-        nonlocal stopping, kill_at
-        if not stopping:
-            log.info("stopping: flushing buffered ticks")
-            kill_at = time.monotonic() + STOP_TIMEOUT_S
-        stopping = exporter.stopping = True
-        for p in procs.values():
-            if p.is_alive() and p.pid is not None:
-                os.kill(p.pid, signal.SIGTERM)
+        def stop(*_) -> None:
+            if not sup.stopping:
+                log.info("stopping: flushing buffered ticks")
+            exporter.stopping = True
+            sup.stop()
 
-    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    log.info(
-        "ingesting %s (%d partitions) with %d workers%s",
-        settings.kafka_topic,
-        len(parts),
-        n,
-        ", draining to the current high watermarks" if drain else "",
-    )
-    # --drain ends when both sinks hold every partition up to the high watermarks seen now. The
-    # sinks decide, not the workers: a worker may be assigned nothing for a while (another run of
-    # the group, or members killed moments ago, hold the partitions) without anything being done.
-    # Not asked while a worker reports a sink down: a read would hold this loop for the pool's wait.
-    drained = _DrainCheck(settings, targets) if targets is not None else None
-    compactor = Compactor.start_if_enabled(settings)
-    try:
-        for i in range(n):
-            spawn(i)
-        with Progress(totals, console) as progress:
-            while len(done) < n:
-                _pump(links.events, totals, fatal)
-                totals.alive = sum(p.is_alive() for p in procs.values())
-                progress.refresh()
-                if fatal and not stopping:
-                    stop()
-                if drained is not None and not stopping and not any(totals.down.values()) and drained():
-                    log.info("both sinks hold everything up to the high watermarks seen at start")
-                    stop()
-                now = time.monotonic()
-                for i, p in list(procs.items()):
-                    if i in done or p.is_alive() or i in due:
-                        continue
-                    p.join()
-                    totals.forget(i)  # its partitions and sink states are no longer its to report
-                    if p.exitcode == 0 or stopping:
-                        done.add(i)
-                        continue
-                    # An outage (exit code of ServiceUnavailable) heals by waiting; anything else
-                    # spends the restart budget.
-                    if p.exitcode != ServiceUnavailable.exit_code and not budget.spend():
-                        fatal.append(
-                            WorkerFailed(
-                                f"worker {i} keeps crashing: {budget.recent} crashes within "
-                                f"{budget.window_s / 60:.0f} minutes (last exit code {p.exitcode}); last error above"
-                            )
-                        )
-                        done.add(i)
-                        continue
-                    ran = now - started[i]
-                    delays = backoff.setdefault(i, Backoff(RESTART_FIRST_S, RESTART_MAX_S))
-                    if ran > HEALTHY_AFTER_S:
-                        delays.reset()
-                    delay = delays.next_delay()
-                    due[i] = now + delay
-                    totals.restarts += 1
-                    log.warning(
-                        "worker %d (pid %d) exited with code %s; restarting in %.0fs", i, p.pid, p.exitcode, delay
+        old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for service in services:
+                service.start()
+            sup.start_all()
+            with Progress(totals, console) as progress:
+                while not sup.finished:
+                    _pump(links.events, totals, sup.fatal)
+                    totals.alive = sup.alive()
+                    progress.refresh()
+                    if sup.fatal and not sup.stopping:
+                        stop()
+                    # not asked while a worker reports a sink down: a read would hold this loop
+                    if drained is not None and not sup.stopping and not any(totals.down.values()) and drained():
+                        log.info("every sink holds everything up to the high watermarks seen at start")
+                        stop()
+                    for i in sup.step():
+                        totals.forget(i)  # its partitions and sink states are no longer its to report
+                    totals.restarts = sup.restarts
+                links.close()  # every worker exited: what they sent last is read
+                _pump(links.events, totals, sup.fatal)
+        finally:
+            stop()
+            sup.join_all()
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+            for service in reversed(services):  # after the workers: their last writes were answered
+                service.stop()
+            links.close()
+            if drained is not None:
+                drained.close()
+        if sup.fatal:
+            raise sup.fatal[0]
+        return Summary(totals, n, len(parts))
+
+
+class Supervisor:
+    """The workers' lives, as steps: start them, and on every `step` take the ones that exited,
+    restart a crashed one after its backoff (an outage heals by waiting; any other exit spends the
+    restart budget, and an exhausted budget is fatal), and once stopping kill those that outlive
+    STOP_TIMEOUT_S after SIGTERM. `start(i)` makes worker i's process (anything with pid,
+    exitcode, is_alive, join, terminate and kill), so a test drives these steps without processes."""
+
+    def __init__(
+        self,
+        workers: int,
+        start: Callable[[int], BaseProcess],
+        budget: RestartBudget | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.workers, self._start, self.clock = workers, start, clock
+        self.budget = budget or RestartBudget(clock=clock)
+        self.procs: dict[int, BaseProcess] = {}
+        self.started: dict[int, float] = {}
+        self.backoff: dict[int, Backoff] = {}  # worker -> its restart delays
+        self.due: dict[int, float] = {}  # worker -> when to restart it
+        self.done: set[int] = set()
+        self.fatal: list[FinpulseError] = []
+        self.restarts = 0
+        self.stopping = False
+        self.kill_at = float("inf")  # once stopping: a worker still running then is killed
+
+    @property
+    def finished(self) -> bool:
+        return len(self.done) >= self.workers
+
+    def alive(self) -> int:
+        return sum(p.is_alive() for p in self.procs.values())
+
+    def start_all(self) -> None:
+        for i in range(self.workers):
+            self._spawn(i)
+
+    def _spawn(self, i: int) -> None:
+        self.procs[i], self.started[i] = self._start(i), self.clock()
+
+    def stop(self) -> None:
+        """SIGTERM to every worker (again, on a second call); no restarts from now on."""
+        if not self.stopping:
+            self.kill_at = self.clock() + STOP_TIMEOUT_S
+            self.stopping = True
+        for p in self.procs.values():
+            if p.is_alive():
+                p.terminate()
+
+    def step(self) -> list[int]:
+        """Handle what happened since the last step; the workers whose process exited."""
+        now = self.clock()
+        exited = []
+        for i, p in list(self.procs.items()):
+            if i in self.done or i in self.due or p.is_alive():
+                continue
+            p.join()
+            exited.append(i)
+            self._exited(i, p, now)
+        for i, when in list(self.due.items()):
+            if self.stopping:
+                del self.due[i]
+                self.done.add(i)
+            elif now >= when:
+                del self.due[i]
+                self._spawn(i)
+        if self.stopping and now > self.kill_at:
+            for i, p in self.procs.items():
+                if p.is_alive():
+                    log.error(
+                        "worker %d (pid %s) did not stop within %.0fs of SIGTERM; killing it", i, p.pid, STOP_TIMEOUT_S
                     )
-                for i, when in list(due.items()):
-                    if stopping:
-                        del due[i]
-                        done.add(i)
-                    elif now >= when:
-                        del due[i]
-                        spawn(i)
-                if stopping:
-                    if now > kill_at:
-                        _kill_stragglers(procs)
-                    _reap(procs, done)
-            links.close()  # every worker exited: what they sent last is read
-            _pump(links.events, totals, fatal)
-    finally:
-        stop()
-        for p in procs.values():
+                    p.kill()
+        return exited
+
+    def _exited(self, i: int, p: BaseProcess, now: float) -> None:
+        if p.exitcode == 0 or self.stopping:
+            self.done.add(i)
+            return
+        # An outage (ServiceUnavailable's exit code) heals by waiting; anything else spends the budget.
+        if p.exitcode != ServiceUnavailable.exit_code and not self.budget.spend():
+            self.fatal.append(
+                WorkerFailed(
+                    f"worker {i} keeps crashing: {self.budget.recent} crashes within "
+                    f"{self.budget.window_s / 60:.0f} minutes (last exit code {p.exitcode}); last error above"
+                )
+            )
+            self.done.add(i)
+            return
+        delays = self.backoff.setdefault(i, Backoff(RESTART_FIRST_S, RESTART_MAX_S))
+        if now - self.started[i] > HEALTHY_AFTER_S:
+            delays.reset()
+        delay = delays.next_delay()
+        self.due[i] = now + delay
+        self.restarts += 1
+        log.warning("worker %d (pid %d) exited with code %s; restarting in %.0fs", i, p.pid, p.exitcode, delay)
+
+    def join_all(self) -> None:
+        """At the end: wait for every worker, killing one that outlives STOP_TIMEOUT_S."""
+        for p in self.procs.values():
             p.join(STOP_TIMEOUT_S)
             if p.is_alive():
                 p.kill()
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-        if committer is not None:  # after the workers: their last writes were answered
-            committer.stop()
-        if compactor is not None:
-            compactor.stop()
-        links.close()
-        if drained is not None:
-            drained.close()
-    if fatal:
-        raise fatal[0]
-    return Summary(totals, n, len(parts))
 
 
 class RestartBudget:
@@ -283,7 +304,7 @@ def wait_for_kafka(settings: Settings) -> list[int] | None:
                 delay = backoff.next_delay()
                 log.warning(
                     "Kafka at %s not reachable yet (%s); retrying in %g s — is the broker running?",
-                    settings.kafka_bootstrap_servers,
+                    bootstrap(settings),
                     _kafka_reason(exc),
                     delay,
                 )
@@ -293,7 +314,7 @@ def wait_for_kafka(settings: Settings) -> list[int] | None:
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-    log.info("stopped while waiting for Kafka at %s; nothing was ingested", settings.kafka_bootstrap_servers)
+    log.info("stopped while waiting for Kafka at %s; nothing was ingested", bootstrap(settings))
     return None
 
 
@@ -316,9 +337,9 @@ def _settle(settings: Settings, marks: resume.Marks, topic_id: str | None) -> No
 class _DrainCheck:
     """True once every sink holds each partition up to its target offset."""
 
-    def __init__(self, settings: Settings, targets: Offsets):
+    def __init__(self, settings: Settings, targets: Offsets, opened: list | None = None):
         self.targets = {p: t for p, t in targets.items() if t > 0}
-        self.sinks = open_sinks(settings)
+        self.sinks = opened if opened is not None else open_sinks(settings)
         self.next_check = 0.0
 
     def __call__(self) -> bool:
@@ -353,16 +374,3 @@ def _pump(events, totals: Totals, fatal: list[FinpulseError]) -> None:
             fatal.append(payload)
         elif kind == "crash":  # the restart budget (RestartBudget) decides when crashes are fatal
             log.error("worker %d (pid %d) crashed:\n%s", worker, pid, payload)
-
-
-def _kill_stragglers(procs: dict[int, BaseProcess]) -> None:
-    for i, p in procs.items():
-        if p.is_alive():
-            log.error("worker %d (pid %s) did not stop within %.0fs of SIGTERM; killing it", i, p.pid, STOP_TIMEOUT_S)
-            p.kill()
-
-
-def _reap(procs: dict[int, BaseProcess], done: set[int]) -> None:
-    for i, p in procs.items():
-        if not p.is_alive():
-            done.add(i)

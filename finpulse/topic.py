@@ -14,7 +14,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from finpulse.config import Settings
 from finpulse.errors import AccessRefused, ConfigError, ServiceUnavailable
-from finpulse.kafka_config import client_config, refusal
+from finpulse.kafka_config import bootstrap, client_config, refusal
 
 # How much librdkafka fetches ahead of what we take. Each fetched message costs its decompressed
 # bytes plus a few hundred bytes of librdkafka's own, and the thresholds are checked only between
@@ -57,7 +57,7 @@ def partitions(settings: Settings, topic: str | None = None, timeout: float = ME
                     raise why from None
             if time.monotonic() >= deadline:
                 raise ServiceUnavailable(
-                    f"Kafka at {settings.kafka_bootstrap_servers} did not answer: {exc.args[0].str()}; "
+                    f"Kafka at {bootstrap(settings)} did not answer: {exc.args[0].str()}; "
                     "is it running? (`scripts/services up` starts the local one)"
                 ) from None
     meta = md.topics.get(topic)
@@ -65,8 +65,7 @@ def partitions(settings: Settings, topic: str | None = None, timeout: float = ME
         if meta is not None and meta.error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
             raise ServiceUnavailable(f"Kafka metadata for {topic}: {meta.error.str()}")
         raise ConfigError(
-            f"topic {topic!r} does not exist on {settings.kafka_bootstrap_servers}: "
-            "run `finpulse init` (or set KAFKA_TOPIC)"
+            f"topic {topic!r} does not exist on {bootstrap(settings)}: run `finpulse init` (or set KAFKA_TOPIC)"
         )
     return sorted(meta.partitions)
 
@@ -88,7 +87,7 @@ def topic_id(settings: Settings) -> str | None:
     except KafkaException as exc:
         if exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
             raise ConfigError(
-                f"topic {settings.kafka_topic!r} does not exist on {settings.kafka_bootstrap_servers}: "
+                f"topic {settings.kafka_topic!r} does not exist on {bootstrap(settings)}: "
                 "run `finpulse init` (or set KAFKA_TOPIC)"
             ) from None
         raise ServiceUnavailable(

@@ -48,7 +48,8 @@ def unkey(partition: int, key: int) -> tuple[int, int, int]:
 class SinkCheck:
     """One sink over the whole verified range."""
 
-    rows: int = 0  # rows found (and rejects, for PostgreSQL)
+    keeps_rejects: bool = False  # the sink keeps rejects: a reject's key counts as held
+    rows: int = 0  # rows found (and rejects, for a sink that keeps them)
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     pending: int = 0  # missing keys at or above the sink's position: not ingested yet
     samples: dict[str, list[tuple[int, int, int]]] = field(default_factory=lambda: {k: [] for k in KINDS})
@@ -96,7 +97,7 @@ def run(
     decoder = Decoder(settings.max_message_bytes, feed=feed, strict=strict)
     held = replay.positions(settings, [s.partition for s in spans])
     with Meter("verifying", sum(s.size for s in spans), console) as meter:
-        return verify(settings, spans, settings.sink_names, decoder, held, samples, window, meter)
+        return verify(settings, spans, sinks.chosen(settings), decoder, held, samples, window, meter)
 
 
 def repair(
@@ -146,7 +147,7 @@ def verify(
 ) -> Verdict:
     """Compare every key of `spans` in the topic with each named sink. `positions` (sink -> partition
     -> next offset) tells a gap from what ingest has not reached yet."""
-    checks = {name: SinkCheck() for name in sink_names}
+    checks = {name: SinkCheck(sinks.KINDS[name].keeps_rejects) for name in sink_names}
     counts = []
     chosen = [sinks.KINDS[name].from_settings(settings) for name in sink_names]
     admission = Admission(settings, sink_names)

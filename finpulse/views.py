@@ -126,7 +126,7 @@ def replayed(out: Console, report: Report, partitions: int, topic: str) -> None:
                 highlight=False,
             )
     added = "; ".join(
-        f"{name} +{t.rows:,} rows" + (f", +{t.rejects:,} rejects" if name == "postgres" else "")
+        f"{name} +{t.rows:,} rows" + (f", +{t.rejects:,} rejects" if t.keeps_rejects else "")
         for name, t in report.sinks.items()
     )
     out.print(
@@ -158,30 +158,24 @@ def maintained(out: Console, done: dict[str, dict]) -> None:
 
 
 # ---------------------------------------------------------------------------- status
-def status(out: Console, data: dict, topic: str, group_id: str) -> None:
-    """`data`: Status.as_json(), so the table and `status --json` never disagree."""
-    d = data["delta"]
+def status(out: Console, data: dict, topic: str, group_id: str, headlines: dict[str, str]) -> None:
+    """`data`: Status.as_json(), so the table and `status --json` never disagree; `headlines`: per
+    sink, its line for a person (Status.headlines)."""
+    sinks = list(headlines)
     t = Table(
-        title=f"{topic} (group {group_id}); Delta version {_num(d['version'])}, "
-        f"{_num(d['files'])} files ({_num(d.get('small_files'))} small), {_num(d['bytes'])} bytes, "
-        f"last compaction {d.get('last_compaction') or 'never'}, "
-        f"last checkpoint {'-' if d.get('last_checkpoint') is None else 'v' + str(d['last_checkpoint'])}",
+        title="; ".join([f"{topic} (group {group_id})", *(h for h in headlines.values() if h)]),
         title_justify="left",
         show_edge=False,
     )
-    columns = ["partition", "low", "high", "committed", "postgres", "lag", "delta", "lag", "rejected"]
     keys = [
         "partition",
         "low",
         "high",
         "committed",
-        "postgres_position",
-        "postgres_lag",
-        "delta_position",
-        "delta_lag",
+        *(f"{s}_{k}" for s in sinks for k in ("position", "lag")),
         "rejected",
     ]
-    for col in columns:
+    for col in ["partition", "low", "high", "committed", *(c for s in sinks for c in (s, "lag")), "rejected"]:
         t.add_column(col, justify="right")
     for row in [*data["partitions"], {"partition": "total", **data["totals"]}]:
         t.add_row(*(str(row[k]) if k == "partition" else _num(row.get(k)) for k in keys))
@@ -204,9 +198,8 @@ def status(out: Console, data: dict, topic: str, group_id: str) -> None:
 def verdict(out: Console, topic: str, verdict: Verdict) -> None:
     t = Table(title=f"{topic}: what the topic holds, and rows in each sink", title_justify="left", show_edge=False)
     names = list(verdict.sinks)
-    for col in ["partition", "offsets", "messages", "ticks", "rejects", *names] + (
-        ["rejected"] if "postgres" in names else []
-    ):
+    rejected = any(check.keeps_rejects for check in verdict.sinks.values())
+    for col in ["partition", "offsets", "messages", "ticks", "rejects", *names] + (["rejected"] if rejected else []):
         t.add_column(col, justify="right")
     for c in verdict.partitions:
         t.add_row(
@@ -216,7 +209,7 @@ def verdict(out: Console, topic: str, verdict: Verdict) -> None:
             f"{c.ticks:,}",
             f"{c.rejects:,}",
             *(f"{c.rows[n]:,}" for n in names),
-            *([f"{c.rejected:,}"] if "postgres" in names else []),
+            *([f"{c.rejected:,}"] if rejected else []),
         )
     print_table(out, t)
     for p, start, end, reason in verdict.gaps:
@@ -248,7 +241,7 @@ def repaired(out: Console, name: str, repair: Repair) -> None:
         tally = repair.replayed.sinks[name]
         parts.append(
             f"replayed {repair.replayed.messages:,} messages, +{tally.rows:,} rows"
-            + (f", +{tally.rejects:,} rejects" if name == "postgres" else "")
+            + (f", +{tally.rejects:,} rejects" if tally.keeps_rejects else "")
             + (f"; {len(tally.left)} partitions left to `finpulse ingest`" if tally.left else "")
         )
     out.print(f"repair {name}: {'; '.join(parts) or 'nothing to do'}", highlight=False)

@@ -24,7 +24,6 @@ from finpulse import memory, resume
 from finpulse.admission import Admission
 from finpulse.backoff import Backoff
 from finpulse.batch import Accumulator, Offsets
-from finpulse.committer import CommitClient
 from finpulse.config import Settings
 from finpulse.deadletter import DeadLetters
 from finpulse.errors import FinpulseError, ServiceUnavailable
@@ -55,7 +54,6 @@ class WorkerSpec:
     feed: str | None = None
     strict: bool = False
     topic_id: str | None = None  # Kafka's id of the topic, stored with every position
-    committer: bool = False  # Delta writes are committed by the supervisor's committer, asked over the link
 
 
 def main(spec: WorkerSpec, conn: Connection) -> None:
@@ -98,11 +96,7 @@ class Worker:
         self.stop = threading.Event()
         self.decoder = Decoder(s.max_message_bytes, feed=spec.feed, strict=spec.strict)
         # each lane holds rows against every sink's rules with its own admission (its thread's)
-        sinks = open_sinks(s, spec.topic_id)
-        for sink in sinks:
-            stage = getattr(sink, "stage_commits", None)  # a sink that can leave commits to the process's committer
-            if spec.committer and stage is not None:
-                stage(CommitClient(link))
+        sinks = open_sinks(s, spec.topic_id, link=link)  # a sink may be written with the supervisor's help
         self.lanes = [Lane(sink, sink.flush, Admission(s)) for sink in sinks]
         self.sinks = [Remote(lane, self.stop) for lane in self.lanes]  # reads, run on each lane's thread
         self.dead_letters = DeadLetters(s, self.stop) if s.dlq_topic else None

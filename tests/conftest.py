@@ -17,8 +17,9 @@ from support import ROOT
 from finpulse import source
 from finpulse.config import Settings, load_settings
 from finpulse.errors import ConfigError, ServiceUnavailable
-from finpulse.sinks.delta import create_table as create_delta_table
-from finpulse.sinks.postgres import create_tables
+from finpulse.sinks.delta.azure import storage_options
+from finpulse.sinks.delta.table import create_table as create_delta_table
+from finpulse.sinks.postgres.setup import create_tables
 
 AZURITE_ACCOUNT = "devstoreaccount1"
 # Azurite's published development key (the same for every Azurite install).
@@ -83,7 +84,7 @@ def isolated(kafka: Settings, postgres: Settings, tmp_path: Path) -> Settings:
     )
     source.create_topic(s, 4)
     create_tables(s.postgres_conninfo(), s.postgres_schema)
-    create_delta_table(s.delta_uri, s.delta_storage_options)
+    create_delta_table(s.delta_uri, storage_options(s))
     yield s
     with psycopg.connect(s.postgres_conninfo(), autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {s.postgres_schema} CASCADE")

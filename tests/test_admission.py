@@ -21,8 +21,8 @@ from finpulse import produce
 from finpulse.admission import Admission
 from finpulse.batch import FlushPolicy
 from finpulse.lanes import Lane
-from finpulse.sinks import delta_rules
 from finpulse.sinks.delta import DeltaSink
+from finpulse.sinks.delta import rules as delta_rules
 
 pytestmark = [pytest.mark.postgres]
 

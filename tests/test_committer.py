@@ -19,9 +19,9 @@ from support.cli import env_for, finpulse
 from support.rules import span
 from support.sinks import KEY_COLUMNS, assert_exactly_once, delta_rows, produced
 
-from finpulse.committer import CommitClient, Committer, Request
 from finpulse.link import Links, WorkerLink
 from finpulse.sinks.delta import DeltaSink
+from finpulse.sinks.delta.committer import CommitClient, Committer, Request
 
 pytestmark = [pytest.mark.postgres]
 
@@ -52,7 +52,8 @@ def staged(settings, committer: Committer, worker: int) -> DeltaSink:
 
 def test_workers_writes_are_committed_together_with_their_positions(isolated):
     s = isolated.model_copy(update={"delta_flush_ms": 1000})
-    committer = committer_for(s, 2).start()
+    committer = committer_for(s, 2)
+    committer.start()
     sinks = [staged(s, committer, i) for i in range(2)]
     errors: list[BaseException] = []
 
@@ -81,7 +82,8 @@ def test_workers_writes_are_committed_together_with_their_positions(isolated):
 
 
 def test_a_write_whose_positions_went_stale_is_rewritten_from_the_tables(isolated):
-    committer = committer_for(isolated, 2).start()
+    committer = committer_for(isolated, 2)
+    committer.start()
     first, second = staged(isolated, committer, 0), staged(isolated, committer, 1)
     try:
         assert second.positions([0]) == {}  # the new owner saw nothing held, then the old one wrote

@@ -3,6 +3,7 @@ from pydantic import ValidationError
 
 from finpulse.config import Settings, load_settings
 from finpulse.errors import ConfigError
+from finpulse.sinks.delta.azure import storage_options
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def test_defaults_are_the_original_projects(clean_env):
         "localhost:29092",
     )
     assert (s.postgres_port, s.postgres_db, s.postgres_user, s.batch_size) == (5433, "finpulse", "finpulse", 5)
-    assert s.delta_uri.endswith("data/delta/prices") and s.delta_storage_options == {}
+    assert s.delta_uri.endswith("data/delta/prices") and storage_options(s) == {}
 
 
 def test_env_then_flags(clean_env):
@@ -71,7 +72,7 @@ def test_delta_uri_precedence(clean_env):
     clean_env.setenv("AZURE_STORAGE_ACCOUNT_KEY", "k")
     s = load_settings()
     assert s.delta_uri == "abfss://delta-lake@acct.dfs.core.windows.net/prices"
-    assert s.delta_storage_options == {"account_name": "acct", "account_key": "k"}
+    assert storage_options(s) == {"account_name": "acct", "account_key": "k"}
     clean_env.setenv("DELTA_TABLE_URI", "/tmp/x")
     assert load_settings().delta_uri == "/tmp/x"
 
@@ -79,7 +80,7 @@ def test_delta_uri_precedence(clean_env):
 def test_azure_uri_without_credentials_is_a_clear_error(clean_env):
     s = load_settings(delta_table_uri="abfss://c@a.dfs.core.windows.net/prices")
     with pytest.raises(ConfigError, match="AZURE_STORAGE_ACCOUNT_KEY"):
-        _ = s.delta_storage_options
+        _ = storage_options(s)
 
 
 def test_settings_are_frozen(clean_env):

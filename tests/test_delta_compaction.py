@@ -15,9 +15,8 @@ from support.cli import env_for
 from support.rules import span
 from support.sinks import KEY_COLUMNS, delta_rows
 
-from finpulse.schema import DELTA_PARTITION
-from finpulse.sinks import delta_compaction as compaction
-from finpulse.sinks.delta import DeltaSink, create_table, with_partition_column
+from finpulse.sinks.delta import DeltaSink, compaction
+from finpulse.sinks.delta.table import PARTITION_BY, create_table, with_partition_columns
 
 pytestmark = [pytest.mark.postgres]
 
@@ -29,8 +28,8 @@ def small_files(uri: str, appends: int = APPENDS) -> list[tuple]:
     """A table of `appends` small files of ROWS ticks each (partition 0); its keys."""
     create_table(uri, {})
     for start in range(0, appends * ROWS, ROWS):
-        rows = with_partition_column(span(0, start, start + ROWS).ticks)
-        write_deltalake(uri, rows, mode="append", partition_by=[DELTA_PARTITION])
+        rows = with_partition_columns(span(0, start, start + ROWS).ticks)
+        write_deltalake(uri, rows, mode="append", partition_by=PARTITION_BY)
     return [(0, o, 0) for o in range(appends * ROWS)]
 
 
@@ -77,7 +76,7 @@ def test_remove_duplicates_keeps_each_key_once_and_leaves_other_rows_alone(tmp_p
     uri = str(tmp_path / "t")
     create_table(uri, {})
     for batch in (span(0, 0, 50), span(0, 20, 30), span(1, 0, 10), span(1, 5, 6)):
-        write_deltalake(uri, with_partition_column(batch.ticks), mode="append", partition_by=[DELTA_PARTITION])
+        write_deltalake(uri, with_partition_columns(batch.ticks), mode="append", partition_by=PARTITION_BY)
     table = DeltaTable(uri)
     assert compaction.remove_duplicates(table, [(0, 0, 40), (1, 5, 6)]) == 11
     keys = DeltaTable(uri).to_pyarrow_table(columns=list(KEY_COLUMNS))

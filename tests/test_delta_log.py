@@ -6,17 +6,16 @@ from __future__ import annotations
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from support.rules import span
 
-from finpulse.schema import DELTA_PARTITION
-from finpulse.sinks.delta import create_table, with_partition_column
-from finpulse.sinks.delta_log import TableLog
+from finpulse.sinks.delta.log import TableLog
+from finpulse.sinks.delta.table import PARTITION_BY, create_table, with_partition_columns
 
 
 def _commit(uri: str, txns: dict[str, int]) -> None:
     write_deltalake(
         uri,
-        with_partition_column(span(0, 0, 1).ticks),
+        with_partition_columns(span(0, 0, 1).ticks),
         mode="append",
-        partition_by=[DELTA_PARTITION],
+        partition_by=PARTITION_BY,
         commit_properties=CommitProperties(app_transactions=[Transaction(a, v) for a, v in txns.items()]),
     )
 
@@ -48,7 +47,7 @@ def test_a_refresh_far_behind_asks_again(tmp_path, monkeypatch):
     log = TableLog(uri, {})
     log.table()
     assert log.txn("a") is None
-    monkeypatch.setattr("finpulse.sinks.delta_log.MAX_TAIL", 3)
+    monkeypatch.setattr("finpulse.sinks.delta.log.MAX_TAIL", 3)
     for v in range(1, 6):
         _commit(uri, {"a": v})
     log.table()

@@ -33,8 +33,9 @@ from support.sinks import VALUE_COLUMNS, assert_exactly_once, delta_rows, pg_row
 from finpulse import source
 from finpulse.config import Settings, load_settings
 from finpulse.errors import ServiceUnavailable
-from finpulse.sinks.delta import create_table as create_delta_table
-from finpulse.sinks.postgres import create_tables
+from finpulse.sinks.delta.azure import storage_options
+from finpulse.sinks.delta.table import create_table as create_delta_table
+from finpulse.sinks.postgres.setup import create_tables
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
@@ -163,7 +164,7 @@ def scenario(tmp_path: Path, partitions: int = 4, **overrides):
     s = load_settings(**{**defaults, **overrides})
     source.create_topic(s, partitions)
     create_tables(s.postgres_conninfo(), s.postgres_schema)
-    create_delta_table(s.delta_uri, s.delta_storage_options)
+    create_delta_table(s.delta_uri, storage_options(s))
     try:
         yield s
     finally:
@@ -193,9 +194,7 @@ def delta_count(s: Settings) -> int:
     from deltalake import DeltaTable
 
     return (
-        DeltaTable(s.delta_uri, storage_options=s.delta_storage_options)
-        .to_pyarrow_table(columns=["kafka_offset"])
-        .num_rows
+        DeltaTable(s.delta_uri, storage_options=storage_options(s)).to_pyarrow_table(columns=["kafka_offset"]).num_rows
     )
 
 

@@ -31,8 +31,9 @@ from finpulse.link import WorkerLink
 from finpulse.logformat import JsonFormatter, ToParent
 from finpulse.metrics import Exporter
 from finpulse.progress import WRITE_BUCKETS, Durations, Totals, WorkerStats
-from finpulse.sinks.delta import create_table as create_delta_table
-from finpulse.sinks.postgres import create_tables
+from finpulse.sinks.delta.azure import storage_options
+from finpulse.sinks.delta.table import create_table as create_delta_table
+from finpulse.sinks.postgres.setup import create_tables
 
 
 @pytest.fixture
@@ -295,7 +296,7 @@ def test_readyz_is_503_while_postgres_is_down(kafka, tmp_path, runs):
         )
         source.create_topic(s, 2)
         create_tables(s.postgres_conninfo(), s.postgres_schema)
-        create_delta_table(s.delta_uri, s.delta_storage_options)
+        create_delta_table(s.delta_uri, storage_options(s))
         try:
             env = env_for(s)
             finpulse("produce", "--count", "100", env=env)

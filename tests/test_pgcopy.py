@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from finpulse.schema import TICKS
-from finpulse.sinks import pgcopy
+from finpulse.sinks.postgres import pgcopy
 
 
 def ticks(n: int, **over) -> pa.Table:

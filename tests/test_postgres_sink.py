@@ -17,7 +17,7 @@ from support.rules import POISON_TRIGGER, span
 from support.sinks import pg_count
 
 from finpulse.errors import ServiceUnavailable, SinkRejected
-from finpulse.sinks.postgres import _ADVANCE, FENCE_AFTER_S, PostgresSink, plaintext_risk, warn_plaintext
+from finpulse.sinks.postgres.sink import _ADVANCE, FENCE_AFTER_S, PostgresSink, plaintext_risk, warn_plaintext
 
 pytestmark = [pytest.mark.postgres]
 

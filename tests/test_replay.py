@@ -17,6 +17,7 @@ from support.cli import env_for, finpulse
 from support.sinks import assert_exactly_once, delta_rows, pg_count, pg_rows, produced
 
 from finpulse import produce, source
+from finpulse.sinks.delta.azure import storage_options
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
@@ -37,7 +38,7 @@ def send(s, count: int, bad: list[bytes] = ()) -> None:
 
 
 def delta_version(s) -> int:
-    return DeltaTable(s.delta_uri, storage_options=s.delta_storage_options).version()
+    return DeltaTable(s.delta_uri, storage_options=storage_options(s)).version()
 
 
 def rejects(s) -> list[tuple]:

@@ -11,8 +11,8 @@ from support.sinks import pg_count
 
 from finpulse import source
 from finpulse.errors import SinkRejected
-from finpulse.schema import DELTA_PARTITION
-from finpulse.sinks.delta import DeltaSink, create_table, with_partition_column
+from finpulse.sinks.delta import DeltaSink
+from finpulse.sinks.delta.table import PARTITION_BY, create_table, with_partition_columns
 
 pytestmark = [pytest.mark.postgres]
 
@@ -60,8 +60,6 @@ def test_a_table_from_an_earlier_release_is_claimed_only_by_the_topic_of_its_pos
     with_positions.own_topic([0])
     rows_only = str(tmp_path / "rows")
     create_table(rows_only, {})
-    write_deltalake(
-        rows_only, with_partition_column(span(0, 0, 10).ticks), mode="append", partition_by=[DELTA_PARTITION]
-    )
+    write_deltalake(rows_only, with_partition_columns(span(0, 0, 10).ticks), mode="append", partition_by=PARTITION_BY)
     with pytest.raises(SinkRejected):
         DeltaSink(rows_only, {}, "t1").own_topic([0])

@@ -12,7 +12,8 @@ from psycopg.conninfo import conninfo_to_dict
 from finpulse import deadletter, produce, source, topic
 from finpulse.config import load_settings
 from finpulse.errors import ConfigError
-from finpulse.kafka_config import client_config, read_properties, refusal
+from finpulse.kafka_config import bootstrap, client_config, read_properties, refusal
+from finpulse.sinks.delta.azure import storage_options
 
 SECRET = "s3cr3t-Do-Not-Print"
 
@@ -77,7 +78,7 @@ def confluent_file(tmp_path):
 def test_a_confluent_cloud_properties_file_becomes_librdkafka_settings(env, confluent_file):
     env.setenv("KAFKA_CONFIG_FILE", str(confluent_file))
     s = load_settings()
-    assert s.kafka_bootstrap_servers == "pkc-abc12.westeurope.azure.confluent.cloud:9092"
+    assert bootstrap(s) == "pkc-abc12.westeurope.azure.confluent.cloud:9092"
     config = client_config(s)
     assert config["security.protocol"] == "SASL_SSL"
     assert config["sasl.mechanisms"] == "PLAIN"
@@ -109,7 +110,7 @@ def test_a_java_truststore_says_to_use_pem(env, tmp_path):
 
 def test_unreadable_or_malformed_files_are_one_line(env, tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
-        load_settings(kafka_config_file=tmp_path / "missing.properties")
+        client_config(load_settings(kafka_config_file=tmp_path / "missing.properties"))
     bad = tmp_path / "bad.properties"
     bad.write_text(f"=novalue {SECRET}\n")
     with pytest.raises(ConfigError, match="line 1") as err:
@@ -227,7 +228,7 @@ def test_each_azure_way_in_becomes_delta_rs_options(env, given, expected):
         env.setenv(k, v)
     s = load_settings()
     assert s.delta_uri == AZURE  # any way in makes Azure the default location
-    assert s.delta_storage_options == {"account_name": "acct", **expected}
+    assert storage_options(s) == {"account_name": "acct", **expected}
 
 
 def test_two_azure_ways_or_a_missing_part_are_clear_errors(env):
@@ -235,13 +236,13 @@ def test_two_azure_ways_or_a_missing_part_are_clear_errors(env):
     env.setenv("AZURE_STORAGE_ACCOUNT_KEY", SECRET)
     env.setenv("AZURE_STORAGE_SAS_TOKEN", SECRET)
     with pytest.raises(ConfigError, match="account key.*SAS token") as err:
-        _ = load_settings().delta_storage_options
+        storage_options(load_settings())
     assert SECRET not in str(err.value)
     env.delenv("AZURE_STORAGE_ACCOUNT_KEY")
     env.delenv("AZURE_STORAGE_SAS_TOKEN")
     env.setenv("AZURE_CLIENT_SECRET", SECRET)
     with pytest.raises(ConfigError, match="AZURE_CLIENT_ID, AZURE_TENANT_ID not set") as err:
-        _ = load_settings(delta_table_uri=AZURE).delta_storage_options
+        storage_options(load_settings(delta_table_uri=AZURE))
     assert SECRET not in str(err.value)
 
 

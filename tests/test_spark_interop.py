@@ -27,7 +27,11 @@ from support.cli import env_for, finpulse
 from support.sinks import delta_rows, pg_count
 
 from finpulse.config import Settings
-from finpulse.schema import DELTA, DELTA_PARTITION, LINEAGE
+from finpulse.schema import LINEAGE
+from finpulse.sinks.delta.azure import storage_options
+from finpulse.sinks.delta.table import DELTA, PARTITION_BY
+
+DELTA_PARTITION = PARTITION_BY[0]  # the table's one partition column
 
 pytestmark = [
     pytest.mark.spark,
@@ -173,9 +177,9 @@ def test_spark_reads_exactly_the_rows_and_keys_finpulse_wrote(isolated, spark):
         finpulse("produce", "--count", str(TICKS // ROUNDS), "--seed", str(seed), env=env)
         out = finpulse("ingest", "--drain", "--workers", "2", env=env, timeout=180).stdout
         assert f"ingested {TICKS // ROUNDS:,} ticks" in out
-    files_before = len(DeltaTable(uri, storage_options=isolated.delta_storage_options).file_uris())
+    files_before = len(DeltaTable(uri, storage_options=storage_options(isolated)).file_uris())
     finpulse("maintain", env=env, timeout=180)
-    rs_table = DeltaTable(uri, storage_options=isolated.delta_storage_options)
+    rs_table = DeltaTable(uri, storage_options=storage_options(isolated))
     live = rs_table.file_uris()
     on_disk = list(Path(uri).glob(f"{DELTA_PARTITION}=*/*.parquet"))
     assert len(live) < files_before <= len(on_disk), "maintain compacted nothing: Spark would read a trivial log"

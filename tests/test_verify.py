@@ -12,7 +12,7 @@ from support.cli import env_for, finpulse
 from support.sinks import assert_exactly_once, delta_rows, pg_rows, produced
 
 from finpulse import produce
-from finpulse.sinks.delta import with_partition_column
+from finpulse.sinks.delta.table import PARTITION_BY, with_partition_columns
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
@@ -82,7 +82,7 @@ def test_verify_counts_rejects_and_reports_duplicates_and_strays(isolated):
     table = DeltaTable(isolated.delta_uri)
     twice = table.to_pyarrow_dataset().to_table(filter=pc.field("kafka_partition") == 1).slice(0, 3)
     twice = twice.drop_columns(["trade_date"])
-    write_deltalake(table, with_partition_column(twice), mode="append", partition_by=["trade_date"])
+    write_deltalake(table, with_partition_columns(twice), mode="append", partition_by=PARTITION_BY)
 
     found = finpulse("verify", env=env, check=False)
     assert found.returncode == 1

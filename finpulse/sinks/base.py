@@ -11,6 +11,18 @@ from finpulse.batch import FlushPolicy, Offsets, TickBatch
 
 if TYPE_CHECKING:
     from finpulse.config import Settings
+    from finpulse.link import Links, WorkerLink
+
+
+class Service(Protocol):
+    """A background job a sink kind runs in each `finpulse ingest` process (Delta: its committer and
+    compactor). The supervisor starts them before the workers and stops them after."""
+
+    name: str
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class Filled(NamedTuple):
@@ -57,9 +69,21 @@ class SinkKind(Protocol):
     """A kind of sink, as the registry (finpulse.sinks.KINDS) knows it."""
 
     name: str
-    keeps_rejects: bool  # verify: a reject's key counts as held
+    keeps_rejects: bool  # verify: a reject's key counts as held; status and metrics count its rejects
+    # What `describe` reports, each null in `status` when the sink cannot be read.
+    describes: tuple[str, ...]
 
-    def from_settings(self, settings: Settings, topic_id: str | None = None) -> Sink: ...
+    def from_settings(self, settings: Settings, topic_id: str | None = None, link: WorkerLink | None = None) -> Sink:
+        """A sink of this kind; `link`: the worker's pipe, for a sink a supervisor service helps write."""
+
+    def location(self, settings: Settings) -> dict[str, object]:
+        """Where its rows are, for `status` (no I/O, no secrets)."""
+
+    def headline(self, section: dict[str, object]) -> str:
+        """`status`'s line for a person about what `location` and `describe` said ("": nothing to add)."""
+
+    def services(self, settings: Settings, links: Links, workers: int) -> list[Service]:
+        """Background services an ingest process runs for this kind ([] for none)."""
 
     def rules(self, settings: Settings) -> Rules | None:
         """A checker of the rules the sink's table adds to FinPulse's schema (constraints,
@@ -111,7 +135,8 @@ class Sink(Protocol):
         "rejects" for a sink that keeps them."""
 
     def describe(self, partitions: Iterable[int]) -> dict[str, object]:
-        """What `status` shows of the sink beyond positions (JSON-able)."""
+        """What `status` shows of the sink beyond positions (JSON-able; the kind's `describes`
+        keys), and "rejected": {partition: count} for a sink that keeps rejects."""
 
     def summary(self, limit: int | None) -> Summary:
         """Rows, rejects and the `limit` busiest symbols (None: all) for `finpulse show`."""

@@ -59,9 +59,7 @@ def _string_to_sign(method: str, url: str, headers: dict[str, str], account: str
         lower.get("if-unmodified-since", ""),
         lower.get("range", ""),
     ]
-    canon_headers = "".join(
-        f"{k}:{lower[k].strip()}\n" for k in sorted(lower) if k.startswith("x-ms-")
-    )
+    canon_headers = "".join(f"{k}:{lower[k].strip()}\n" for k in sorted(lower) if k.startswith("x-ms-"))
     # Path-style URL: the path already starts with /<account>, and the canonical
     # resource prefixes the account again (/devstoreaccount1/devstoreaccount1/...).
     resource = f"/{account}{parts.path or '/'}"

@@ -45,7 +45,8 @@ from support.cli import children  # noqa: E402
 from support.private import PrivateAzurite, PrivateKafka, PrivatePostgres, running  # noqa: E402
 
 from finpulse.config import load_settings  # noqa: E402
-from finpulse.sinks.delta_log import TableLog  # noqa: E402
+from finpulse.sinks.delta.azure import storage_options  # noqa: E402
+from finpulse.sinks.delta.log import TableLog  # noqa: E402
 from finpulse.source import SESSION_TIMEOUT_MS  # noqa: E402
 
 FAULTS = (
@@ -106,7 +107,7 @@ class Monitor(threading.Thread):
         topic = s.kafka_topic
         # quiet (no librdkafka log lines while the broker is down) and never a group member
         kafka = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers, "group.id": "soak-monitor", "log_level": 0})
-        delta = TableLog(s.delta_uri, s.delta_storage_options)  # one read per new commit, not per partition
+        delta = TableLog(s.delta_uri, storage_options(s))  # one read per new commit, not per partition
         while not self.stop.wait(1.0):
             try:
                 marks = {p: kafka.get_watermark_offsets(TopicPartition(topic, p), timeout=2) for p in self.partitions}

@@ -9,6 +9,7 @@ import psycopg
 from confluent_kafka import Consumer
 
 from finpulse.config import Settings
+from finpulse.sinks.delta.azure import storage_options
 
 VALUE_COLUMNS = ("symbol", "price", "size", "timestamp_ms", "exchange")
 KEY_COLUMNS = ("kafka_partition", "kafka_offset", "tick_index")
@@ -27,7 +28,7 @@ def pg_count(s: Settings, table: str = "prices_raw") -> int:
 def delta_rows(s: Settings, columns=VALUE_COLUMNS + KEY_COLUMNS) -> list[tuple]:
     from deltalake import DeltaTable
 
-    table = DeltaTable(s.delta_uri, storage_options=s.delta_storage_options).to_pyarrow_table(columns=list(columns))
+    table = DeltaTable(s.delta_uri, storage_options=storage_options(s)).to_pyarrow_table(columns=list(columns))
     return list(zip(*(table.column(c).to_pylist() for c in columns)))
 
 

@@ -17,7 +17,7 @@ import json
 from deltalake import DeltaTable
 from pyarrow import fs as pafs
 
-from finpulse.sinks import delta_files
+from finpulse.sinks.delta import files
 
 # Past this many new commits since the last refresh, the known versions are dropped and asked
 # again (one transaction_version per app id) rather than read commit by commit.
@@ -66,7 +66,7 @@ class TableLog:
 
     def _txns(self, version: int) -> list[dict]:
         if self._fs is None:
-            self._fs = delta_files.filesystem(self.uri, self.storage_options)
+            self._fs = files.filesystem(self.uri, self.storage_options)
         with self._fs.open_input_stream(f"_delta_log/{version:020d}.json") as stream:
             lines = stream.read().decode().splitlines()
         return [action["txn"] for line in lines if line and "txn" in (action := json.loads(line))]

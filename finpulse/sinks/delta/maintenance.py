@@ -37,6 +37,9 @@ def small_files(table: DeltaTable) -> int:
     return int(pc.sum(pc.less(sizes, SMALL_FILE_BYTES)).as_py() or 0) if len(sizes) else 0
 
 
+HEALTH = ("version", "files", "bytes", "small_files", "last_compaction", "last_checkpoint")
+
+
 def health(table: DeltaTable) -> dict[str, Any]:
     """Version, live files, small files, bytes, last compaction (ISO time) and last checkpoint."""
     sizes = pa.table(table.get_add_actions(flatten=True)).column("size_bytes")

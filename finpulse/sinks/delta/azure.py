@@ -88,7 +88,16 @@ def isolate_environment(way: str) -> None:
             del os.environ[name]
 
 
-def storage_options(s: Settings, uri: str) -> dict[str, str]:
+AZURE_SCHEMES = ("abfss://", "abfs://", "az://", "azure://")
+
+
+def storage_options(settings: Settings) -> dict[str, str]:
+    """delta-rs storage options for the table settings.delta_uri names ({} for a local path)."""
+    uri = settings.delta_uri
+    return azure_options(settings, uri) if uri.startswith(AZURE_SCHEMES) else {}
+
+
+def azure_options(s: Settings, uri: str) -> dict[str, str]:
     """delta-rs storage options for an Azure URI; ConfigError when the way in is missing,
     ambiguous or incomplete (the message names the variables, never their values)."""
     ways = methods(s)

@@ -23,9 +23,8 @@ import pyarrow as pa
 from deltalake import DeltaTable, QueryBuilder, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
-from finpulse.schema import DELTA
-from finpulse.sinks.delta import with_partition_column
-from finpulse.sinks.delta_errors import unavailable
+from finpulse.sinks.delta.errors import unavailable
+from finpulse.sinks.delta.table import DELTA, with_partition_columns
 
 CONSTRAINT_PREFIX = "delta.constraints."
 # The scratch table's log grows by one commit per probe; it is started afresh after this many.
@@ -74,7 +73,7 @@ class DeltaRules:
             return {}
         table = self._scratch()
         self._probes += 1
-        rows = with_partition_column(ticks)
+        rows = with_partition_columns(ticks)
         numbered = rows.append_column(ROW, pa.array(range(rows.num_rows), pa.int64()))
         write_deltalake(table, numbered, mode="overwrite")
         _drop_replaced_files(table)

@@ -1,6 +1,6 @@
 """One Delta committer per `finpulse ingest` process, whatever --workers is.
 
-Workers write their Parquet files themselves, in parallel (sinks/delta_files.py), and send the add
+Workers write their Parquet files themselves, in parallel (files.py), and send the add
 actions with the positions they cover to this thread of the supervisor. Every interval it commits
 everything that arrived as one Delta commit, with every partition's `txn` (its position) in the
 same commit, so commits per table grow with processes, not with workers, and workers never read
@@ -31,10 +31,11 @@ from deltalake.exceptions import CommitFailedError, DeltaError
 from finpulse.config import Settings
 from finpulse.errors import ServiceUnavailable, first_line
 from finpulse.link import Links, WorkerLink
-from finpulse.sinks.delta import app_id, commit_files, topic_app_id
-from finpulse.sinks.delta_log import TableLog
+from finpulse.sinks.delta.azure import storage_options
+from finpulse.sinks.delta.log import TableLog
+from finpulse.sinks.delta.table import app_id, commit, position_txns, topic_app_id
 
-log = logging.getLogger("finpulse.committer")
+log = logging.getLogger("finpulse.committer")  # the name operators filter on
 
 # A worker gives up waiting for an answer after this long and retries its write (ServiceUnavailable);
 # a late commit of the abandoned request cannot duplicate rows: the retry's base is then stale.
@@ -94,6 +95,8 @@ class Committer:
     """The supervisor's side: a thread that commits what the workers staged, once per interval on
     a trickle (they write together); on a backlog, as fast as writes triggered by size arrive."""
 
+    name = "delta-committer"
+
     def __init__(self, settings: Settings, links: Links, workers: int):
         self.settings = settings
         self.gather_s = min(GATHER_S, settings.delta_flush_ms / 1000 / 10)
@@ -102,14 +105,13 @@ class Committer:
         self.requests: queue.Queue[Request] = queue.Queue()
         links.route("commit", self.requests)
         self.commits = 0
-        self.log = TableLog(settings.delta_uri, settings.delta_storage_options)
+        self.log = TableLog(settings.delta_uri, storage_options(settings))
         self._carry: list[Request] = []  # requests a round deferred to the next (see _commit)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="delta-committer", daemon=True)
 
-    def start(self) -> Committer:
+    def start(self) -> None:
         self._thread.start()
-        return self
 
     def stop(self) -> None:
         """After the workers exited: answer what is left, then end."""
@@ -189,13 +191,12 @@ class Committer:
             return answers
         keys = [r.topic_key for r in accepted if r.topic_key is not None]
         try:
-            commit_files(
+            positions = {p: n for r in accepted for p, n in r.next_offsets.items()}
+            key = keys[0] if keys else None  # one topic: one key
+            commit(
                 table,
                 [a for r in accepted for a in r.adds],
-                {p: n for r in accepted for p, n in r.next_offsets.items()},
-                topic,
-                keys[0] if keys else None,  # one topic: one key
-                self.log.txn(topic_app_id(topic)),
+                position_txns(topic, positions, key, self.log.txn(topic_app_id(topic))),
             )
         except CommitFailedError as exc:
             # Another process's commit moved a position these requests start from (a partition that

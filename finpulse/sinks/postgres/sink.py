@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import psycopg
@@ -27,10 +28,14 @@ from finpulse.schema import (
     REJECTS_TABLE,
     TICKS,
 )
-from finpulse.sinks import pgcopy
 from finpulse.sinks.base import Filled, Rules, Summary, Written
-from finpulse.sinks.postgres_rules import copy_narrowing, is_refusal, read_rules
-from finpulse.sinks.postgres_setup import classify, create_tables
+from finpulse.sinks.postgres import pgcopy
+from finpulse.sinks.postgres.rules import copy_narrowing, is_refusal, read_rules
+from finpulse.sinks.postgres.setup import classify, create_tables
+
+if TYPE_CHECKING:
+    from finpulse.link import Links, WorkerLink
+    from finpulse.sinks.base import Service
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +160,14 @@ def warn_plaintext(conninfo: str) -> None:
 class PostgresSink:
     name = "postgres"
     keeps_rejects = True  # a key is held as a row of prices_raw or as a reject
+    describes: ClassVar[
+        tuple[str, ...]
+    ] = ()  # positions and rejects per partition: status shows them in its partition rows
 
     @classmethod
-    def from_settings(cls, settings: Settings, topic_id: str | None = None) -> PostgresSink:
+    def from_settings(
+        cls, settings: Settings, topic_id: str | None = None, link: WorkerLink | None = None
+    ) -> PostgresSink:
         warn_plaintext(settings.postgres_conninfo())
         return cls(
             settings.postgres_conninfo(),
@@ -165,6 +175,18 @@ class PostgresSink:
             topic_id,
             where=f"{settings.postgres_display()} ({settings.postgres_schema}.{PRICES_TABLE})",
         )
+
+    @staticmethod
+    def location(settings: Settings) -> dict[str, object]:
+        return {"server": settings.postgres_display(), "schema": settings.postgres_schema}
+
+    @staticmethod
+    def headline(section: dict[str, object]) -> str:
+        return ""  # where it is goes in the JSON; its numbers are in the partition rows
+
+    @staticmethod
+    def services(settings: Settings, links: Links, workers: int) -> list[Service]:
+        return []
 
     @staticmethod
     def rules(settings: Settings) -> Rules | None:

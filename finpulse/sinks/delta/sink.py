@@ -5,176 +5,120 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError, TableNotFoundError
-from deltalake.transaction import AddAction
 
 from finpulse.batch import FlushPolicy, Offsets, TickBatch
 from finpulse.config import Settings
 from finpulse.errors import RulesChanged, ServiceUnavailable, SinkRejected, first_line
-from finpulse.schema import DELTA, DELTA_PARTITION, LAST_ORDER, LINEAGE
-from finpulse.sinks import delta_compaction as compaction
-from finpulse.sinks import delta_files
-from finpulse.sinks import delta_maintenance as maintenance
+from finpulse.schema import LAST_ORDER, LINEAGE
 from finpulse.sinks.base import Filled, Rules, Summary, Written
-from finpulse.sinks.delta_errors import unavailable
-from finpulse.sinks.delta_log import TableLog
+from finpulse.sinks.delta import compaction, files, maintenance
+from finpulse.sinks.delta.azure import storage_options
+from finpulse.sinks.delta.errors import unavailable
+from finpulse.sinks.delta.log import TableLog
+from finpulse.sinks.delta.table import (
+    MAX_COMMIT_RETRIES,
+    OWNER_APP_ID,
+    PARTITION_BY,
+    app_id,
+    commit,
+    create_table,
+    position_txns,
+    topic_app_id,
+    with_partition_columns,
+)
 
 if TYPE_CHECKING:
-    from finpulse.committer import CommitClient
+    from finpulse.link import Links, WorkerLink
+    from finpulse.sinks.base import Service
+    from finpulse.sinks.delta.committer import CommitClient
 
 log = logging.getLogger(__name__)
 
-# Several workers append to one table; delta-rs rebases a losing commit onto the winner this
-# many times before giving up (appends never truly conflict, so a few rounds always suffice).
-MAX_COMMIT_RETRIES = 20
 # With a committer: a write whose base positions went stale is rewritten this many times at once
 # (another worker of the process took the partition over) before the lane's backoff takes over.
 STALE_REWRITES = 3
 
-
-def app_id(topic: str, partition: int) -> str:
-    """The Delta `txn` application id of one Kafka partition; its version is the next offset."""
-    return f"finpulse:{topic}:{partition}"
-
-
-# Delta's names for the Arrow types of our schema.
-_DELTA_TYPES = {
-    pa.string(): "string",
-    pa.float64(): "double",
-    pa.int64(): "long",
-    pa.int32(): "integer",
-    pa.bool_(): "boolean",
-    pa.timestamp("us", tz="UTC"): "timestamp",
-    pa.date32(): "date",
-}
-
-
-def check_schema(table: DeltaTable, uri: str) -> None:
-    """SinkRejected when an existing table cannot take our rows (merge adds missing columns)."""
-    parts = table.metadata().partition_columns
-    if parts != [DELTA_PARTITION]:
-        raise SinkRejected(
-            f"the Delta table at {uri} is partitioned by {parts or 'nothing'}, FinPulse writes "
-            f"partitions by {DELTA_PARTITION}: point DELTA_TABLE_URI at a new location"
-        )
-    have = {f.name: getattr(f.type, "type", str(f.type)) for f in table.schema().fields}
-    wrong = [
-        f"{f.name} is {have[f.name]}, not {_DELTA_TYPES[f.type]}"
-        for f in DELTA
-        if f.name in have and have[f.name] != _DELTA_TYPES[f.type]
-    ]
-    if wrong:
-        raise SinkRejected(f"the Delta table at {uri} cannot take FinPulse rows: {'; '.join(wrong)}")
-
-
-def create_table(uri: str, storage_options: dict[str, str]) -> bool:
-    """Create the Delta table if absent (True when this call created it); check an existing one."""
-    try:
-        check_schema(DeltaTable(uri, storage_options=storage_options), uri)
-        return False
-    except TableNotFoundError:
-        pass
-    except (DeltaError, OSError) as exc:
-        raise unavailable(uri, "opening it", exc) from None
-    try:
-        DeltaTable.create(
-            uri,
-            schema=DELTA,
-            partition_by=[DELTA_PARTITION],
-            mode="ignore",
-            storage_options=storage_options,
-            name="prices",
-        )
-    except (DeltaError, OSError) as exc:
-        raise unavailable(uri, "creating it", exc) from None
-    return True
-
-
-def with_partition_column(ticks: pa.Table) -> pa.Table:
-    table = ticks.append_column(DELTA_PARTITION, pc.cast(ticks.column("trade_time"), pa.date32()))
-    return table.cast(DELTA)
-
-
-# Replay's merge: a row matches on its lineage; trade_date is a function of the row, so adding it
-# to the condition changes no match, but lets delta-rs read only the date partitions (and, from the
-# source's min/max, only the files) that the source touches instead of the whole table.
-_MERGE_ON = " AND ".join(f"t.{c} = s.{c}" for c in (*LINEAGE, DELTA_PARTITION))
+# Replay's merge: a row matches on its lineage; the partition columns are functions of the row, so
+# adding them to the condition changes no match, but lets delta-rs read only the partitions (and,
+# from the source's min/max, only the files) that the source touches instead of the whole table.
+_MERGE_ON = " AND ".join(f"t.{c} = s.{c}" for c in (*LINEAGE, *PARTITION_BY))
 
 
 def _refuses_data(exc: Exception) -> bool:
     """delta-rs refused the rows themselves (a CHECK constraint or invariant failed). Its Python
     binding raises the generic DeltaError for this with no code to test, so its wording is the only
-    signal. Admission (delta_rules) keeps such rows out; one reaching the table means a constraint
+    signal. Admission (rules.py) keeps such rows out; one reaching the table means a constraint
     was added since the rules were read."""
     return "Invalid data found" in str(exc) or "failed validation check" in str(exc)
-
-
-def topic_app_id(topic: str) -> str:
-    """The `txn` application id whose version is the fingerprint of the topic's Kafka id."""
-    # Its own prefix: tools that read `finpulse:<topic>:<partition>` as positions never meet it.
-    return f"finpulse-topic-id:{topic}"
-
-
-# The `txn` whose version is the fingerprint of the topic NAME the table belongs to (its rows carry no
-# topic, so a second topic's keys would collide with the first's).
-OWNER_APP_ID = "finpulse-table-topic"
-
-
-def topic_txns(topic: str, topic_key: int | None, stored: int | None) -> list[Transaction]:
-    """The `txn` storing the topic's fingerprint, when the table does not hold it (`stored`) already.
-    Every commit naming one app id conflicts with every other that does (delta-rs does not rebase
-    them): were it in every commit, two `ingest` processes on disjoint partitions would collide."""
-    if topic_key is None or stored == topic_key:
-        return []
-    return [Transaction(topic_app_id(topic), topic_key)]
-
-
-def commit_files(
-    table: DeltaTable, adds: list[dict], positions: Offsets, topic: str, topic_key: int | None, stored_key: int | None
-) -> None:
-    """One Delta commit: the data files `adds` (delta_files.write_files) with each partition's new
-    position as its `txn`, on top of the version `table` has loaded, and the topic's fingerprint
-    unless the table holds it (`stored_key`). DeltaError when it fails."""
-    txns = [Transaction(app_id(topic, p), n) for p, n in sorted(positions.items())]
-    table.create_write_transaction(
-        [AddAction(**a) for a in adds],
-        mode="append",
-        schema=DELTA,
-        partition_by=[DELTA_PARTITION],
-        commit_properties=CommitProperties(
-            app_transactions=txns + topic_txns(topic, topic_key, stored_key), max_commit_retries=MAX_COMMIT_RETRIES
-        ),
-    )
 
 
 class DeltaSink:
     name = "delta"
     keeps_rejects = False  # rejects live in PostgreSQL only; Delta holds each valid tick as a row
+    describes: ClassVar[tuple[str, ...]] = maintenance.HEALTH
 
     @classmethod
-    def from_settings(cls, settings: Settings, topic_id: str | None = None) -> DeltaSink:
-        sink = cls(settings.delta_uri, settings.delta_storage_options, settings.kafka_topic, topic_id)
+    def from_settings(
+        cls, settings: Settings, topic_id: str | None = None, link: WorkerLink | None = None
+    ) -> DeltaSink:
+        sink = cls(settings.delta_uri, storage_options(settings), settings.kafka_topic, topic_id)
         # aligned: every worker writes at the same moments, so the committer commits them together
         sink.flush = FlushPolicy(settings.delta_flush_ms / 1000, settings.delta_flush_ticks, aligned=True)
+        if link is not None and settings.delta_committer == "process":
+            from finpulse.sinks.delta.committer import CommitClient
+
+            sink.stage_commits(CommitClient(link))
         return sink
 
     @staticmethod
-    def rules(settings: Settings) -> Rules | None:
-        """The table's CHECK constraints, evaluated by delta-rs on a scratch table (delta_rules)."""
-        from finpulse.sinks.delta_rules import DeltaRules, constraints
+    def location(settings: Settings) -> dict[str, object]:
+        return {"uri": settings.delta_uri}
 
-        checks = constraints(settings.delta_uri, settings.delta_storage_options)
+    @staticmethod
+    def headline(section: dict[str, object]) -> str:
+        def num(v: object) -> str:
+            return "-" if v is None else f"{v:,}"
+
+        checkpoint = section.get("last_checkpoint")
+        return (
+            f"Delta version {num(section['version'])}, {num(section['files'])} files "
+            f"({num(section.get('small_files'))} small), {num(section['bytes'])} bytes, "
+            f"last compaction {section.get('last_compaction') or 'never'}, "
+            f"last checkpoint {'-' if checkpoint is None else f'v{checkpoint}'}"
+        )
+
+    @staticmethod
+    def services(settings: Settings, links: Links, workers: int) -> list[Service]:
+        """The process's committer (unless FINPULSE_DELTA_COMMITTER=worker) and background compactor
+        (unless FINPULSE_AUTO_COMPACT_FILES=0)."""
+        from finpulse.sinks.delta.committer import Committer
+        from finpulse.sinks.delta.compactor import Compactor
+
+        found: list[Service] = []
+        if settings.delta_committer == "process":
+            found.append(Committer(settings, links, workers))
+        if settings.auto_compact_files > 0:
+            found.append(Compactor(settings))
+        return found
+
+    @staticmethod
+    def rules(settings: Settings) -> Rules | None:
+        """The table's CHECK constraints, evaluated by delta-rs on a scratch table (rules.py)."""
+        from finpulse.sinks.delta.rules import DeltaRules, constraints
+
+        checks = constraints(settings.delta_uri, storage_options(settings))
         return DeltaRules(checks) if checks else None
 
     @staticmethod
     def prepare(settings: Settings) -> list[tuple[str, bool]]:
         """Create the table if absent (check an existing one), and say whether this call created it."""
-        return [(f"Delta table {settings.delta_uri}", create_table(settings.delta_uri, settings.delta_storage_options))]
+        return [(f"Delta table {settings.delta_uri}", create_table(settings.delta_uri, storage_options(settings)))]
 
     def __init__(self, uri: str, storage_options: dict[str, str], topic: str, topic_id: str | None = None):
         self.uri, self.storage_options, self.topic, self.topic_id = uri, storage_options, topic, topic_id
@@ -186,9 +130,9 @@ class DeltaSink:
 
     def stage_commits(self, client: CommitClient) -> None:
         """From now on `write` writes the data files and leaves the commit to the process's
-        committer (finpulse.committer), which commits every worker's files together."""
+        committer (committer.py), which commits every worker's files together."""
         self.committer = client
-        self._fs = delta_files.filesystem(self.uri, self.storage_options)
+        self._fs = files.filesystem(self.uri, self.storage_options)
 
     def _latest(self) -> DeltaTable:
         try:
@@ -233,17 +177,7 @@ class DeltaSink:
                     "KAFKA_TOPIC back"
                 )
             try:
-                table.create_write_transaction(
-                    [],
-                    mode="append",
-                    schema=DELTA,
-                    partition_by=[DELTA_PARTITION],
-                    commit_properties=CommitProperties(
-                        app_transactions=[Transaction(OWNER_APP_ID, ours)],
-                        custom_metadata={"finpulse.topic": self.topic},
-                        max_commit_retries=MAX_COMMIT_RETRIES,
-                    ),
-                )
+                commit(table, txns={OWNER_APP_ID: ours}, metadata={"finpulse.topic": self.topic})
                 return
             except CommitFailedError:
                 self.log.reset()
@@ -277,27 +211,19 @@ class DeltaSink:
 
         return fingerprint(self.topic_id) if self.topic_id else None
 
-    def _id_txn(self, topic_id: str | None) -> list[Transaction]:
-        from finpulse.resume import fingerprint
-
-        return [Transaction(topic_app_id(self.topic), fingerprint(topic_id))] if topic_id else []
-
     def accept_gaps(self, gaps: list, topic_id: str | None) -> None:
         import json
 
+        from finpulse.resume import fingerprint
+
         table = self._latest()
         held = self._held({g.partition for g in gaps})
-        txns = [Transaction(app_id(self.topic, g.partition), max(g.target, held.get(g.partition, 0))) for g in gaps]
+        positions = {g.partition: max(g.target, held.get(g.partition, 0)) for g in gaps}
+        # the topic's id is stored afresh (a recreated topic's gap): always in this commit
+        txns = position_txns(self.topic, positions, fingerprint(topic_id) if topic_id else None)
         record = [{"partition": g.partition, "from": g.start, "to": g.end, "reason": g.reason} for g in gaps]
-        commit = CommitProperties(
-            app_transactions=txns + self._id_txn(topic_id),
-            max_commit_retries=MAX_COMMIT_RETRIES,
-            custom_metadata={"finpulse.gaps": json.dumps(record)},
-        )
         with self._io("committing a gap record"):
-            table.create_write_transaction(
-                [], mode="append", schema=DELTA, partition_by=[DELTA_PARTITION], commit_properties=commit
-            )
+            commit(table, txns=txns, metadata={"finpulse.gaps": json.dumps(record)})
 
     def write(self, batch: TickBatch) -> Written:
         if self.committer is not None:
@@ -307,25 +233,22 @@ class DeltaSink:
         todo = batch.after(held)
         if todo.empty:
             return Written(held, 0, 0)
-        commit = CommitProperties(
-            app_transactions=[Transaction(app_id(self.topic, p), n) for p, n in todo.next_offsets.items()]
-            + topic_txns(self.topic, self._topic_key, self.log.txn(topic_app_id(self.topic))),
-            max_commit_retries=MAX_COMMIT_RETRIES,
-        )
+        txns = position_txns(self.topic, todo.next_offsets, self._topic_key, self.log.txn(topic_app_id(self.topic)))
         try:
             if todo.ticks.num_rows:
                 write_deltalake(
                     table,
-                    with_partition_column(todo.ticks),
+                    with_partition_columns(todo.ticks),
                     mode="append",
-                    partition_by=[DELTA_PARTITION],
+                    partition_by=PARTITION_BY,
                     schema_mode="merge",
-                    commit_properties=commit,
+                    commit_properties=CommitProperties(
+                        app_transactions=[Transaction(a, v) for a, v in txns.items()],
+                        max_commit_retries=MAX_COMMIT_RETRIES,
+                    ),
                 )
             else:  # only rejects or skipped events: still record that these offsets are done
-                commit_files(
-                    table, [], todo.next_offsets, self.topic, self._topic_key, self.log.txn(topic_app_id(self.topic))
-                )
+                commit(table, txns=txns)
         except SchemaMismatchError as exc:
             raise SinkRejected(f"the Delta table at {self.uri} cannot take our rows: {exc}") from None
         except CommitFailedError as exc:
@@ -361,7 +284,7 @@ class DeltaSink:
                 return Written(held, 0, 0)
             with self._io("writing data files"):
                 rows = todo.ticks
-                adds = delta_files.write_files(self._fs, with_partition_column(rows)) if rows.num_rows else []
+                adds = files.write_files(self._fs, with_partition_columns(rows)) if rows.num_rows else []
             base = {p: self._seen.get(p) for p in todo.next_offsets}
             answer = client.commit(adds, base, todo.next_offsets, topic_key)
             self._seen.update(answer.positions)
@@ -441,13 +364,10 @@ class DeltaSink:
         return {**compacted, "checkpoint": checkpoint, "vacuumed": vacuumed, "before": before, "after": after}
 
     def compact_if_needed(self, small_files: int, target_bytes: int) -> dict[str, int] | None:
-        """Background compaction: compact when at least `small_files` small files piled up and no
-        other process compacts the table (None: nothing was done)."""
+        """Background compaction (compaction.compact_if_needed); None when nothing was done."""
         table = self._latest()
         with self._io("background compaction"):
-            if maintenance.small_files(table) < small_files:
-                return None
-            return compaction.compact_exclusively(table, self.uri, self.storage_options, target_bytes)
+            return compaction.compact_if_needed(table, self.uri, self.storage_options, small_files, target_bytes)
 
     def remove_duplicates(self, spans: list[tuple[int, int, int]]) -> int:
         """Rewrite the rows of those offset ranges with every key once (delta_compaction)."""
@@ -471,7 +391,7 @@ class DeltaSink:
         with self._io("merging missing rows"):
             merged = (
                 table.merge(
-                    with_partition_column(ticks),
+                    with_partition_columns(ticks),
                     _MERGE_ON,
                     source_alias="s",
                     target_alias="t",

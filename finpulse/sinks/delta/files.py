@@ -1,6 +1,6 @@
 """Delta data files written apart from their commit.
 
-With a committer (finpulse.committer), a worker writes the Parquet files of its rows into the
+With a committer (committer.py), a worker writes the Parquet files of its rows into the
 table's location itself and hands their add actions to one committer per `finpulse ingest`
 process, which commits every worker's files and every partition's `txn` together. A file is
 visible only once a commit names it: files of a write whose commit never happened (a crash, a
@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from deltalake.fs import DeltaStorageHandler
 from pyarrow import fs as pafs
 
-from finpulse.schema import DELTA_PARTITION
+from finpulse.sinks.delta.table import PARTITION_BY
 
 # Rows per Parquet row group. The writer holds a whole row group's encoded pages and encoders until
 # the group is done: one group for a 150k-row write took 32 MB of Arrow memory at its peak, groups
@@ -51,17 +51,17 @@ def _stats(rows: pa.Table) -> str:
 
 
 def write_files(fs: pafs.FileSystem, rows: pa.Table) -> list[dict]:
-    """Write `rows` (in Delta's schema, with its date partition column) as one Parquet file per
-    date partition; return their add actions (as dicts: they cross a process boundary)."""
+    """Write `rows` (in the table's schema, partition columns included) as one Parquet file per
+    partition; return their add actions (as dicts: they cross a process boundary)."""
     adds = []
-    dates = rows.column(DELTA_PARTITION)
-    days = pc.unique(dates).to_pylist()
-    for day in days:
-        # one date (the usual case): the rows themselves, not a filtered copy of them
-        part = rows if len(days) == 1 else rows.filter(pc.equal(dates, pa.scalar(day, dates.type)))
-        part = part.drop_columns([DELTA_PARTITION])
-        value = day.isoformat()
-        path = f"{DELTA_PARTITION}={value}/part-{uuid.uuid4()}-c000.snappy.parquet"
+    keys = rows.select(PARTITION_BY).group_by(PARTITION_BY, use_threads=False).aggregate([]).to_pylist()
+    for key in keys:
+        # one partition (the usual case): the rows themselves, not a filtered copy of them
+        part = rows if len(keys) == 1 else rows.filter(_in_partition(rows, key))
+        part = part.drop_columns(PARTITION_BY)
+        values = {c: _partition_value(v) for c, v in key.items()}
+        folder = "/".join(f"{c}={v}" for c, v in values.items())
+        path = f"{folder}/part-{uuid.uuid4()}-c000.snappy.parquet"
         with fs.open_output_stream(path) as out:
             pq.write_table(part, out, compression="snappy", row_group_size=ROW_GROUP_ROWS)
             size = out.tell()
@@ -69,10 +69,23 @@ def write_files(fs: pafs.FileSystem, rows: pa.Table) -> list[dict]:
             {
                 "path": path,
                 "size": size,
-                "partition_values": {DELTA_PARTITION: value},
+                "partition_values": values,
                 "modification_time": int(time.time() * 1000),
                 "data_change": True,
                 "stats": _stats(part),
             }
         )
     return adds
+
+
+def _in_partition(rows: pa.Table, key: dict) -> pa.ChunkedArray:
+    mask = None
+    for column, value in key.items():
+        equal = pc.equal(rows.column(column), pa.scalar(value, rows.schema.field(column).type))
+        mask = equal if mask is None else pc.and_(mask, equal)
+    return mask
+
+
+def _partition_value(value: object) -> str:
+    """How Delta spells a partition value in a path and in an add action (dates: ISO 8601)."""
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)

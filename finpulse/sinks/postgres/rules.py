@@ -14,8 +14,8 @@ from psycopg import errors as pgerr
 
 from finpulse.errors import first_line
 from finpulse.schema import PRICES_TABLE, TICKS
-from finpulse.sinks import pgcopy
-from finpulse.sinks.postgres_setup import classify
+from finpulse.sinks.postgres import pgcopy
+from finpulse.sinks.postgres.setup import classify
 
 PROBE = "finpulse_probe"
 

@@ -30,12 +30,13 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
 from finpulse.backoff import Backoff
-from finpulse.schema import DELTA, DELTA_PARTITION, LINEAGE
-from finpulse.sinks import delta_files
+from finpulse.schema import LINEAGE
+from finpulse.sinks.delta import files
+from finpulse.sinks.delta.table import MAX_COMMIT_RETRIES, commit
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,6 @@ RENEW_EVERY_S = 60.0
 # Commit metadata naming the claim a compaction commit was made under.
 TOKEN_KEY = "finpulse.compaction"
 HOLDER_KEY = "finpulse.compaction.holder"
-MAX_COMMIT_RETRIES = 20  # a claim or compaction rebases over ingest's appends this many times
 # A compactor that finds the table claimed looks again after 1 s, doubling to 10 s.
 WAIT_FIRST_S = 1.0
 WAIT_MAX_S = 10.0
@@ -78,17 +78,7 @@ def holder(table: DeltaTable) -> int | None:
 
 def _stamp(table: DeltaTable, until_ms: int, token: str, who: str) -> None:
     """A commit of the claim `txn` alone (CommitFailedError when another claim was made meanwhile)."""
-    table.create_write_transaction(
-        [],
-        mode="append",
-        schema=DELTA,
-        partition_by=[DELTA_PARTITION],
-        commit_properties=CommitProperties(
-            app_transactions=[Transaction(LEASE_APP_ID, until_ms)],
-            custom_metadata={TOKEN_KEY: token, HOLDER_KEY: who},
-            max_commit_retries=MAX_COMMIT_RETRIES,
-        ),
-    )
+    commit(table, txns={LEASE_APP_ID: until_ms}, metadata={TOKEN_KEY: token, HOLDER_KEY: who})
 
 
 def claim(
@@ -165,6 +155,18 @@ class Renewing:
             log.warning("releasing the compaction claim failed (it expires by itself): %s", error)
 
 
+def compact_if_needed(
+    table: DeltaTable, uri: str, storage_options: dict[str, str], small_files: int, target_bytes: int
+) -> dict[str, int] | None:
+    """Background compaction: compact when at least `small_files` small files piled up and no other
+    process compacts the table (None: nothing was done). Reads no history: it runs every minute."""
+    from finpulse.sinks.delta import maintenance
+
+    if maintenance.small_files(table) < small_files:
+        return None
+    return compact_exclusively(table, uri, storage_options, target_bytes)
+
+
 def compact_exclusively(
     table: DeltaTable, uri: str, storage_options: dict[str, str], target_bytes: int, wait_s: float = 0.0
 ) -> dict[str, int] | None:
@@ -223,7 +225,7 @@ def undo_double_compaction(table: DeltaTable, lease: Lease) -> int:
             (ours if entry.get(TOKEN_KEY) == lease.token else theirs).append(entry["version"])
     if not ours or not theirs:
         return 0
-    fs = delta_files.filesystem(lease.uri, lease.storage_options)
+    fs = files.filesystem(lease.uri, lease.storage_options)
     removed_by_them = {a["path"] for v in theirs for a in _actions(fs, v, "remove")}
     doubled = [a for v in ours for a in _actions(fs, v, "remove") if a["path"] in removed_by_them]
     if not doubled:
