@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 
 from finpulse import feeds, produce
-from finpulse.normalize import Decoder, Messages
+from finpulse.decode import Decoder, Messages
 
 MESSAGES = 100_000
 FAST_ROUNDS = 7  # ~0.1 s a round: enough rounds for a stable best

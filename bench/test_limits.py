@@ -13,7 +13,7 @@ from conftest import BENCH_TICKS
 from deltalake import write_deltalake
 
 from finpulse import produce, source
-from finpulse.normalize import Decoder, Messages
+from finpulse.decode import Decoder, Messages
 from finpulse.schema import PRICES_TABLE
 from finpulse.sinks.delta.table import PARTITION_BY, with_partition_columns
 from finpulse.sinks.postgres import pgcopy

@@ -12,7 +12,7 @@ from conftest import STAGE_TICKS
 
 from finpulse import produce, source
 from finpulse.batch import TickBatch
-from finpulse.normalize import Decoder, Messages
+from finpulse.decode import Decoder, Messages
 from finpulse.schema import PRICES_TABLE
 from finpulse.sinks.delta import DeltaSink
 from finpulse.sinks.postgres import PostgresSink

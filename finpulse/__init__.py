@@ -1,8 +1,8 @@
 """FinPulse: Kafka ticks landed exactly once in PostgreSQL and Delta Lake."""
 
 from finpulse.config import Settings, load_settings
+from finpulse.decode import Decoder, Messages
 from finpulse.errors import ConfigError, FinpulseError, ServiceUnavailable, SinkRejected, WorkerFailed
-from finpulse.normalize import Decoder, Messages
 
 __all__ = [
     "ConfigError",

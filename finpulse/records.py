@@ -27,6 +27,25 @@ class Messages:
         )
 
     @classmethod
+    def concat(cls, parts: list[Messages]) -> Messages:
+        return cls(
+            [v for m in parts for v in m.values],
+            [p for m in parts for p in m.partitions],
+            [o for m in parts for o in m.offsets],
+            [t for m in parts for t in m.timestamps],
+        )
+
+    def without(self, partitions: set[int]) -> Messages:
+        """These messages but those of `partitions`."""
+        keep = [i for i, p in enumerate(self.partitions) if p not in partitions]
+        return Messages(
+            [self.values[i] for i in keep],
+            [self.partitions[i] for i in keep],
+            [self.offsets[i] for i in keep],
+            [self.timestamps[i] for i in keep],
+        )
+
+    @classmethod
     def from_kafka(cls, records) -> Messages:
         return cls(
             [m.value() for m in records],

@@ -25,9 +25,9 @@ from finpulse.admission import Admission
 from finpulse.backoff import Backoff
 from finpulse.batch import Accumulator, Offsets, TickBatch
 from finpulse.config import Settings
+from finpulse.decode import Decoder
 from finpulse.errors import ConfigError, ServiceUnavailable, first_line
 from finpulse.lanes import RETRY_FIRST_S, RETRY_MAX_S
-from finpulse.normalize import Decoder
 from finpulse.progress import LOG_EVERY_S
 from finpulse.sinks import open_sinks, prepare_sinks
 from finpulse.sinks.base import Sink
@@ -153,7 +153,7 @@ def run(
     `admission`: whose rules rows are held against (default: those same sinks')."""
     prepare_sinks(settings)
     admission = admission or Admission(settings)
-    decoder = Decoder(settings.max_message_bytes, feed=feed, strict=strict)
+    decoder = Decoder.from_settings(settings, feed, strict)
     topic_id = source.topic_id(settings)
     sinks: list[Sink] = open_sinks(settings, topic_id)
     try:
@@ -183,8 +183,8 @@ def replay(
         at = span.start
         for msgs in reader.read(span.partition, span.start, span.end):
             acc = Accumulator()
-            acc.add(decoder.decode(msgs), msgs.partitions, msgs.offsets)
-            batch = acc.take() if admission is None else _retrying(admission.admit, acc.take())
+            acc.add(retrying(decoder.decode, msgs), msgs.partitions, msgs.offsets)  # a decoder may say "not now"
+            batch = acc.take() if admission is None else retrying(admission.admit, acc.take())
             for sink in sinks:
                 _give(sink, batch, at, span, tallies[sink.name])
             at = batch.next_offsets[span.partition]
@@ -196,7 +196,7 @@ def replay(
 
 def _give(sink: Sink, batch: TickBatch, start: int, span: Span, tally: Tally) -> None:
     """Offsets [start, batch end) of one partition to one sink."""
-    filled = _retrying(sink.insert_missing, batch)
+    filled = retrying(sink.insert_missing, batch)
     tally.rows += filled.rows
     tally.rejects += filled.rejects
     rest = batch.after(filled.held)  # at or above the position the sink had under its lock
@@ -208,12 +208,13 @@ def _give(sink: Sink, batch: TickBatch, start: int, span: Span, tally: Tally) ->
         left = tally.left.setdefault(span.partition, Left(position, start, span.end))
         left.end = rest.next_offsets[span.partition]
         return
-    written = _retrying(sink.write, rest)  # skips whatever a live ingester wrote meanwhile, then advances
+    written = retrying(sink.write, rest)  # skips whatever a live ingester wrote meanwhile, then advances
     tally.rows += written.rows
     tally.rejects += written.rejects
 
 
-def _retrying(step, batch: TickBatch):
+def retrying(step, batch):
+    """`step(batch)`, again with backoff while it raises ServiceUnavailable, for up to RETRY_FOR_S."""
     backoff, deadline = Backoff(RETRY_FIRST_S, RETRY_MAX_S), time.monotonic() + RETRY_FOR_S
     while True:
         try:

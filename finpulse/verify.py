@@ -19,7 +19,7 @@ from finpulse import replay, sinks, source
 from finpulse.admission import Admission
 from finpulse.batch import TickBatch
 from finpulse.config import Settings
-from finpulse.normalize import Decoder
+from finpulse.decode import Decoder
 from finpulse.replay import Meter, Report, Span
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ def run(
     console: Console | None = None,
 ) -> Verdict:
     """Verify `spans` against the sinks `settings.sinks` names."""
-    decoder = Decoder(settings.max_message_bytes, feed=feed, strict=strict)
+    decoder = Decoder.from_settings(settings, feed, strict)
     held = replay.positions(settings, [s.partition for s in spans])
     with Meter("verifying", sum(s.size for s in spans), console) as meter:
         return verify(settings, spans, sinks.chosen(settings), decoder, held, samples, window, meter)
@@ -197,7 +197,7 @@ def _topic_keys(
     """Sorted keys of the admitted ticks and of the rejects that messages [lo, hi) decode to."""
     ticks, rejects = [], []
     for msgs in reader.read(partition, lo, hi):
-        decoded = decoder.decode(msgs)
+        decoded = replay.retrying(decoder.decode, msgs)  # a decoder may say "not now"
         batch = admission.admit(TickBatch(pa.Table.from_batches([decoded.ticks]), tuple(decoded.rejects), {}))
         rows = batch.ticks
         ticks.append(keys(rows.column("kafka_offset").to_numpy(), rows.column("tick_index").to_numpy()))

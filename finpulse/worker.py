@@ -26,11 +26,11 @@ from finpulse.backoff import Backoff
 from finpulse.batch import Accumulator, Offsets
 from finpulse.config import Settings
 from finpulse.deadletter import DeadLetters
+from finpulse.decode import Decoder
 from finpulse.errors import FinpulseError, ServiceUnavailable
 from finpulse.lanes import Lane, Remote
 from finpulse.link import WorkerLink
 from finpulse.logformat import ToParent
-from finpulse.normalize import Decoder
 from finpulse.progress import WorkerStats
 from finpulse.records import Messages
 from finpulse.sinks import open_sinks
@@ -41,6 +41,9 @@ log = logging.getLogger("finpulse.worker")
 IDLE_POLL_S = 0.2  # how often an idle worker looks at its stop flag
 REPORT_EVERY_S = 1.0  # stats to the supervisor, the Kafka group commit, freed memory back to the system
 STOP_GRACE_S = 30.0  # Ctrl+C / SIGTERM waits this long for buffered rows to become durable
+# Decoding that failed for now (a look-up the wire format needs): 0.25 s doubling to 10 s.
+DECODE_RETRY_FIRST_S = 0.25
+DECODE_RETRY_MAX_S = 10.0
 # Reading the sinks' positions on an assignment while a sink is down: 0.5 s doubling to 10 s.
 POSITIONS_RETRY_FIRST_S = 0.5
 POSITIONS_RETRY_MAX_S = 10.0
@@ -94,12 +97,16 @@ class Worker:
         s = spec.settings
         self.settings = s
         self.stop = threading.Event()
-        self.decoder = Decoder(s.max_message_bytes, feed=spec.feed, strict=spec.strict)
+        self.decoder = Decoder.from_settings(s, spec.feed, spec.strict)
         # each lane holds rows against every sink's rules with its own admission (its thread's)
         sinks = open_sinks(s, spec.topic_id, link=link)  # a sink may be written with the supervisor's help
         self.lanes = [Lane(sink, sink.flush, Admission(s)) for sink in sinks]
         self.sinks = [Remote(lane, self.stop) for lane in self.lanes]  # reads, run on each lane's thread
         self.dead_letters = DeadLetters(s, self.stop) if s.dlq_topic else None
+        self.undecoded: Messages | None = None  # messages the decoder could not decode yet (not now)
+        self.decode_down: str | None = None  # why, while it cannot
+        self.decode_at = 0.0  # monotonic time of the next try
+        self.decode_backoff = Backoff(DECODE_RETRY_FIRST_S, DECODE_RETRY_MAX_S)
         self.acc = Accumulator()
         self.consumed: Offsets = {}  # next offset per assigned partition, as read
         self.linger_s = s.linger_ms / 1000
@@ -129,6 +136,7 @@ class Worker:
 
     def _on_revoke(self, parts: list[int]) -> None:
         log.info("revoked partitions %s; owns %s", parts, sorted(self._owned() - set(parts)))
+        self._forget_undecoded(parts)
         self._flush()
         grace = self.settings.rebalance_grace_ms / 1000
         if not all(lane.wait_idle(grace) for lane in self.lanes):
@@ -141,11 +149,22 @@ class Worker:
 
     def _on_lost(self, parts: list[int]) -> None:
         self.acc.drop(parts)  # another member owns them now
+        self._forget_undecoded(parts)
+
+    def _forget_undecoded(self, parts: list[int]) -> None:
+        """Messages held back for partitions that moved: their new owner reads them again."""
+        if self.undecoded is not None:
+            self.undecoded = self.undecoded.without(set(parts))
+            if not len(self.undecoded):
+                self.undecoded = self.decode_down = None
 
     def _on_end(self, partition: int, end: int) -> None:
         """The consumer reached the end of a partition at offset `end`. Offsets it passed without a
         message (transaction markers, aborted records, or a partition retention emptied) are done:
         hand them to the sinks as positions, so `--drain` and lag see the partition as complete."""
+        held_back = self.undecoded is not None and partition in self.undecoded.partitions
+        if held_back:  # messages below `end` wait to be decoded: the position must not pass them
+            return
         if self.source is not None and partition in self.source.assigned and end > self.consumed.get(partition, -1):
             self.acc.advance(partition, end)
             self.consumed[partition] = end
@@ -213,7 +232,9 @@ class Worker:
                     s.batch_size - self.acc.size, min(self.acc.wait_left(self.linger_s, IDLE_POLL_S), IDLE_POLL_S)
                 )
                 if records:
-                    self._decode(records)
+                    self._decode(Messages.from_kafka(records))
+                if self.undecoded is not None and time.monotonic() >= self.decode_at:
+                    self._decode(None)
                 if self.acc.due(s.batch_size, self.linger_s):
                     self._flush()
                 self._backpressure()
@@ -234,9 +255,33 @@ class Worker:
                 self.dead_letters.close()
             self._report()
 
-    def _decode(self, records) -> None:
-        msgs = Messages.from_kafka(records)
-        decoded = self.decoder.decode(msgs)
+    def _decode(self, fresh: Messages | None) -> None:
+        """Decode `fresh` messages (None: retry those held back) into the accumulator. A decoder
+        that cannot decode now (ServiceUnavailable: a look-up failed) is an outage, never a reject:
+        the messages are held back, in order, consumption pauses, and the worker tries them again
+        with backoff, still reporting and serving the group, as it does while a sink is down."""
+        if self.undecoded is not None and fresh is not None:
+            fresh = Messages.concat([self.undecoded, fresh])  # behind what is held back, in order
+        elif fresh is None:
+            fresh = self.undecoded
+        if fresh is None or not len(fresh):
+            self.undecoded = None
+            return
+        msgs = fresh
+        try:
+            decoded = self.decoder.decode(msgs)
+        except ServiceUnavailable as exc:
+            if self.undecoded is None:
+                log.warning("cannot decode messages now, holding them back and retrying: %s", exc)
+            self.undecoded, self.decode_down = msgs, str(exc)
+            self.decode_at = time.monotonic() + self.decode_backoff.next_delay()
+            assert self.source is not None
+            self.source.pause()
+            return
+        if self.undecoded is not None:
+            log.warning("decoding again; %d messages held back go on", len(msgs))
+            self.undecoded = self.decode_down = None
+            self.decode_backoff.reset()
         self.acc.add(decoded, msgs.partitions, msgs.offsets)
         last = self.acc.next_offsets  # just advanced past these messages
         for p in set(msgs.partitions):
@@ -272,7 +317,7 @@ class Worker:
         if not self.source.paused and (inflight >= limit or nbytes >= byte_limit):
             self.source.pause()
             log.debug("backpressure: %d ticks (%d bytes) waiting for the sinks; pausing consumption", inflight, nbytes)
-        elif self.source.paused and inflight < limit // 2 and nbytes < byte_limit // 2:
+        elif self.source.paused and self.undecoded is None and inflight < limit // 2 and nbytes < byte_limit // 2:
             self.source.resume()
             log.debug("backpressure released; resuming consumption")
 
@@ -305,6 +350,8 @@ class Worker:
             st.held_lag = {lane.name: self.source.lag(lane.held()) for lane in self.lanes}
             st.partitions = sorted(self.source.assigned)
         st.down = {lane.name: lane.down for lane in self.lanes if lane.down}
+        if self.decode_down is not None:
+            st.down["decoder"] = self.decode_down
         self.link.tell("stats", st)
 
     def _shutdown(self) -> None:

@@ -1,7 +1,7 @@
 import pyarrow as pa
 
 from finpulse.batch import Accumulator, TickBatch
-from finpulse.normalize import Decoder, Messages, Reject
+from finpulse.decode import Decoder, Messages, Reject
 
 
 def _decoded(partition: int, offsets: list[int]):

@@ -16,7 +16,7 @@ from support.sinks import read_topic
 from finpulse import source
 from finpulse.config import load_settings
 from finpulse.deadletter import MAX_VALUE_BYTES, MESSAGE_MAX_BYTES, QUEUE_WAIT_S, REASON_MAX_BYTES, DeadLetters
-from finpulse.normalize import Reject
+from finpulse.decode import Reject
 
 MIB = 1 << 20
 

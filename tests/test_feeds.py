@@ -14,7 +14,7 @@ from support.samples import EXPECTED, EXPECTED_COLUMNS, FIXTURES, NON_TRADE, T0,
 
 from finpulse import feeds
 from finpulse.feeds.fields import epoch_us
-from finpulse.normalize import Decoder, Messages
+from finpulse.decode import Decoder, Messages
 
 KAFKA_MS = 1_718_035_299_000  # the Kafka record time of every test message, after all trade times
 

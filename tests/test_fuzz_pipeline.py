@@ -22,7 +22,7 @@ import pytest
 from support import hostile
 from support.cli import env_for, finpulse
 
-from finpulse.normalize import MAX_FUTURE_US, MIN_TIMESTAMP_US, Decoder, Messages
+from finpulse.decode import MAX_FUTURE_US, MIN_TIMESTAMP_US, Decoder, Messages
 
 COUNT = int(os.environ.get("FINPULSE_FUZZ_COUNT", "3000"))
 SEED = int(os.environ.get("FINPULSE_FUZZ_SEED", "9"))

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from finpulse.batch import Accumulator, TickBatch, reject_nbytes
 from finpulse.config import load_settings
 from finpulse.lanes import Lane
-from finpulse.normalize import Decoder, Messages, Reject
+from finpulse.decode import Decoder, Messages, Reject
 from finpulse.sinks import Written
 from finpulse.worker import Worker
 

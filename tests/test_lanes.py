@@ -11,7 +11,7 @@ import pytest
 from finpulse.batch import Accumulator, FlushPolicy, Offsets, TickBatch
 from finpulse.errors import ServiceUnavailable, SinkRejected
 from finpulse.lanes import Lane
-from finpulse.normalize import Decoder, Messages
+from finpulse.decode import Decoder, Messages
 from finpulse.sinks import Written
 
 

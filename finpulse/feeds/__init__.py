@@ -2,7 +2,7 @@
 
 Each shape is a `Feed` (one module per source) with a cheap `matches` test and a `parse`;
 `parse(obj)` picks the one shape that matches unless one is forced (`--format NAME`). The
-careful path of normalize.py calls this per message; the fast path there handles batches of
+careful path of finpulse/decode calls this per message; its fast path handles batches of
 plain canonical ticks. docs/feeds.md lists the shapes and the fields each one reads.
 """
 

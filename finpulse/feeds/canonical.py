@@ -1,7 +1,7 @@
 """The canonical FinPulse tick: {"symbol", "price", "size", "timestamp_ms"?, "exchange"?, "side"?},
 alone or as an array of ticks in one message.
 
-normalize.py decodes whole batches of single canonical ticks column by column; this per-message
+finpulse/decode (fast.py) decodes whole batches of single canonical ticks column by column; this per-message
 reader is its reference (the careful path must give the same rows) and handles the rest.
 """
 

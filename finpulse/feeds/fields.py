@@ -87,11 +87,11 @@ _ISO = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?\s*(Z|[+-]\d{2}(?::?\d{2})?)?$", re.I
 )
 # Magnitude bounds for unit='auto': past 1990 in any unit these ranges do not overlap
-# (1e11 s is the year 5138; 1e11 ms is 1973, before the 1990 floor normalize.py enforces).
+# (1e11 s is the year 5138; 1e11 ms is 1973, before the 1990 floor checks.py enforces).
 _S_BELOW, _MS_BELOW, _US_BELOW = 1e11, 1e14, 1e17
 _PER_US = {"s": 1_000_000, "ms": 1000, "us": 1}
 # Beyond this many µs from the epoch (~year 294,000) a time no longer fits an int64 column in
-# either sink; normalize.py's narrower window (1990 to a day past the record) rejects far less.
+# either sink; checks.py's narrower window (1990 to a day past the record) rejects far less.
 _FAR_US = 1 << 63
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 
 from finpulse.batch import Accumulator, TickBatch
-from finpulse.normalize import Decoder
+from finpulse.decode import Decoder
 from finpulse.records import Messages
 
 T0 = 1_700_000_000_000

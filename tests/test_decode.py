@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from support.samples import BAD, NOW_MS, tick
 
 from finpulse import feeds
-from finpulse.normalize import Decoder, Messages
+from finpulse.decode import Decoder, Messages
 
 
 def msgs(*values, timestamps=None) -> Messages:
@@ -303,3 +303,27 @@ def test_one_odd_message_in_a_large_batch_keeps_every_row_and_order():
     assert out.ticks.column("kafka_offset").to_pylist() == [i for i in range(5000) if i != 3333]
     assert [r.offset for r in out.rejects] == [3333]
     assert out.ticks.column("price").to_pylist()[100] == 2.5
+
+
+def test_a_wire_format_that_cannot_decode_now_raises_instead_of_rejecting():
+    """A decoder that needs the network (a schema registry) and cannot reach it: "not now" goes up to
+    the caller to retry; only bytes that will never decode become rejects."""
+    from finpulse.decode.wire import JsonWire, Undecodable
+    from finpulse.errors import ServiceUnavailable
+
+    class Unreachable(JsonWire):
+        def values(self, value):
+            if value == b"later":
+                raise ServiceUnavailable("registry unreachable")
+            if value == b"never":
+                raise Undecodable("schema id 7 is not in the registry")
+            return super().values(value)
+
+    decoder = Decoder(wire=Unreachable())
+    msgs = Messages(
+        [b"never", b'{"symbol":"A","price":1,"size":1,"timestamp_ms":1700000000000}'], [0, 0], [0, 1], [0, 0]
+    )
+    decoded = decoder.decode(msgs)
+    assert decoded.ticks.num_rows == 1 and [r.reason for r in decoded.rejects] == ["schema id 7 is not in the registry"]
+    with pytest.raises(ServiceUnavailable):
+        decoder.decode(Messages([b"later"], [0], [2], [0]))

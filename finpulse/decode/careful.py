@@ -1,22 +1,22 @@
-"""The careful path: one message at a time, through the feed readers (finpulse/feeds/), so every
-shape is known and a message that yields no tick gets a reason."""
+"""The careful path: one message at a time, in two steps: the wire format turns its bytes into a
+value (wire.py), the feed readers (finpulse/feeds/) turn the value into trades; so every shape is
+known and a message that yields no tick gets a reason."""
 
 from __future__ import annotations
 
-import json
-
-import orjson
 import pyarrow as pa
 
 from finpulse import feeds
 from finpulse.checks import broker_time_problem, ceiling_us, check, reject
+from finpulse.decode.wire import Undecodable, Wire
+from finpulse.errors import ServiceUnavailable
 from finpulse.records import Decoded, Messages, Reject
 from finpulse.schema import TICKS
 
 
 class Careful:
-    def __init__(self, max_message_bytes: int, feed: feeds.Feed | None, strict: bool):
-        self.max_message_bytes, self.feed, self.strict = max_message_bytes, feed, strict
+    def __init__(self, wire: Wire, feed: feeds.Feed | None, strict: bool):
+        self.wire, self.feed, self.strict = wire, feed, strict
 
     def decode(self, msgs: Messages, indexes) -> Decoded:
         rows: list[tuple] = []
@@ -28,6 +28,8 @@ class Careful:
             mark = len(rows), len(rejects)
             try:
                 skipped += self._one(value, partition, offset, kafka_ms, rows, rejects)
+            except ServiceUnavailable:  # "not now": the caller retries the whole batch later
+                raise
             except Exception as exc:  # a bug of ours must cost one message, never the worker
                 del rows[mark[0] :], rejects[mark[1] :]
                 rejects.append(
@@ -117,76 +119,14 @@ class Careful:
         return skipped
 
     def _read(self, value: bytes | None) -> tuple[object, str, str | None]:
-        """(decoded JSON, feed name, None), or (None, feed name, why the message is unusable)."""
-        if value is None:
-            return None, "unknown", "tombstone: the record has no value"
-        if len(value) > self.max_message_bytes:
-            return (
-                None,
-                "unknown",
-                (
-                    f"message is {len(value)} bytes, over the {self.max_message_bytes}-byte "
-                    "limit (FINPULSE_MAX_MESSAGE_BYTES)"
-                ),
-            )
+        """(value, feed name, None), or (None, feed name, why the message is unusable): step one,
+        the wire format (wire.py). A wire that cannot decode now (a look-up that failed) raises
+        ServiceUnavailable, which is never a reject."""
         try:
-            obj = orjson.loads(value)
-        except orjson.JSONDecodeError as exc:
-            return None, "unknown", _json_reason(value, exc)
-        duplicate = _duplicate_key(value, obj)
-        if duplicate is not None:
-            feed = self.feed or feeds.detect(obj)
-            return None, feed.name if feed else "unknown", duplicate
-        return obj, "unknown", None
-
-
-def _json_reason(value: bytes, exc: Exception) -> str:
-    try:
-        value.decode("utf-8")
-    except UnicodeDecodeError as err:
-        return f"not UTF-8: invalid byte at position {err.start}"
-    if not value.strip():
-        return "empty message"
-    return f"not valid JSON: {exc}"
-
-
-def _duplicate_key(value: bytes, obj: object) -> str | None:
-    """Why `value` is rejected for a key repeated within one JSON object, or None. Exact.
-
-    orjson keeps the last of repeated keys without a word. Cheap test first: re-encoding the
-    parsed value writes each surviving string once, with a quote byte for each quote inside it;
-    the message has as many quote bytes only if nothing was dropped, unless a \\u escape spelled
-    a quote without one. Otherwise the stdlib parser walks it once more, key by key."""
-    if not isinstance(obj, (dict, list)):
-        return None
-    if b"\\u" not in value:
-        try:
-            if orjson.dumps(obj).count(b'"') == value.count(b'"'):
-                return None
-        except orjson.JSONEncodeError:  # nesting deeper than orjson writes: the slow walk decides
-            pass
-    try:
-        json.loads(value, object_pairs_hook=_no_repeats)
-    except _RepeatedKey as exc:
-        return f"duplicate key {exc.key!r} in a JSON object: which value is meant is ambiguous"
-    except RecursionError:
-        return "JSON nested too deeply to check for duplicate keys"
-    except ValueError as exc:  # never seen: orjson is the stricter parser of the two
-        return f"JSON the duplicate-key check cannot read: {exc}"
-    return None
-
-
-class _RepeatedKey(Exception):
-    def __init__(self, key: str):
-        self.key = key
-
-
-def _no_repeats(pairs: list[tuple[str, object]]) -> None:
-    seen = set()
-    for key, _ in pairs:
-        if key in seen:
-            raise _RepeatedKey(key)
-        seen.add(key)
+            return self.wire.values(value), "unknown", None
+        except Undecodable as exc:
+            feed = (self.feed or feeds.detect(exc.parsed)) if exc.parsed is not None else None
+            return None, feed.name if feed else "unknown", exc.reason
 
 
 def _rows_to_batch(

@@ -1,17 +1,20 @@
 """Kafka message bytes -> canonical tick rows (an Arrow record batch) and rejects.
 
 `Decoder.decode` never raises on input: every message ends up as one or more ticks, as a
-reject with its reason and raw bytes, or as a skipped non-trade event.
+reject with its reason and raw bytes, or as a skipped non-trade event. It raises only
+ServiceUnavailable, when its wire format cannot decode now (wire.py): the caller retries.
 
-Two paths, one result:
-  * the fast path (decode_fast.py) assumes the canonical FinPulse shape and builds whole columns
+Decoding is two steps: the wire format turns bytes into a value (wire.py: JSON today), the feed
+shapes turn a value into trades (finpulse/feeds/). Two paths, one result:
+  * the fast path (fast.py) assumes JSON in the canonical FinPulse shape and builds whole columns
     at once; a batch in which anything is off (a missing key, a string where a number belongs)
     falls back to
-  * the careful path (decode_careful.py), one message at a time, which knows every feed shape
-    (finpulse/feeds/) and says precisely what is wrong with a message that yields no tick.
+  * the careful path (careful.py), one message at a time through both steps, which knows every
+    feed shape and says precisely what is wrong with a message that yields no tick.
 
 Both hold each trade to the same rules (checks.py). The records that cross stages (Messages in,
-Decoded ticks and Rejects out) live in records.py.
+Decoded ticks and Rejects out) live in records.py. `Decoder.from_settings` is the one place a
+decoder is made (ingest, replay and verify decode alike).
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import pyarrow as pa
 
 from finpulse import feeds
 from finpulse.checks import MAX_FUTURE_US, MAX_TIMESTAMP_US, MIN_TIMESTAMP_US, clean_reason
-from finpulse.decode_careful import Careful
-from finpulse.decode_fast import fast_canonical
+from finpulse.config import Settings
+from finpulse.decode.careful import Careful
+from finpulse.decode.fast import fast_canonical
+from finpulse.decode.wire import JsonWire, Wire
 from finpulse.records import Decoded, Messages, Reject
 
 __all__ = [
@@ -41,14 +46,27 @@ MIN_FAST_SPAN = 256
 
 
 class Decoder:
-    def __init__(self, max_message_bytes: int = 1 << 20, feed: str | None = None, strict: bool = False):
+    def __init__(
+        self,
+        max_message_bytes: int = 1 << 20,
+        feed: str | None = None,
+        strict: bool = False,
+        wire: Wire | None = None,
+    ):
         self.max_message_bytes = max_message_bytes
         self.feed = feeds.get(feed) if feed else None
         self.strict = strict
-        self._careful = Careful(max_message_bytes, self.feed, strict)
+        self.wire = wire or JsonWire(max_message_bytes)
+        self._careful = Careful(self.wire, self.feed, strict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, feed: str | None = None, strict: bool = False) -> Decoder:
+        """The decoder of ingest, replay and verify: the message size limit, and `--format` /
+        `--strict` as given to the command."""
+        return cls(settings.max_message_bytes, feed=feed, strict=strict)
 
     def decode(self, msgs: Messages) -> Decoded:
-        if self.feed is None or self.feed is feeds.CANONICAL:
+        if isinstance(self.wire, JsonWire) and (self.feed is None or self.feed is feeds.CANONICAL):
             fast = self.fast(msgs)
             if fast is not None:
                 return fast
@@ -56,11 +74,11 @@ class Decoder:
         return self.careful(msgs)
 
     def fast(self, msgs: Messages) -> Decoded | None:
-        """The fast path alone (decode_fast.py): None when the batch is not all plain canonical ticks."""
+        """The fast path alone (decode.fast.py): None when the batch is not all plain canonical ticks."""
         return fast_canonical(msgs, self.max_message_bytes)
 
     def careful(self, msgs: Messages, indexes=None) -> Decoded:
-        """The careful path alone (decode_careful.py), over `indexes` (default: every message)."""
+        """The careful path alone (decode.careful.py), over `indexes` (default: every message)."""
         return self._careful.decode(msgs, range(len(msgs)) if indexes is None else indexes)
 
     def _split(self, msgs: Messages) -> list[Decoded]:

@@ -1,6 +1,6 @@
 """The fast path: a batch of plain canonical ticks decoded column by column.
 
-It commits only to batches whose every row the careful path (decode_careful.py) would turn into
+It commits only to batches whose every row the careful path (decode.careful.py) would turn into
 the same row; anything else returns None and goes the careful way, which says what is wrong.
 """
 
