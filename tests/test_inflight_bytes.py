@@ -128,6 +128,7 @@ def _worker(max_ticks: int, max_bytes: int) -> Worker:
     w.acc = Accumulator()
     w.lanes = [SimpleNamespace(waiting=0, waiting_bytes=0), SimpleNamespace(waiting=0, waiting_bytes=0)]
     w.source = _Source()
+    w.undecoded = None  # nothing held back by the decoder
     return w
 
 
