@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from support.samples import EXPECTED, EXPECTED_COLUMNS, FIXTURES, NON_TRADE, T0, fixture
 
 from finpulse import feeds
-from finpulse.feeds.fields import epoch_us
 from finpulse.decode import Decoder, Messages
+from finpulse.feeds.fields import epoch_us
 
 KAFKA_MS = 1_718_035_299_000  # the Kafka record time of every test message, after all trade times
 

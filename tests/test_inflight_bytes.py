@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 from finpulse.batch import Accumulator, TickBatch, reject_nbytes
 from finpulse.config import load_settings
-from finpulse.lanes import Lane
 from finpulse.decode import Decoder, Messages, Reject
+from finpulse.lanes import Lane
 from finpulse.sinks import Written
 from finpulse.worker import Worker
 

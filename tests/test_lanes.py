@@ -9,9 +9,9 @@ import time
 import pytest
 
 from finpulse.batch import Accumulator, FlushPolicy, Offsets, TickBatch
+from finpulse.decode import Decoder, Messages
 from finpulse.errors import ServiceUnavailable, SinkRejected
 from finpulse.lanes import Lane
-from finpulse.decode import Decoder, Messages
 from finpulse.sinks import Written
 
 

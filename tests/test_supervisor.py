@@ -158,3 +158,128 @@ def _owners(s) -> list[int]:
 def _listed(line: str) -> list[int]:
     inside = line.split("partitions [", 1)[1].split("]", 1)[0]
     return [int(x) for x in inside.split(",") if x.strip()]
+
+
+# ---------------------------------------------------------------------------- the steps, without processes
+class _Proc:
+    """Stands in for a worker process: a test says when it exits and with what code."""
+
+    def __init__(self, pid: int):
+        self.pid, self.exitcode, self.signals = pid, None, []
+
+    def is_alive(self) -> bool:
+        return self.exitcode is None
+
+    def join(self, timeout=None) -> None:
+        pass
+
+    def terminate(self) -> None:
+        self.signals.append("TERM")
+
+    def kill(self) -> None:
+        self.signals.append("KILL")
+        self.exitcode = -9
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _supervisor(workers: int = 2, budget=None):
+    clock, started = _Clock(), []
+
+    def start(i: int) -> _Proc:
+        started.append(i)
+        return _Proc(100 + len(started))
+
+    from finpulse.supervisor import Supervisor
+
+    return Supervisor(workers, start, budget=budget, clock=clock), clock, started
+
+
+def test_a_crashed_worker_comes_back_after_its_backoff_and_an_outage_costs_no_budget():
+    from finpulse.errors import ServiceUnavailable
+    from finpulse.supervisor import RestartBudget
+
+    sup, clock, started = _supervisor(budget=RestartBudget(limit=1, clock=_Clock()))
+    sup.start_all()
+    assert started == [0, 1]
+    sup.procs[0].exitcode = 1  # a crash
+    assert sup.step() == [0] and sup.restarts == 1 and started == [0, 1]
+    clock.now += 0.5
+    sup.step()
+    assert started == [0, 1], "restarted before its 1 s backoff"
+    clock.now += 0.6
+    sup.step()
+    assert started == [0, 1, 0]
+    for _ in range(3):  # outages heal by waiting: restarted every time, budget untouched
+        sup.procs[1].exitcode = ServiceUnavailable.exit_code
+        sup.step()
+        clock.now += 60
+        sup.step()
+    assert sup.fatal == [] and started.count(1) == 4
+
+
+def test_a_worker_that_keeps_crashing_spends_the_budget_and_ends_the_run():
+    from finpulse.supervisor import RestartBudget
+
+    sup, clock, _ = _supervisor(workers=1, budget=RestartBudget(limit=2, window_s=600, clock=_Clock()))
+    sup.start_all()
+    for _ in range(3):
+        sup.procs[0].exitcode = 1
+        sup.step()
+        clock.now += 60
+        sup.step()
+    assert len(sup.fatal) == 1 and "keeps crashing: 3 crashes within 10 minutes" in str(sup.fatal[0])
+    assert sup.finished
+
+
+def test_stop_terminates_every_worker_then_kills_the_ones_that_outlive_the_timeout():
+    from finpulse.supervisor import STOP_TIMEOUT_S
+
+    sup, clock, started = _supervisor()
+    sup.start_all()
+    sup.procs[1].exitcode = 1
+    sup.step()  # worker 1 is due for a restart when the stop comes
+    sup.stop()
+    assert sup.procs[0].signals == ["TERM"]
+    sup.step()
+    assert started == [0, 1] and 1 in sup.done, "no restart once stopping"
+    clock.now += STOP_TIMEOUT_S + 1
+    sup.step()
+    assert sup.procs[0].signals == ["TERM", "KILL"]
+    sup.step()
+    assert sup.finished
+
+
+def test_the_drain_check_waits_for_every_sink_and_a_sink_that_is_down():
+    from types import SimpleNamespace
+
+    from finpulse.errors import ServiceUnavailable
+    from finpulse.supervisor import _DrainCheck
+
+    held = {"a": {0: 10, 1: 5}, "b": {0: 10, 1: 5}}
+    down = []
+
+    def positions(name):
+        def read(parts):
+            if down:
+                raise ServiceUnavailable("down")
+            return held[name]
+
+        return read
+
+    opened = [SimpleNamespace(positions=positions(n), close=lambda: None) for n in held]
+    check = _DrainCheck(None, {0: 10, 1: 7, 2: 0}, opened)  # type: ignore[arg-type]
+    assert not check()
+    held["a"][1] = held["b"][1] = 7
+    check.next_check = 0
+    down.append(1)
+    assert not check()
+    down.clear()
+    check.next_check = 0
+    assert check()  # partition 2 holds nothing to wait for
