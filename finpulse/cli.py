@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -11,19 +11,18 @@ from rich.console import Console
 from finpulse import logformat, views
 from finpulse import sinks as registry
 from finpulse.cli_options import (
+    DELTA,
+    KAFKA,
     AllowDataLoss,
-    Bootstrap,
-    DeltaUri,
     Feed,
     FromOffset,
     FromTime,
-    KafkaConfig,
     Partitions,
     SinkChoice,
     Strict,
     ToOffset,
-    Topic,
     ToTime,
+    connection,
     feed_choice,
     range_spans,
 )
@@ -60,9 +59,10 @@ def _root(
     logformat.setup(verbose, log_format, err)
 
 
-def settings(**overrides) -> Settings:
-    """Settings from the environment, .env and the flags, with the sinks they name checked."""
-    s = load_settings(**overrides)
+def settings(where: dict[str, Any] | None, **overrides: Any) -> Settings:
+    """Settings from the environment, .env and the flags (`where`: the shared ones, cli_options.
+    connection), with the sinks and the Kafka client file they name checked."""
+    s = load_settings(**(where or {}), **overrides)
     # checked where they live, but at once: one clear line before any work
     registry.chosen(s)  # FINPULSE_SINKS / --sinks names kinds of sink
     file_properties(s)  # KAFKA_CONFIG_FILE can be read and holds no Java-only store
@@ -70,22 +70,17 @@ def settings(**overrides) -> Settings:
 
 
 @app.command()
+@connection(*KAFKA, *DELTA)
 def init(
     partitions: Annotated[int, typer.Option(min=1, max=1000, help="Partitions of a newly created topic.")] = 4,
-    topic: Topic = None,
-    bootstrap_servers: Bootstrap = None,
-    kafka_config: KafkaConfig = None,
-    delta_uri: DeltaUri = None,
+    where: dict[str, Any] | None = None,
 ) -> None:
     """Create the Kafka topic, the PostgreSQL tables and the Delta table, where absent."""
     from finpulse import source
     from finpulse.sinks import prepare_sinks
 
     s = settings(
-        kafka_topic=topic,
-        kafka_bootstrap_servers=bootstrap_servers,
-        kafka_config_file=kafka_config,
-        delta_table_uri=delta_uri,
+        where,
     )
     created = source.create_topic(s, partitions)
     views.topic_ready(out, s.kafka_topic, created, partitions if created else len(source.partitions(s)))
@@ -94,6 +89,7 @@ def init(
 
 
 @app.command()
+@connection(*KAFKA)
 def produce(
     count: Annotated[int, typer.Option(min=0, help="How many ticks to send.")] = 1000,
     rate: Annotated[
@@ -103,9 +99,7 @@ def produce(
         Optional[str], typer.Option(help="Comma-separated symbols (default: 16 stocks, crypto and FX pairs).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random walk; equal seeds give equal ticks.")] = 7,
-    topic: Topic = None,
-    bootstrap_servers: Bootstrap = None,
-    kafka_config: KafkaConfig = None,
+    where: dict[str, Any] | None = None,
 ) -> None:
     """Send synthetic ticks (a seeded random walk, keyed by symbol) to the topic."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -113,7 +107,7 @@ def produce(
     from finpulse import produce as producing
     from finpulse import source
 
-    s = settings(kafka_topic=topic, kafka_bootstrap_servers=bootstrap_servers, kafka_config_file=kafka_config)
+    s = settings(where)
     syms = tuple(x.strip() for x in symbols.split(",") if x.strip()) if symbols else producing.DEFAULT_SYMBOLS
     if not syms:
         raise typer.BadParameter("give at least one symbol", param_hint="--symbols")
@@ -129,6 +123,7 @@ def produce(
 
 
 @app.command()
+@connection(*KAFKA, *DELTA)
 def ingest(
     workers: Annotated[
         Optional[int],
@@ -193,16 +188,14 @@ def ingest(
         ),
     ] = None,
     allow_data_loss: AllowDataLoss = False,
-    topic: Topic = None,
-    bootstrap_servers: Bootstrap = None,
-    kafka_config: KafkaConfig = None,
-    delta_uri: DeltaUri = None,
+    where: dict[str, Any] | None = None,
 ) -> None:
     """Consume the topic with one process per partition into PostgreSQL and Delta, exactly once."""
     from finpulse import supervisor
 
     feed = feed_choice(format)
     s = settings(
+        where,
         dlq_topic=dlq_topic,
         sinks=sinks,
         workers=workers,
@@ -213,10 +206,6 @@ def ingest(
         metrics_port=metrics_port,
         metrics_host=metrics_host,
         allow_data_loss=allow_data_loss or None,
-        kafka_topic=topic,
-        kafka_bootstrap_servers=bootstrap_servers,
-        kafka_config_file=kafka_config,
-        delta_table_uri=delta_uri,
     )
     live = None if logformat.is_json() else err  # json: progress as log lines, not a live table
     result = supervisor.run(s, drain=drain, feed=feed, strict=strict, console=live)
@@ -224,6 +213,7 @@ def ingest(
 
 
 @app.command()
+@connection(*DELTA)
 def show(
     limit: Annotated[
         Optional[int],
@@ -232,12 +222,12 @@ def show(
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object on stdout: each sink's rows and per-symbol summary.")
     ] = False,
-    delta_uri: DeltaUri = None,
+    where: dict[str, Any] | None = None,
 ) -> None:
     """Show what landed: rows in each sink and a per-symbol summary from both."""
     from finpulse import show as showing
 
-    s = settings(delta_table_uri=delta_uri)
+    s = settings(where)
     landed = showing.landed(s, limit if limit is not None or as_json else showing.TABLE_LIMIT)
     if as_json:
         views.print_json(out, showing.as_json(landed))
@@ -246,6 +236,7 @@ def show(
 
 
 @app.command()
+@connection(*KAFKA, *DELTA)
 def replay(
     partition: Partitions = None,
     from_offset: FromOffset = None,
@@ -259,10 +250,7 @@ def replay(
     format: Feed = None,
     strict: Strict = False,
     allow_data_loss: AllowDataLoss = False,
-    topic: Topic = None,
-    bootstrap_servers: Bootstrap = None,
-    kafka_config: KafkaConfig = None,
-    delta_uri: DeltaUri = None,
+    where: dict[str, Any] | None = None,
 ) -> None:
     """Read a bounded range of the topic again and write what the sinks lack, then exit.
 
@@ -272,11 +260,8 @@ def replay(
 
     feed = feed_choice(format)
     s = settings(
+        where,
         sinks=sink,
-        kafka_topic=topic,
-        kafka_bootstrap_servers=bootstrap_servers,
-        kafka_config_file=kafka_config,
-        delta_table_uri=delta_uri,
         allow_data_loss=allow_data_loss or None,
     )
     spans = range_spans(s, partition, from_offset, to_offset, from_timestamp, to_timestamp, start_required=True)
@@ -293,45 +278,49 @@ def replay(
 
 
 @app.command()
+@connection(*DELTA)
 def maintain(
     target_file_mb: Annotated[
         int, typer.Option(min=1, max=4096, help="Compact each date partition's small files toward this size.")
     ] = 128,
-    retention_hours: Annotated[
+    vacuum_retention_hours: Annotated[
         int,
         typer.Option(
-            min=168, help="Vacuum keeps files removed less than this long ago (Delta's minimum and default: 7 days)."
+            min=168,
+            help="Delta's vacuum keeps files removed less than this long ago (Delta's minimum and default: 7 days).",
         ),
     ] = 168,
+    retention_hours: Annotated[
+        Optional[int], typer.Option(min=168, hidden=True, help="The old name of --vacuum-retention-hours.")
+    ] = None,
     sinks: SinkChoice = None,
-    delta_uri: DeltaUri = None,
+    where: dict[str, Any] | None = None,
 ) -> None:
-    """Keep the tables fast: compact Delta's small files per date partition, checkpoint, clean expired
-    log entries and vacuum (PostgreSQL: refresh statistics). Safe next to a running ingest."""
+    """Keep the tables fast: compact Delta's small files per date partition (waiting while another
+    process compacts the table), checkpoint, clean expired log entries and vacuum (PostgreSQL:
+    refresh statistics). Safe next to a running ingest."""
     from finpulse import maintain as maintaining
 
-    s = settings(sinks=sinks, delta_table_uri=delta_uri)
-    views.maintained(out, maintaining.run(s, target_file_mb << 20, retention_hours))
+    s = settings(where, sinks=sinks)
+    if retention_hours is not None:  # kept one release for scripts that use it
+        err.print("--retention-hours is now --vacuum-retention-hours; the old name goes in the next release")
+        vacuum_retention_hours = retention_hours
+    views.maintained(out, maintaining.run(s, target_file_mb << 20, vacuum_retention_hours))
 
 
 @app.command()
+@connection(*KAFKA, *DELTA)
 def status(
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object on stdout, keys as in docs/operations.md.")
     ] = False,
-    topic: Topic = None,
-    bootstrap_servers: Bootstrap = None,
-    kafka_config: KafkaConfig = None,
-    delta_uri: DeltaUri = None,
+    where: dict[str, Any] | None = None,
 ) -> None:
     """Per partition: watermarks, the group's committed offset (KAFKA_GROUP_ID), each sink's position and lag."""
     from finpulse import status as stat
 
     s = settings(
-        kafka_topic=topic,
-        kafka_bootstrap_servers=bootstrap_servers,
-        kafka_config_file=kafka_config,
-        delta_table_uri=delta_uri,
+        where,
     )
     st = stat.collect(s)
     if as_json:
@@ -346,6 +335,7 @@ def status(
 
 
 @app.command()
+@connection(*KAFKA, *DELTA)
 def verify(
     partition: Partitions = None,
     from_offset: FromOffset = None,
@@ -367,10 +357,7 @@ def verify(
     ] = 500_000,
     format: Feed = None,
     strict: Strict = False,
-    topic: Topic = None,
-    bootstrap_servers: Bootstrap = None,
-    kafka_config: KafkaConfig = None,
-    delta_uri: DeltaUri = None,
+    where: dict[str, Any] | None = None,
 ) -> None:
     """Reconcile the sinks with the topic key by key (default: everything retained).
 
@@ -380,11 +367,8 @@ def verify(
 
     feed = feed_choice(format)
     s = settings(
+        where,
         sinks=sink,
-        kafka_topic=topic,
-        kafka_bootstrap_servers=bootstrap_servers,
-        kafka_config_file=kafka_config,
-        delta_table_uri=delta_uri,
     )
     spans = range_spans(s, partition, from_offset, to_offset, from_timestamp, to_timestamp, start_required=False)
     verdict = verifying.run(s, spans, feed, strict, samples=show, window=window, console=err)

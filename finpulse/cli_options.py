@@ -3,8 +3,11 @@ checks of flag values (--format, offset and time ranges) in one place."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -39,6 +42,42 @@ AllowDataLoss = Annotated[
 DeltaUri = Annotated[
     Optional[str], typer.Option("--delta-uri", help="Delta table: a path or abfss:// URI (env DELTA_TABLE_URI)")
 ]
+
+# The options of where things are, shared by most commands: the flag's parameter name -> its type
+# and the setting it overrides. A command takes the ones it needs with `@connection(...)`.
+_WHERE: dict[str, tuple[Any, str]] = {
+    "topic": (Topic, "kafka_topic"),
+    "bootstrap_servers": (Bootstrap, "kafka_bootstrap_servers"),
+    "kafka_config": (KafkaConfig, "kafka_config_file"),
+    "delta_uri": (DeltaUri, "delta_table_uri"),
+}
+KAFKA = ("topic", "bootstrap_servers", "kafka_config")
+DELTA = ("delta_uri",)
+
+
+def connection(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command the shared options `names` (KAFKA, DELTA); it receives what they set as
+    `where`, the settings they override (None: not given), to pass on to load_settings."""
+
+    def add(command: Callable[..., Any]) -> Callable[..., Any]:
+        own = inspect.signature(command, eval_str=True)
+        params = [p for name, p in own.parameters.items() if name != "where"]
+        params += [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=_WHERE[name][0])
+            for name in names
+        ]
+
+        @functools.wraps(command)
+        def run(**given: Any) -> Any:
+            where = {_WHERE[name][1]: given.pop(name) for name in names}
+            return command(where=where, **given)
+
+        run.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in params}  # evaluated: typer reads them as they are
+        return run
+
+    return add
+
 
 # ------------------------------------------------------------------ replay, status, verify
 Partitions = Annotated[

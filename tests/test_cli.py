@@ -94,3 +94,33 @@ def test_demo_script_runs_the_main_job_end_to_end(isolated):
     assert "ingested 20,000 ticks" in proc.stdout
     assert "postgres: 20,000 rows, 0 rejected" in proc.stdout
     assert "delta: 20,000 rows" in proc.stdout
+
+
+def test_maintain_names_its_vacuum_retention_and_still_takes_the_old_name(isolated):
+    env = env_for(isolated)
+    shown = finpulse("maintain", "--help", env={**env, "COLUMNS": "200"}).stdout
+    assert "--vacuum-retention-hours" in shown and "--retention-hours" not in shown.replace(
+        "--vacuum-retention-hours", ""
+    )
+    old = finpulse("maintain", "--sinks", "delta", "--retention-hours", "200", env=env)
+    assert "--vacuum-retention-hours" in old.stderr
+
+
+def test_every_command_that_reaches_kafka_or_delta_takes_the_same_options():
+    from typer.testing import CliRunner
+
+    from finpulse.cli import app
+
+    for command, flags in {
+        "init": ("--topic", "--bootstrap-servers", "--kafka-config", "--delta-uri"),
+        "produce": ("--topic", "--bootstrap-servers", "--kafka-config"),
+        "ingest": ("--topic", "--bootstrap-servers", "--kafka-config", "--delta-uri"),
+        "replay": ("--topic", "--bootstrap-servers", "--kafka-config", "--delta-uri"),
+        "status": ("--topic", "--bootstrap-servers", "--kafka-config", "--delta-uri"),
+        "verify": ("--topic", "--bootstrap-servers", "--kafka-config", "--delta-uri"),
+        "show": ("--delta-uri",),
+        "maintain": ("--delta-uri",),
+    }.items():
+        shown = CliRunner().invoke(app, [command, "--help"], terminal_width=200).stdout
+        assert all(flag in shown for flag in flags), (command, shown)
+        assert "KAFKA_TOPIC" in shown or "--topic" not in flags
