@@ -7,18 +7,17 @@ suite serves a quick CI check and a full run.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import threading
 import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import pytest
+from support.stack import fresh_stack
 
-from finpulse import produce, source, supervisor
+from finpulse import deadletter, produce, source, supervisor
 from finpulse.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,33 +50,20 @@ def backlog() -> Backlog:
 
 
 class FreshSinks:
-    """A new PostgreSQL schema, Delta path and consumer group per run: every run starts from offset 0."""
+    """A new PostgreSQL schema, Delta path and consumer group per run (support.stack.fresh_stack) on
+    the backlog's topic: every run starts from offset 0."""
 
     def __init__(self, base: Settings):
         self.base = base
-        self.made: list[Settings] = []
-        self.root = Path(tempfile.mkdtemp(prefix="finpulse-bench-"))
+        self._stacks = ExitStack()
 
     def __call__(self, **overrides) -> Settings:
-        tag = uuid.uuid4().hex[:8]
-        fields = {k: v for k, v in self.base.model_dump().items() if v is not None}
-        fields.update(
-            postgres_password=self.base.postgres_password,
-            postgres_schema=f"bench_{tag}",
-            delta_table_uri=str(self.root / tag / "prices"),
-            kafka_group_id=f"bench-{tag}",
-            **overrides,
-        )
-        s = Settings(**fields)
-        supervisor.prepare(s)
-        self.made.append(s)
+        s = self._stacks.enter_context(fresh_stack(self.base, prefix="bench", own_topic=False, **overrides))
+        deadletter.create_topic(s)  # what `finpulse ingest` would make too (a DLQ topic when asked for)
         return s
 
     def cleanup(self) -> None:
-        with psycopg.connect(self.base.postgres_conninfo(), autocommit=True) as conn:
-            for s in self.made:
-                conn.execute(f"DROP SCHEMA IF EXISTS {s.postgres_schema} CASCADE")
-        shutil.rmtree(self.root, ignore_errors=True)
+        self._stacks.close()
 
 
 @pytest.fixture

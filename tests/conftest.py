@@ -7,19 +7,17 @@ from __future__ import annotations
 
 import os
 import socket
-import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from support import ROOT
+from support.stack import fresh_stack
 
 from finpulse import source
 from finpulse.config import Settings, load_settings
 from finpulse.errors import ConfigError, ServiceUnavailable
-from finpulse.sinks.delta.azure import storage_options
-from finpulse.sinks.delta.table import create_table as create_delta_table
-from finpulse.sinks.postgres.setup import create_tables
 
 AZURITE_ACCOUNT = "devstoreaccount1"
 # Azurite's published development key (the same for every Azurite install).
@@ -72,21 +70,8 @@ def azurite() -> dict[str, str]:
 
 
 @pytest.fixture
-def isolated(kafka: Settings, postgres: Settings, tmp_path: Path) -> Settings:
+def isolated(kafka: Settings, postgres: Settings, tmp_path: Path) -> Iterator[Settings]:
     """A fresh topic (4 partitions), consumer group, PostgreSQL schema and local Delta table for one
-    test: no rebalance of one test waits for a member another test left behind."""
-    tag = uuid.uuid4().hex[:10]
-    s = load_settings(
-        kafka_topic=f"test-{tag}",
-        kafka_group_id=f"test-{tag}",
-        postgres_schema=f"t_{tag}",
-        delta_table_uri=str(tmp_path / "delta" / "prices"),
-    )
-    source.create_topic(s, 4)
-    create_tables(s.postgres_conninfo(), s.postgres_schema)
-    create_delta_table(s.delta_uri, storage_options(s))
-    yield s
-    with psycopg.connect(s.postgres_conninfo(), autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {s.postgres_schema} CASCADE")
-    client = source.admin(s)
-    client.delete_topics([s.kafka_topic])[s.kafka_topic].result(timeout=30)
+    test (support.stack.fresh_stack): no rebalance of one test waits for a member another left."""
+    with fresh_stack(delta_table_uri=str(tmp_path / "delta" / "prices")) as s:
+        yield s

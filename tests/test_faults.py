@@ -29,13 +29,12 @@ from support.group import group_member
 from support.ingest_log import assigned_pids, stalled
 from support.private import PrivateAzurite, PrivateKafka, PrivatePostgres, running
 from support.sinks import VALUE_COLUMNS, assert_exactly_once, delta_rows, pg_rows, produced
+from support.stack import fresh_stack
 
 from finpulse import source
-from finpulse.config import Settings, load_settings
+from finpulse.config import Settings
 from finpulse.errors import ServiceUnavailable
 from finpulse.sinks.delta.azure import storage_options
-from finpulse.sinks.delta.table import create_table as create_delta_table
-from finpulse.sinks.postgres.setup import create_tables
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
@@ -153,32 +152,9 @@ def ingests(tmp_path):
 
 @contextmanager
 def scenario(tmp_path: Path, partitions: int = 4, **overrides):
-    """Settings for a fresh topic, consumer group, PostgreSQL schema and Delta table; removed after."""
-    tag = uuid.uuid4().hex[:10]
-    defaults = {
-        "kafka_topic": f"faults-{tag}",
-        "kafka_group_id": f"finpulse-faults-{tag}",
-        "postgres_schema": f"faults_{tag}",
-        "delta_table_uri": str(tmp_path / "delta" / "prices"),
-    }
-    s = load_settings(**{**defaults, **overrides})
-    source.create_topic(s, partitions)
-    create_tables(s.postgres_conninfo(), s.postgres_schema)
-    create_delta_table(s.delta_uri, storage_options(s))
-    try:
+    """A fresh stack (support.stack) on the services `overrides` name; removed after."""
+    with fresh_stack(partitions=partitions, prefix="faults", **overrides) as s:
         yield s
-    finally:
-        # best effort: a private service goes away with its data anyway
-        try:
-            with psycopg.connect(s.postgres_conninfo(), autocommit=True) as conn:
-                conn.execute(f"DROP SCHEMA IF EXISTS {s.postgres_schema} CASCADE")
-        except psycopg.Error as exc:
-            print(f"cleanup: schema {s.postgres_schema} not dropped: {exc}", file=sys.stderr)
-        try:
-            client = source.admin(s)  # keep a reference: the futures die with their client
-            client.delete_topics([s.kafka_topic])[s.kafka_topic].result(timeout=30)
-        except Exception as exc:
-            print(f"cleanup: topic {s.kafka_topic} not deleted: {exc}", file=sys.stderr)
 
 
 def pg_count(s: Settings) -> int:

@@ -11,18 +11,13 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
-import psycopg
 import pytest
 from support import ROOT
 from support.cli import env_for, finish, finpulse, start_ingest
 from support.sinks import assert_exactly_once, delta_rows, pg_rows, produced
-
-from finpulse import source
-from finpulse.config import load_settings
-from finpulse.sinks import prepare_sinks
+from support.stack import fresh_stack
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
@@ -31,21 +26,9 @@ TICKS, RATE = 40_000, 2_000  # 20 s of a live feed
 
 
 @pytest.fixture
-def eight_partitions(kafka, postgres, tmp_path):
-    tag = uuid.uuid4().hex[:10]
-    s = load_settings(
-        kafka_topic=f"hosts-{tag}",
-        kafka_group_id=f"hosts-{tag}",
-        postgres_schema=f"h_{tag}",
-        delta_table_uri=str(tmp_path / "delta" / "prices"),
-    )
-    source.create_topic(s, PARTITIONS)
-    prepare_sinks(s)
-    yield s
-    with psycopg.connect(s.postgres_conninfo(), autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {s.postgres_schema} CASCADE")
-    client = source.admin(s)
-    client.delete_topics([s.kafka_topic])[s.kafka_topic].result(timeout=30)
+def eight_partitions(kafka, postgres):
+    with fresh_stack(partitions=PARTITIONS, prefix="hosts") as s:
+        yield s
 
 
 def uncommitted_files(uri: str) -> int:

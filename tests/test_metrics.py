@@ -13,7 +13,6 @@ import signal
 import socket
 import threading
 import time
-import uuid
 from datetime import datetime
 
 import orjson
@@ -24,16 +23,13 @@ from support.cli import children, env_for, finpulse
 from support.metrics import Run, get, scrape, series, value, wait_for
 from support.private import PrivatePostgres, running
 from support.sinks import delta_rows, pg_count
+from support.stack import fresh_stack
 
-from finpulse import metrics, produce, source
-from finpulse.config import load_settings
+from finpulse import metrics, produce
 from finpulse.link import WorkerLink
 from finpulse.logformat import JsonFormatter, ToParent
 from finpulse.metrics import Exporter
 from finpulse.progress import WRITE_BUCKETS, Durations, Totals, WorkerStats
-from finpulse.sinks.delta.azure import storage_options
-from finpulse.sinks.delta.table import create_table as create_delta_table
-from finpulse.sinks.postgres.setup import create_tables
 
 
 @pytest.fixture
@@ -285,53 +281,38 @@ def test_metrics_agree_with_what_the_sinks_hold(isolated, runs):
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_readyz_is_503_while_postgres_is_down(kafka, tmp_path, runs):
-    with running(PrivatePostgres) as pg:
-        tag = uuid.uuid4().hex[:10]
-        s = load_settings(
-            kafka_topic=f"metrics-{tag}",
-            kafka_group_id=f"finpulse-metrics-{tag}",
-            postgres_schema=f"metrics_{tag}",
-            delta_table_uri=str(tmp_path / "delta" / "prices"),
-            **pg.settings_overrides,
-        )
-        source.create_topic(s, 2)
-        create_tables(s.postgres_conninfo(), s.postgres_schema)
-        create_delta_table(s.delta_uri, storage_options(s))
-        try:
-            env = env_for(s)
-            finpulse("produce", "--count", "100", env=env)
-            run = runs(env, "--metrics-port", "0")
-            port = run.port()
-            wait_for(lambda: get(port, "/readyz") == (200, "ready\n"), "/readyz 200", run=run)
-            # every worker wrote once, so each lane holds both sinks' rules (admission keeps the
-            # last rules of a sink that is down; rules never read pause both lanes, to keep the
-            # sinks identical)
-            wait_for(lambda: pg_count(s) == 100 and len(delta_rows(s)) == 100, "the first ticks in both sinks", run=run)
+    with running(PrivatePostgres) as pg, fresh_stack(partitions=2, prefix="metrics", **pg.settings_overrides) as s:
+        env = env_for(s)
+        finpulse("produce", "--count", "100", env=env)
+        run = runs(env, "--metrics-port", "0")
+        port = run.port()
+        wait_for(lambda: get(port, "/readyz") == (200, "ready\n"), "/readyz 200", run=run)
+        # every worker wrote once, so each lane holds both sinks' rules (admission keeps the
+        # last rules of a sink that is down; rules never read pause both lanes, to keep the
+        # sinks identical)
+        wait_for(lambda: pg_count(s) == 100 and len(delta_rows(s)) == 100, "the first ticks in both sinks", run=run)
 
-            pg.stop("immediate")
-            finpulse("produce", "--count", "100", "--seed", "8", env=env)  # a write finds it down
+        pg.stop("immediate")
+        finpulse("produce", "--count", "100", "--seed", "8", env=env)  # a write finds it down
 
-            def refused() -> bool:
-                status, text = get(port, "/readyz")
-                return status == 503 and text == "not ready: postgres down\n"
-
-            wait_for(refused, "/readyz 503 naming postgres", run=run)
+        def refused() -> bool:
             status, text = get(port, "/readyz")
-            assert "5433" not in text and "localhost" not in text and s.postgres_user not in text, text
-            m = scrape(port)
-            assert value(m, "finpulse_sink_up", sink="postgres") == 0
-            assert value(m, "finpulse_sink_up", sink="delta") == 1
-            assert get(port, "/healthz") == (200, "ok\n")
+            return status == 503 and text == "not ready: postgres down\n"
 
-            pg.start()
-            wait_for(lambda: get(port, "/readyz") == (200, "ready\n"), "/readyz 200 once postgres is back", run=run)
-            wait_for(lambda: pg_count(s) == 200, "every tick in postgres", run=run)
-            # a worker whose write waited out the outage in the pool reports "back" with its next stats
-            wait_for(lambda: value(scrape(port), "finpulse_sink_up", sink="postgres") == 1, "sink_up 1", run=run)
-            assert run.stop() == 0, run.tail()
-        finally:
-            client = source.admin(s)
-            client.delete_topics([s.kafka_topic])[s.kafka_topic].result(timeout=30)
+        wait_for(refused, "/readyz 503 naming postgres", run=run)
+        status, text = get(port, "/readyz")
+        assert "5433" not in text and "localhost" not in text and s.postgres_user not in text, text
+        m = scrape(port)
+        assert value(m, "finpulse_sink_up", sink="postgres") == 0
+        assert value(m, "finpulse_sink_up", sink="delta") == 1
+        assert get(port, "/healthz") == (200, "ok\n")
+
+        pg.start()
+        wait_for(lambda: get(port, "/readyz") == (200, "ready\n"), "/readyz 200 once postgres is back", run=run)
+        wait_for(lambda: pg_count(s) == 200, "every tick in postgres", run=run)
+        # a worker whose write waited out the outage in the pool reports "back" with its next stats
+        wait_for(lambda: value(scrape(port), "finpulse_sink_up", sink="postgres") == 1, "sink_up 1", run=run)
+        assert run.stop() == 0, run.tail()
 
 
 def test_docs_name_every_metric_and_their_alert_rules_parse():

@@ -9,14 +9,13 @@ import uuid
 
 import psycopg
 import pytest
-from confluent_kafka import KafkaError, KafkaException
 from support import ROOT
 from support.cli import env_for, finpulse
 from support.metrics import Run, get, scrape, series, value, wait_for
 from support.sinks import assert_exactly_once, delta_rows, pg_count, pg_rows, produced
+from support.stack import fresh_stack
 
-from finpulse import source
-from finpulse.config import Settings, load_settings
+from finpulse.config import Settings
 
 SECURE_ENV = ROOT / ".stack" / "secure.env"
 OTHER_CA = ROOT / ".stack" / "tls" / "other-ca.pem"
@@ -38,23 +37,11 @@ def secured(secure, kafka, postgres, azurite):
     """Settings for one test over the secured endpoints: its own topic, schema and Delta table on
     Azurite. Nothing is created here: the test's `finpulse init` does that over TLS."""
     tag = uuid.uuid4().hex[:10]
-    s = load_settings(
-        kafka_topic=f"secure-{tag}",
-        kafka_group_id=f"secure-{tag}",
-        postgres_schema=f"s_{tag}",
-        delta_table_uri=f"abfss://delta-lake@devstoreaccount1.dfs.core.windows.net/secure-{tag}/prices",
-        **{k.lower(): v for k, v in secure.items()},
-    )
-    assert s.azure_storage_account_key is None and s.kafka_security_protocol == "SASL_SSL"
-    yield s
-    with psycopg.connect(postgres.postgres_conninfo(), autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {s.postgres_schema} CASCADE")
-    plain = kafka.model_copy(update={"kafka_topic": s.kafka_topic})
-    client = source.admin(plain)  # keep a reference: the futures die with their client
-    try:
-        client.delete_topics([s.kafka_topic])[s.kafka_topic].result(timeout=30)
-    except KafkaException as exc:  # a test whose commands were refused never made it
-        assert exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART, exc
+    table = f"abfss://delta-lake@devstoreaccount1.dfs.core.windows.net/secure-{tag}/prices"
+    lower = {k.lower(): v for k, v in secure.items()}
+    with fresh_stack(prefix="secure", create=False, delta_table_uri=table, **lower) as s:
+        assert s.azure_storage_account_key is None and s.kafka_security_protocol == "SASL_SSL"
+        yield s
 
 
 def secure_env(s: Settings, secure: dict[str, str], **extra: str) -> dict[str, str]:
