@@ -1,13 +1,23 @@
 import pyarrow as pa
 
-from finpulse.batch import Accumulator, TickBatch
+from finpulse.batch import Accumulator, TickBatch, reject_nbytes
 from finpulse.decode import Decoder, Messages, Reject
 
+TICK = b'{"symbol":"A","price":1,"size":1,"timestamp_ms":1700000000000}'
 
-def _decoded(partition: int, offsets: list[int]):
-    values = [b'{"symbol":"A","price":1,"size":1,"timestamp_ms":1700000000000}' for _ in offsets]
+
+def _decoded(partition: int, offsets: list[int], values: list[bytes] | None = None):
+    values = values or [TICK] * len(offsets)
     msgs = Messages(values, [partition] * len(offsets), offsets, [0] * len(offsets))
     return Decoder().decode(msgs), msgs
+
+
+def _filled(*parts: tuple[int, list[int], list[bytes] | None]) -> Accumulator:
+    acc = Accumulator()
+    for p, offs, values in parts:
+        d, m = _decoded(p, offs, values)
+        acc.add(d, m.partitions, m.offsets)
+    return acc
 
 
 def _batch() -> TickBatch:
@@ -101,3 +111,43 @@ def test_messages_read_again_within_one_batch_land_once():
     d, m = _decoded(0, [7])
     acc.add(d, m.partitions, m.offsets)
     assert acc.take().ticks.column("kafka_offset").to_pylist() == [7]  # the next batch is read as usual
+
+
+# ---------------------------------------------------------------------------- bytes in flight
+def test_tick_batch_nbytes_is_arrow_rows_plus_raw_and_reason_of_rejects():
+    acc = _filled((0, [0, 1, 2], None))
+    ticks = acc.take().ticks
+    rejects = (
+        Reject(0, 3, -1, "canonical", "bad", b"x" * 1000, None),
+        Reject(0, 4, -1, "unknown", "tombstone", None, None),
+    )
+    batch = TickBatch(ticks, rejects, {0: 5})
+    assert ticks.nbytes > 0
+    assert batch.nbytes == ticks.nbytes + (1000 + 3) + (0 + len("tombstone"))
+    assert TickBatch(ticks.slice(0, 0), (), {}).nbytes == 0
+
+
+def test_accumulator_counts_bytes_of_ticks_and_rejects_and_take_resets_them():
+    big = b"{" + b" " * 50_000  # broken JSON: a reject carrying 50 kB of raw bytes
+    acc = _filled((0, [0, 1], None), (1, [7, 8], [TICK, big]))
+    assert acc.ticks == 3 and len(acc.rejects) == 1
+    assert acc.nbytes > 50_000
+    assert acc.nbytes == sum(p.nbytes for p in acc.pieces) + reject_nbytes(acc.rejects[0])
+    batch = acc.take()
+    assert batch.nbytes == acc_bytes_of(batch)
+    assert acc.nbytes == 0 and acc.size == 0
+
+
+def acc_bytes_of(batch: TickBatch) -> int:
+    return batch.ticks.nbytes + sum(len(r.raw or b"") + len(r.reason) for r in batch.rejects)
+
+
+def test_drop_forgets_the_bytes_of_revoked_partitions():
+    big = b"\xff" * 20_000  # not UTF-8: rejected with its raw bytes
+    acc = _filled((0, [0, 1], None), (1, [5], [big]))
+    assert acc.nbytes > 20_000
+    acc.drop([1])
+    assert acc.rejects == [] and acc.ticks == 2
+    assert acc.nbytes == sum(p.nbytes for p in acc.pieces) < 20_000
+    acc.drop([0])
+    assert acc.nbytes == 0

@@ -1,5 +1,13 @@
+"""Settings (config.py): defaults, the environment and .env under the flags, errors that name the
+variable, secrets never shown, PostgreSQL's connection string."""
+
+from __future__ import annotations
+
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import ValidationError
+from support.env import SECRET
+from support.env import clean_env as no_settings
 
 from finpulse.config import Settings, load_settings
 from finpulse.errors import ConfigError
@@ -8,19 +16,7 @@ from finpulse.sinks.delta.azure import storage_options
 
 @pytest.fixture
 def clean_env(monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)  # no .env here
-    for var in (
-        "KAFKA_TOPIC",
-        "POSTGRES_PASSWORD",
-        "POSTGRES_PORT",
-        "DELTA_TABLE_URI",
-        "AZURE_STORAGE_ACCOUNT_NAME",
-        "AZURE_STORAGE_ACCOUNT_KEY",
-        "AZURE_STORAGE_USE_EMULATOR",
-        "FINPULSE_BATCH_SIZE",
-    ):
-        monkeypatch.delenv(var, raising=False)
-    return monkeypatch
+    return no_settings(monkeypatch, tmp_path)
 
 
 def test_defaults_are_the_original_projects(clean_env):
@@ -88,3 +84,43 @@ def test_settings_are_frozen(clean_env):
     with pytest.raises(ValidationError):
         s.batch_size = 9  # type: ignore[misc]
     assert isinstance(s, Settings)
+
+
+def test_postgres_tls_keepalives_and_statement_timeout(clean_env):
+    s = load_settings(
+        postgres_password=SECRET, postgres_sslmode="verify-full", postgres_sslrootcert="/ca.pem", postgres_host="db"
+    )
+    info = conninfo_to_dict(s.postgres_conninfo())
+    assert (info["sslmode"], info["sslrootcert"], info["host"]) == ("verify-full", "/ca.pem", "db")
+    assert info["keepalives"] == "1" and int(info["keepalives_idle"]) > 0 and int(info["tcp_user_timeout"]) > 0
+    assert "statement_timeout=120000" in info["options"]
+    assert SECRET not in s.postgres_display() and SECRET not in repr(s)
+
+
+def test_one_postgres_url_replaces_the_parts(clean_env):
+    clean_env.setenv("POSTGRES_URL", f"postgresql://app:{SECRET}@pg.example.com:6432/ticks?sslmode=require")
+    s = load_settings(postgres_sslrootcert="/ca.pem")
+    info = conninfo_to_dict(s.postgres_conninfo())
+    assert (info["host"], info["port"], info["dbname"], info["user"]) == ("pg.example.com", "6432", "ticks", "app")
+    assert (info["password"], info["sslmode"], info["sslrootcert"]) == (SECRET, "require", "/ca.pem")
+    assert s.postgres_display() == "postgresql://app@pg.example.com:6432/ticks"
+    assert SECRET not in repr(s)
+    with pytest.raises(ConfigError, match="POSTGRES_URL") as err:
+        load_settings(postgres_url=f"mysql://a:{SECRET}@h/d").postgres_conninfo()
+    assert SECRET not in str(err.value)
+
+
+AZURE = "abfss://delta-lake@acct.dfs.core.windows.net/prices"
+
+
+def test_an_extra_env_file_is_read_over_dotenv(clean_env, tmp_path):
+    (tmp_path / ".env").write_text("KAFKA_TOPIC=from-dotenv\nKAFKA_GROUP_ID=g1\n")
+    secure = tmp_path / "secure.env"
+    secure.write_text(f"KAFKA_TOPIC=from-secure\nKAFKA_SASL_PASSWORD={SECRET}\n")
+    clean_env.setenv("FINPULSE_ENV_FILE", str(secure))
+    s = load_settings()
+    assert (s.kafka_topic, s.kafka_group_id) == ("from-secure", "g1")
+    assert s.kafka_sasl_password is not None and s.kafka_sasl_password.get_secret_value() == SECRET
+    clean_env.setenv("FINPULSE_ENV_FILE", str(tmp_path / "nope.env"))
+    with pytest.raises(ConfigError, match="FINPULSE_ENV_FILE"):
+        load_settings()

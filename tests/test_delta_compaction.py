@@ -150,24 +150,3 @@ def test_two_maintain_processes_at_once_compact_every_row_once(isolated):
     assert sorted(delta_rows(isolated, KEY_COLUMNS)) == keys, outputs
     assert optimize_commits(isolated.delta_uri) == 1, outputs
     assert DeltaSink.from_settings(isolated).positions([0]) == {}  # positions untouched (none were written)
-
-
-def test_background_compaction_reads_no_history(tmp_path, monkeypatch):
-    """The compactor asked for the table's health every minute, which reads up to 2,000 commits of
-    history for a field it discarded: millions of reads a day on Azure. A check reads none; a
-    compaction reads only the commits made since its claim (to find a concurrent one)."""
-    uri = str(tmp_path / "t")
-    keys = small_files(uri, 5)
-
-    def no_history(*_args, **_kw):
-        raise AssertionError("background compaction read the table's history")
-
-    monkeypatch.setattr(DeltaTable, "history", no_history)
-    sink = DeltaSink(uri, {}, "t")
-    assert sink.compact_if_needed(100, 1 << 27) is None  # too few small files: nothing to do
-    monkeypatch.undo()
-    done = sink.compact_if_needed(5, 1 << 27)
-    assert done is not None and done["files_removed"] == 5
-    assert sorted(DeltaTable(uri).to_pyarrow_table(columns=list(KEY_COLUMNS)).to_pylist(), key=str) == sorted(
-        ({"kafka_partition": p, "kafka_offset": o, "tick_index": i} for p, o, i in keys), key=str
-    )

@@ -260,3 +260,39 @@ def test_a_wall_clock_stepped_back_an_hour_does_not_hold_up_an_aligned_interval(
     finally:
         monkeypatch.undo()
         lane.close()
+
+
+class _HeldSink:
+    """Holds every write until released, then reports the batch's offsets as held."""
+
+    name = "fake"
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.writes: list[TickBatch] = []
+
+    def write(self, batch: TickBatch):
+        assert self.release.wait(10), "test never released the sink"
+        self.writes.append(batch)
+        return Written(dict(batch.next_offsets), batch.ticks.num_rows, len(batch.rejects))
+
+    def close(self) -> None:
+        pass
+
+
+def test_lane_counts_waiting_bytes_and_returns_to_zero_even_when_merge_drops_an_overlap():
+    sink = _HeldSink()
+    lane = Lane(sink)
+    try:
+        first = span(0, 0, 4)
+        again = span(0, 2, 5)  # re-read after a rebalance: overlaps `first`
+        lane.submit(first)
+        lane.submit(again)
+        assert lane.waiting == 7
+        assert lane.waiting_bytes == first.nbytes + again.nbytes
+        sink.release.set()
+        assert lane.wait_idle(10)
+        assert (lane.waiting, lane.waiting_bytes) == (0, 0)
+        assert sum(b.ticks.num_rows for b in sink.writes) == lane.rows
+    finally:
+        lane.close()

@@ -7,11 +7,14 @@ import multiprocessing as mp
 import os
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 from support.sinks import delta_rows, pg_count, produced
 
 from finpulse import produce
+from finpulse.batch import Accumulator
+from finpulse.config import load_settings
 from finpulse.errors import ServiceUnavailable
 from finpulse.link import WorkerLink
 from finpulse.worker import Worker, WorkerSpec
@@ -54,3 +57,62 @@ def test_messages_the_decoder_cannot_decode_now_are_held_back_then_land_once(iso
     assert "decoder" not in stats[-1].down, "still reported down once decoding went on"
     assert sum(st.rejected for st in stats) == 0 and sum(st.messages for st in stats) == 200
     assert sorted(r[:3] for r in delta_rows(isolated)) == sorted(t[:3] for t in produced(200))
+
+
+# ---------------------------------------------------------------------------- backpressure, without services
+class _Source:
+    """What _backpressure uses of source.GroupSource."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+        self.paused = False
+
+    def pause(self) -> None:
+        self.calls.append("pause")
+        self.paused = True
+
+    def resume(self) -> None:
+        self.calls.append("resume")
+        self.paused = False
+
+
+def _worker(max_ticks: int, max_bytes: int) -> Worker:
+    """A Worker with just what _backpressure reads (no Kafka, no sinks)."""
+    w = Worker.__new__(Worker)
+    w.settings = load_settings(max_inflight_ticks=max_ticks, max_inflight_bytes=max_bytes)
+    w.acc = Accumulator()
+    w.lanes = [SimpleNamespace(waiting=0, waiting_bytes=0), SimpleNamespace(waiting=0, waiting_bytes=0)]
+    w.source = _Source()
+    w.undecoded = None  # nothing held back by the decoder
+    return w
+
+
+def test_backpressure_pauses_on_bytes_alone_and_resumes_below_half_of_both():
+    mib = 1 << 20
+    w = _worker(max_ticks=1000, max_bytes=4 * mib)
+    slow = w.lanes[1]
+    slow.waiting, slow.waiting_bytes = 10, 4 * mib  # few ticks, many bytes (large rejects)
+    w._backpressure()
+    assert w.source.paused and w.source.calls == ["pause"]
+
+    slow.waiting_bytes = 3 * mib  # below the limit, not below half
+    w._backpressure()
+    assert w.source.paused and w.source.calls == ["pause"]
+
+    slow.waiting, slow.waiting_bytes = 600, mib  # bytes below half, ticks not
+    w._backpressure()
+    assert w.source.paused and w.source.calls == ["pause"]
+
+    slow.waiting = 499  # both below half
+    w._backpressure()
+    assert not w.source.paused and w.source.calls == ["pause", "resume"]
+
+
+def test_backpressure_still_pauses_on_the_tick_count():
+    w = _worker(max_ticks=1000, max_bytes=256 << 20)
+    w.lanes[0].waiting = 1000
+    w._backpressure()
+    assert w.source.paused
+    w.lanes[0].waiting = 0
+    w._backpressure()
+    assert not w.source.paused
