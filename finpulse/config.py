@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     delta_table_uri: str | None = None  # wins over the Azure and embedded defaults when set
     azure_storage_account_name: str | None = None
     azure_storage_account_key: SecretStr | None = None
-    # The other ways in, for accounts that forbid keys (sinks/delta/azure.py; the README's table):
+    # The other ways in, for accounts that forbid keys (sinks/delta/azure.py; docs/security.md's table):
     azure_storage_sas_token: SecretStr | None = None
     azure_client_id: str | None = None  # service principal, workload identity, user-assigned identity
     azure_client_secret: SecretStr | None = None  # service principal

@@ -195,7 +195,9 @@ def refusal(settings: Settings, error: Any) -> AccessRefused | None:
             "that signed the broker's certificate, and KAFKA_SECURITY_PROTOCOL"
         )
     if name in ("TOPIC_AUTHORIZATION_FAILED", "GROUP_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED"):
-        return AccessRefused(f"{where}: not authorized ({_short(text)}): grant this principal the ACLs in the README")
+        return AccessRefused(
+            f"{where}: not authorized ({_short(text)}): grant this principal the ACLs docs/security.md lists (Describe and Read on the topic, Read on the group for ingest)"
+        )
     return None
 
 

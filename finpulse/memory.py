@@ -1,6 +1,6 @@
 """A worker process's memory allocators: how they are set up, and handing freed memory back.
 
-What a worker's memory goes to, and what each setting saved, is in the README (Performance,
+What a worker's memory goes to, and what each setting saved, is in docs/performance.md (Performance,
 Memory); the other bounds are librdkafka's prefetch (topic.PREFETCH) and the in-flight limit.
 """
 

@@ -1,5 +1,5 @@
 """`ingest`, `replay`, `verify`, `status` and `show` as a role that may only read and write
-FinPulse's tables (the README's GRANTs): DDL belongs to `init`, run by the owner."""
+FinPulse's tables (the GRANTs of docs/security.md): DDL belongs to `init`, run by the owner."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pydantic import SecretStr
 from support.cli import env_for, finpulse
 from support.sinks import assert_exactly_once, delta_rows, pg_rows, produced
 
-# scripts/services up creates this login role with no rights; each test grants it what the README says.
+# scripts/services up creates this login role with no rights; each test grants it what docs/security.md says.
 ROLE, PASSWORD = "finpulse_ingest", "finpulse_ingest"
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]

@@ -78,7 +78,7 @@ def create_tables(conninfo: str, schema: str) -> list[str]:
 
     When every table, column and index is already in place nothing but reads run, so `ingest`,
     `replay` and `verify` work as a role that may only read and write FinPulse's tables (the
-    README's GRANTs); `init` as the owner creates them."""
+    GRANTs of docs/security.md); `init` as the owner creates them."""
     try:
         with psycopg.connect(conninfo, autocommit=True) as conn:
             present = conn.execute(_PRESENT, {"s": f'"{schema}"'}).fetchone()

@@ -1,5 +1,5 @@
 """PostgreSQL sink: binary COPY into prices_raw, rejects and offsets in the same transaction.
-Its tables and its error table (SQLSTATE -> our errors) are in postgres_setup.py."""
+Its tables and its error table (SQLSTATE -> our errors) are in setup.py."""
 
 from __future__ import annotations
 
@@ -239,7 +239,7 @@ class PostgresSink:
 
     @contextmanager
     def _connection(self, what: str) -> Iterator[psycopg.Connection]:
-        """A pooled connection; a driver error leaves it as FinPulse's error (postgres_setup.classify)."""
+        """A pooled connection; a driver error leaves it as FinPulse's error (setup.classify)."""
         try:
             with self.pool.connection(timeout=POOL_WAIT_S) as conn:
                 yield conn
