@@ -17,7 +17,14 @@ from support.rules import POISON_TRIGGER, span
 from support.sinks import pg_count
 
 from finpulse.errors import ServiceUnavailable, SinkRejected
-from finpulse.sinks.postgres.sink import _ADVANCE, FENCE_AFTER_S, PostgresSink, plaintext_risk, warn_plaintext
+from finpulse.sinks.postgres.sink import (
+    _ADVANCE,
+    FENCE_AFTER_S,
+    LOCK_WAIT_S,
+    PostgresSink,
+    plaintext_risk,
+    warn_plaintext,
+)
 
 pytestmark = [pytest.mark.postgres]
 
@@ -138,10 +145,12 @@ def test_a_writer_frozen_in_its_transaction_holds_its_partition_seconds_not_minu
     sink = PostgresSink(isolated.postgres_conninfo(), isolated.kafka_topic)
     try:
         assert ready.wait(30)
-        time.sleep(0.5)  # it is stopped, its transaction open
+        # it is stopped, its transaction open; its partitions reach a new owner after the group's
+        # session timeout (6 s), by which time the transaction is older than FENCE_AFTER_S
+        time.sleep(FENCE_AFTER_S + 0.5)
         began = time.monotonic()
         assert sink.write(span(0, 0, 10)).held == {0: 10}
-        assert time.monotonic() - began < FENCE_AFTER_S + 10
+        assert time.monotonic() - began < LOCK_WAIT_S + 3
     finally:
         sink.close()
         os.kill(frozen.pid, signal.SIGCONT)
@@ -178,3 +187,20 @@ def test_the_plaintext_warning_comes_once(caplog):
     for _ in range(3):
         warn_plaintext(conninfo)
     assert sum("db.once.example" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_holder_in_a_young_transaction_is_waited_for_not_ended(isolated):
+    """A live writer holds a partition for a moment: the other writer waits a few seconds, then
+    retries later (an outage), and never ends a transaction younger than FENCE_AFTER_S."""
+    holder = psycopg.connect(isolated.postgres_conninfo())
+    holder.execute("SELECT pg_advisory_xact_lock(hashtext(%s), 0)", (isolated.kafka_topic,))
+    sink = PostgresSink(isolated.postgres_conninfo(), isolated.kafka_topic)
+    try:
+        with pytest.raises(ServiceUnavailable, match="55P03"):
+            sink.write(span(0, 0, 10))
+        assert holder.execute("SELECT 1").fetchone() == (1,), "the holder's session was ended"
+        holder.rollback()
+        assert sink.write(span(0, 0, 10)).held == {0: 10}
+    finally:
+        holder.close()
+        sink.close()

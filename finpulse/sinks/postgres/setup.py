@@ -46,6 +46,8 @@ def classify(exc: Exception, what: str) -> Exception:
             f"PostgreSQL TLS failed while {what}: {first_line(exc)}; check POSTGRES_SSLMODE and that "
             "POSTGRES_SSLROOTCERT names the CA that signed the server's certificate"
         )
+    if state in _TRANSIENT_STATES or (state.startswith(_TRANSIENT_CLASSES) and not state.startswith("08")):
+        return ServiceUnavailable(f"PostgreSQL busy while {what} ({state}): {first_line(exc)}")
     if isinstance(exc, (PoolTimeout, psycopg.OperationalError)) and not state.startswith("28"):
         return ServiceUnavailable(
             f"PostgreSQL connection failed while {what}: {first_line(exc)} "

@@ -53,18 +53,21 @@ _HELD = f"SELECT kafka_partition, next_offset FROM {OFFSETS_TABLE} WHERE topic =
 # A row lock (FOR UPDATE) cannot serialise a partition's first write, when there is no row yet to
 # lock; a transaction-scoped advisory lock on (topic, partition) can, and is released at commit.
 _LOCK = "SELECT pg_advisory_xact_lock(hashtext(%s), p) FROM unnest(%s::int[]) AS t(p) ORDER BY p"
-# A writer waits this long for those locks before it looks at who holds them (55P03 after it).
-FENCE_AFTER_S = 5
-# Fencing: the sessions holding those locks whose transaction waits for its own client, which sends
-# nothing (a worker frozen by SIGSTOP, a paused VM: idle in its transaction, or half-way through a
-# COPY) are ended, so their partitions' new owner goes on instead of waiting for the statement
-# timeout. Their transaction rolls back; were the frozen worker to resume, its write fails and is
+# A writer waits this long at a time for its partitions' locks (55P03 after three such waits).
+LOCK_WAIT_S = 1
+# Fencing: a session holding those locks whose transaction began more than FENCE_AFTER_S ago and
+# now waits for its own client, which sends nothing (a worker frozen by SIGSTOP, a paused VM: idle
+# in its transaction, or half-way through a COPY), is ended, so its partitions' new owner goes on
+# instead of waiting for the statement timeout. A live writer's transaction takes a second or two.
+# The frozen one's transaction rolls back; were its worker to resume, its write fails and is
 # retried, and the guard skips what the new owner wrote. A holder that is working is left alone.
+FENCE_AFTER_S = 5
 _FENCE = (
     "SELECT a.pid, pg_terminate_backend(a.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
     "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = hashtext(%s)::oid "
     "AND l.objid = ANY(%s::int[]::oid[]) AND l.objsubid = 2 AND a.pid <> pg_backend_pid() "
-    "AND a.wait_event_type = 'Client' AND a.wait_event = 'ClientRead'"
+    "AND a.wait_event_type = 'Client' AND a.wait_event = 'ClientRead' "
+    f"AND a.xact_start < now() - interval '{FENCE_AFTER_S} seconds'"
 )
 # GREATEST: whatever a caller passes, a position can only move forward.
 _ADVANCE = (
@@ -219,22 +222,26 @@ class PostgresSink:
         self.pool.open(wait=False)
 
     def _lock(self, conn: psycopg.Connection, parts: list[int]) -> None:
-        """Take the partitions' locks for this transaction, fencing off a frozen holder (_FENCE)."""
-        conn.execute(f"SET LOCAL lock_timeout = '{FENCE_AFTER_S}s'")
-        try:
-            with conn.transaction():  # a savepoint: a lock not granted leaves the transaction usable
-                conn.execute(_LOCK, (self.topic, parts))
-        except psycopg.errors.LockNotAvailable:
-            fenced = [pid for pid, _ in conn.execute(_FENCE, (self.topic, parts)).fetchall()]
-            if fenced:
-                log.warning(
-                    "partitions %s: ended PostgreSQL sessions %s, which held their locks while their "
-                    "client sent nothing for %ds (a frozen writer)",
-                    parts,
-                    fenced,
-                    FENCE_AFTER_S,
-                )
-            conn.execute(_LOCK, (self.topic, parts))  # 55P03 again, if a working holder still has them
+        """Take the partitions' locks for this transaction, fencing off a frozen holder (_FENCE).
+        Only a batch that shares a partition with a frozen holder waits, and a few seconds at most."""
+        conn.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT_S}s'")
+        for attempt in range(3):
+            try:
+                with conn.transaction():  # a savepoint: a lock not granted leaves the transaction usable
+                    conn.execute(_LOCK, (self.topic, parts))
+                break
+            except psycopg.errors.LockNotAvailable:
+                if attempt == 2:
+                    raise  # a working holder still has them: 55P03, an outage the lane retries
+                fenced = [pid for pid, _ in conn.execute(_FENCE, (self.topic, parts)).fetchall()]
+                if fenced:
+                    log.warning(
+                        "partitions %s: ended PostgreSQL sessions %s, which held their locks in a transaction "
+                        "older than %ds while their client sent nothing (a frozen writer)",
+                        parts,
+                        fenced,
+                        FENCE_AFTER_S,
+                    )
         conn.execute("SET LOCAL lock_timeout TO DEFAULT")
 
     @contextmanager
