@@ -7,6 +7,8 @@ suite serves a quick CI check and a full run.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -56,6 +58,8 @@ class FreshSinks:
     def __init__(self, base: Settings):
         self.base = base
         self._stacks = ExitStack()
+        # scratch space of a run that writes outside a sink (a bare delta-rs write, the naive design)
+        self.root = Path(tempfile.mkdtemp(prefix="finpulse-bench-"))
 
     def __call__(self, **overrides) -> Settings:
         s = self._stacks.enter_context(fresh_stack(self.base, prefix="bench", own_topic=False, **overrides))
@@ -64,6 +68,7 @@ class FreshSinks:
 
     def cleanup(self) -> None:
         self._stacks.close()
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -79,8 +79,9 @@ def delta_latencies(uri: str, since_ms: int) -> list[float]:
         actions = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
         when = next((a["commitInfo"]["timestamp"] for a in actions if "commitInfo" in a), None)
         for a in actions:
-            tail = a["txn"]["appId"].rsplit(":", 1)[1] if "txn" in a else ""
-            if tail.isdigit() and when is not None:  # a partition's position, not the topic-id record
+            app = a["txn"]["appId"] if "txn" in a else ""
+            tail = app.rsplit(":", 1)[-1] if app.startswith("finpulse:") else ""
+            if tail.isdigit() and when is not None:  # a partition's position, not another finpulse txn
                 steps.setdefault(int(tail), []).append((a["txn"]["version"], when))
     table = DeltaTable(uri).to_pyarrow_dataset().to_table(columns=["kafka_partition", "kafka_offset", "timestamp_ms"])
     out = []
