@@ -22,7 +22,7 @@ def rows(path: str) -> tuple[list[list[str]], list[str]]:
         return min(known, key=lambda x: x[1]) if known else None
 
     table = []
-    order = {"end-to-end": 0, "transport": 1, "stage": 2, "limit": 3, "freshness": 4}
+    order = {"end-to-end": 0, "transport": 1, "trades": 2, "stage": 3, "limit": 4, "freshness": 5, "memory": 6}
     for i in sorted(
         info,
         key=lambda i: (
@@ -41,7 +41,20 @@ def rows(path: str) -> tuple[list[list[str]], list[str]]:
             + (f" feed {i['feed']}" if "feed" in i else ""),
             "limit": f"limit {i.get('stage')}",
             "transport": f"drain over {i.get('transport')} Kafka and PostgreSQL: batch 5, 2 workers, sinks all",
+            "trades": f"drain with trade ids ({i.get('trades')}): batch 5, 2 workers, sinks all",
         }.get(kind, _decode_label(i) if "feed" in i else i["name"])
+        if kind == "memory":
+            table.append(
+                [
+                    f"trade window holding {i['ids']:,} text ids",
+                    "",
+                    "",
+                    "",
+                    "",
+                    f"{i['held_mib']} MiB held ({i['peak_mib_while_adding']} MiB peak), snapshot {i['snapshot_mib']} MiB",
+                ]
+            )
+            continue
         if kind == "freshness":
             table.append(
                 [
@@ -67,6 +80,10 @@ def rows(path: str) -> tuple[list[list[str]], list[str]]:
     if {"plaintext", "secured"} <= transports.keys():
         ratio = transports["secured"] / transports["plaintext"]
         table.append(["secured / plaintext drain (SASL_SSL + TLS vs open)", "", f"{ratio:.2f}x", "", "", ""])
+    trades = {i["trades"]: i["ticks_per_s"] for i in info if i.get("kind") == "trades"}
+    if {"window on", "window off"} <= trades.keys():
+        ratio = trades["window on"] / trades["window off"]
+        table.append(["trade window on / off drain (re-sent trades removed vs not)", "", f"{ratio:.2f}x", "", "", ""])
     header = ["benchmark", "ticks/s", "vs naive", "of slowest limit", "freshness p50/p99", "peak worker RSS"]
     return table, header
 

@@ -16,6 +16,7 @@ Tables without such rules cost nothing.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -74,7 +75,7 @@ class Admission:
             return batch
         keep = np.ones(ticks.num_rows, dtype=bool)
         keep[list(refused)] = False
-        return TickBatch(ticks.filter(pa.array(keep)), batch.rejects + refused_rows(ticks, refused), batch.next_offsets)
+        return replace(batch, ticks=ticks.filter(pa.array(keep)), rejects=batch.rejects + refused_rows(ticks, refused))
 
     def close(self) -> None:
         for checker in self._rules or []:

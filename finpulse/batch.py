@@ -1,7 +1,9 @@
 """Ticks gathered between flushes, with the offsets they cover.
 
 `TickBatch.after(held)` is the one place that enforces "never write an offset a sink already
-holds": every sink calls it with the positions it read inside its own transaction.
+holds": every sink calls it with the positions it read inside its own transaction. What the trade
+window (finpulse/dedup) found travels with the ticks and is trimmed the same way: the duplicates
+it removed and the sequence gaps it saw, each tied to the message it came from.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from finpulse.records import Decoded, Reject
+from finpulse.records import Decoded, Reject, SequenceGap
 from finpulse.schema import LINEAGE, TICKS
 
 Offsets = dict[int, int]  # partition -> next offset to read (everything below it is held)
+
+
+_NO_DUPLICATES = TICKS.empty_table()
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,10 @@ class TickBatch:
     ticks: pa.Table
     rejects: tuple[Reject, ...]
     next_offsets: Offsets  # per partition: one past the last message this batch covers
+    duplicates: pa.Table = field(
+        default_factory=TICKS.empty_table
+    )  # re-sent trades the trade window removed (schema.TICKS)
+    gaps: tuple[SequenceGap, ...] = ()  # sequence gaps found, and late trades that filled one
 
     @property
     def empty(self) -> bool:
@@ -32,12 +41,12 @@ class TickBatch:
 
     @property
     def size(self) -> int:
-        return self.ticks.num_rows + len(self.rejects)
+        return self.ticks.num_rows + len(self.rejects) + self.duplicates.num_rows
 
     @cached_property
     def nbytes(self) -> int:
         """Estimated memory held: the Arrow rows plus each reject's raw bytes and reason."""
-        return self.ticks.nbytes + sum(reject_nbytes(r) for r in self.rejects)
+        return self.ticks.nbytes + self.duplicates.nbytes + sum(reject_nbytes(r) for r in self.rejects)
 
     def after(self, held: Offsets) -> TickBatch:
         """This batch without the messages a sink already holds (offset < held[partition]).
@@ -46,25 +55,19 @@ class TickBatch:
         if not any(held.get(p, -1) > 0 for p in self.next_offsets):
             return self
         todo = {p: n for p, n in self.next_offsets.items() if n > held.get(p, 0)}
-        ticks = self.ticks
-        if ticks.num_rows and (gone := self._held_mask(held)).any():
+        ticks, duplicates = self.ticks, self.duplicates
+        if ticks.num_rows and (gone := _held_mask(ticks, held)).any():
             ticks = ticks.filter(pa.array(~gone))
+        if duplicates.num_rows and (gone := _held_mask(duplicates, held)).any():
+            duplicates = duplicates.filter(pa.array(~gone))
         rejects = tuple(r for r in self.rejects if r.offset >= held.get(r.partition, 0))
-        return TickBatch(ticks, rejects, todo)
+        gaps = tuple(g for g in self.gaps if g.offset >= held.get(g.partition, 0))
+        return TickBatch(ticks, rejects, todo, duplicates, gaps)
 
     def below(self, held: Offsets) -> pa.Table:
         """The tick rows a sink has already gone past (offset < held[partition]): what a replay
         may add where they are missing, without touching the sink's position."""
-        return self.ticks.filter(pa.array(self._held_mask(held))) if self.ticks.num_rows else self.ticks
-
-    def _held_mask(self, held: Offsets) -> np.ndarray:
-        """Per tick row: is its offset below what the sink holds for its partition?"""
-        parts = self.ticks.column("kafka_partition").to_numpy()
-        floor = np.zeros(int(parts.max()) + 1, dtype=np.int64)  # absent position: nothing held
-        for p, h in held.items():
-            if p < len(floor):
-                floor[p] = h
-        return self.ticks.column("kafka_offset").to_numpy() < floor[parts]
+        return self.ticks.filter(pa.array(_held_mask(self.ticks, held))) if self.ticks.num_rows else self.ticks
 
     @staticmethod
     def merge(batches: list[TickBatch]) -> TickBatch:
@@ -83,11 +86,24 @@ class TickBatch:
             kept.append(b)
             for p, n in b.next_offsets.items():
                 offsets[p] = max(n, offsets.get(p, 0))
+        duplicates = [b.duplicates for b in kept if b.duplicates.num_rows]
         return TickBatch(
             pa.concat_tables([b.ticks for b in kept]),
             tuple(r for b in kept for r in b.rejects),
             offsets,
+            pa.concat_tables(duplicates) if duplicates else _NO_DUPLICATES,
+            tuple(g for b in kept for g in b.gaps),
         )
+
+
+def _held_mask(rows: pa.Table, held: Offsets) -> np.ndarray:
+    """Per row: is its offset below what the sink holds for its partition?"""
+    parts = rows.column("kafka_partition").to_numpy()
+    floor = np.zeros(int(parts.max()) + 1, dtype=np.int64)  # absent position: nothing held
+    for p, h in held.items():
+        if p < len(floor):
+            floor[p] = h
+    return rows.column("kafka_offset").to_numpy() < floor[parts]
 
 
 @dataclass
@@ -96,6 +112,8 @@ class Accumulator:
 
     pieces: list[pa.RecordBatch] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+    duplicates: list[pa.Table] = field(default_factory=list)
+    gaps: list[SequenceGap] = field(default_factory=list)
     next_offsets: Offsets = field(default_factory=dict)
     ticks: int = 0
     nbytes: int = 0  # estimated, as TickBatch.nbytes: Arrow rows + raw bytes and reasons of rejects
@@ -105,11 +123,26 @@ class Accumulator:
     # take() then keeps each key once, so no batch ever holds a key twice.
     repeated: bool = False
 
-    def add(self, decoded: Decoded, partitions: list[int], offsets: list[int]) -> None:
+    def add(
+        self,
+        decoded: Decoded,
+        partitions: list[int],
+        offsets: list[int],
+        duplicates: pa.Table | None = None,
+        gaps: list[SequenceGap] | None = None,
+    ) -> None:
+        """The ticks and rejects of messages (`partitions`, `offsets`), and what the trade window
+        made of them: the `duplicates` it removed and the sequence `gaps` it found."""
         if decoded.ticks.num_rows:
             self.pieces.append(decoded.ticks)
             self.ticks += decoded.ticks.num_rows
             self.nbytes += decoded.ticks.nbytes
+        if duplicates is not None and duplicates.num_rows:
+            self.duplicates.append(duplicates)
+            self.ticks += duplicates.num_rows
+            self.nbytes += duplicates.nbytes
+        if gaps:
+            self.gaps.extend(gaps)
         self.rejects.extend(decoded.rejects)
         self.nbytes += sum(reject_nbytes(r) for r in decoded.rejects)
         self.skipped += decoded.skipped
@@ -148,11 +181,14 @@ class Accumulator:
 
     def take(self) -> TickBatch:
         table = pa.Table.from_batches(self.pieces, schema=TICKS) if self.pieces else TICKS.empty_table()
-        rejects = tuple(self.rejects)
+        rejects, gaps = tuple(self.rejects), tuple(self.gaps)
+        duplicates = pa.concat_tables(self.duplicates) if self.duplicates else _NO_DUPLICATES
         if self.repeated:
             table, rejects = _first_of_each_key(table, rejects)
-        batch = TickBatch(table, rejects, dict(self.next_offsets))
-        self.pieces, self.rejects, self.next_offsets = [], [], {}
+            duplicates, _ = _first_of_each_key(duplicates, ())
+            gaps = tuple(dict.fromkeys(gaps))  # a message read twice finds the same gaps twice
+        batch = TickBatch(table, rejects, dict(self.next_offsets), duplicates, gaps)
+        self.pieces, self.rejects, self.next_offsets, self.duplicates, self.gaps = [], [], {}, [], []
         self.ticks, self.nbytes, self.since, self.repeated = 0, 0, None, False
         return batch
 
@@ -163,12 +199,15 @@ class Accumulator:
             return
         batch = self.take()
         keep = {p: n for p, n in batch.next_offsets.items() if p not in gone}
-        mask = pc.invert(pc.is_in(batch.ticks.column("kafka_partition"), pa.array(sorted(gone), pa.int32())))
-        table = batch.ticks.filter(mask)
+        moved = pa.array(sorted(gone), pa.int32())
+        table = batch.ticks.filter(pc.invert(pc.is_in(batch.ticks.column("kafka_partition"), moved)))
+        duplicates = batch.duplicates.filter(pc.invert(pc.is_in(batch.duplicates.column("kafka_partition"), moved)))
         self.pieces = table.to_batches()
-        self.ticks = table.num_rows
+        self.duplicates = [duplicates] if duplicates.num_rows else []
+        self.gaps = [g for g in batch.gaps if g.partition not in gone]
+        self.ticks = table.num_rows + duplicates.num_rows
         self.rejects = [r for r in batch.rejects if r.partition not in gone]
-        self.nbytes = table.nbytes + sum(reject_nbytes(r) for r in self.rejects)
+        self.nbytes = table.nbytes + duplicates.nbytes + sum(reject_nbytes(r) for r in self.rejects)
         self.next_offsets = keep
         if keep:
             self.since = time.monotonic()

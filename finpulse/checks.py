@@ -30,6 +30,9 @@ MAX_TIMESTAMP_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
 # keeps them storable in PostgreSQL text, which cannot hold NUL.
 MAX_SYMBOL_CHARS = 64
 MAX_EXCHANGE_CHARS = 64
+# A trade id is an identity: never cut (two ids that share a prefix would become one trade). Venues'
+# ids are integers or UUIDs (36 characters); longer text is a mistake upstream.
+MAX_TRADE_ID_CHARS = 64
 # A reject's reason is one line of at most this many characters, whatever it quotes.
 MAX_REASON_CHARS = 500
 
@@ -49,6 +52,12 @@ def check(trade: feeds.Trade, ceiling_us: int) -> str | None:
             return f"exchange is {len(venue):,} characters, over {MAX_EXCHANGE_CHARS}"
         if not venue.isprintable():
             return f"exchange {feeds.quote(venue)} contains control or other non-printable characters"
+    tid = trade.trade_id
+    if tid is not None:
+        if len(tid) > MAX_TRADE_ID_CHARS:
+            return f"trade id is {len(tid):,} characters, over {MAX_TRADE_ID_CHARS}"
+        if not tid.isprintable():
+            return f"trade id {feeds.quote(tid)} contains control or other non-printable characters"
     if not math.isfinite(trade.price):
         return f"price {trade.price} is not finite"
     if trade.price <= 0:
@@ -70,6 +79,21 @@ def ceiling_us(kafka_ms: int | None) -> int:
     if kafka_ms is None or not MIN_TIMESTAMP_US // 1000 <= kafka_ms <= MAX_TIMESTAMP_US // 1000:
         return MAX_TIMESTAMP_US
     return min(kafka_ms * 1000 + MAX_FUTURE_US, MAX_TIMESTAMP_US)
+
+
+def kafka_time_us(kafka_ms: int | None) -> int | None:
+    """The `kafka_time` column of a record stamped `kafka_ms`: None when it has none, or one no
+    sink's timestamp type holds."""
+    if kafka_ms is None or not 0 <= kafka_ms <= MAX_TIMESTAMP_US // 1000:
+        return None
+    return kafka_ms * 1000
+
+
+def kafka_times_us(timestamps: list[int]) -> pa.Array:
+    """`kafka_time_us` of a whole batch of record times (epoch ms, -1 for none), as a column."""
+    ms = np.array(timestamps, dtype=np.int64)
+    bad = (ms < 0) | (ms > MAX_TIMESTAMP_US // 1000)
+    return pa.array(np.where(bad, 0, ms) * 1000, pa.timestamp("us", tz="UTC"), mask=bad if bad.any() else None)
 
 
 def ceilings_us(timestamps: list[int]) -> np.ndarray:

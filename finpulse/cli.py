@@ -99,9 +99,33 @@ def produce(
         Optional[str], typer.Option(help="Comma-separated symbols (default: 16 stocks, crypto and FX pairs).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random walk; equal seeds give equal ticks.")] = 7,
+    trade_ids: Annotated[
+        bool,
+        typer.Option(
+            "--trade-ids", help="Give each tick a trade_id, consecutive per symbol (implied by the two rates below)."
+        ),
+    ] = False,
+    first_trade_id: Annotated[int, typer.Option(min=0, help="Each symbol's first trade id.")] = 1,
+    duplicate_rate: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="After this fraction of the trades, re-send one of the last 1,000 (same trade id and time) as a new message.",
+        ),
+    ] = 0.0,
+    drop_rate: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Skip this fraction of the trades (their ids go missing: sequence gaps)."),
+    ] = 0.0,
+    interval_us: Annotated[
+        int,
+        typer.Option(min=1, help="Trade time between consecutive ticks, µs (86400 for a day of 1M ticks)."),
+    ] = 100,
     where: dict[str, Any] | None = None,
 ) -> None:
-    """Send synthetic ticks (a seeded random walk, keyed by symbol) to the topic."""
+    """Send synthetic ticks (a seeded random walk, keyed by symbol) to the topic; with trade ids,
+    re-sent and missing trades on request."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from finpulse import produce as producing
@@ -112,7 +136,18 @@ def produce(
     if not syms:
         raise typer.BadParameter("give at least one symbol", param_hint="--symbols")
     source.partitions(s)  # a missing topic or broker is one clear line, not a 30 s delivery timeout
-    stream = producing.encoded(producing.ticks(count, syms, seed))
+    stream = producing.encoded(
+        producing.ticks(
+            count,
+            syms,
+            seed,
+            trade_ids=trade_ids,
+            first_trade_id=first_trade_id,
+            duplicate_rate=duplicate_rate,
+            drop_rate=drop_rate,
+            interval_us=interval_us,
+        )
+    )
     show = err.is_terminal and count >= 10_000
     with Progress(
         TextColumn("producing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err, disable=not show
@@ -187,10 +222,28 @@ def ingest(
             help="Address the metrics server binds (env FINPULSE_METRICS_HOST; default 0.0.0.0, every interface; 127.0.0.1 for this host only).",
         ),
     ] = None,
+    keep_duplicates: Annotated[
+        bool,
+        typer.Option(
+            "--keep-duplicates",
+            help="Also record each re-sent trade removed as a row of prices_duplicates, with its lineage (env FINPULSE_KEEP_DUPLICATES).",
+        ),
+    ] = False,
+    dedup_window: Annotated[
+        Optional[str],
+        typer.Option(
+            help="A trade id seen within this much trade time before is a re-send and lands nowhere; 0 turns "
+            "duplicate removal and gap tracking off (env FINPULSE_DEDUP_WINDOW, default 24h).",
+        ),
+    ] = None,
     allow_data_loss: AllowDataLoss = False,
     where: dict[str, Any] | None = None,
 ) -> None:
-    """Consume the topic with one process per partition into PostgreSQL and Delta, exactly once."""
+    """Consume the topic with one process per partition into PostgreSQL and Delta, exactly once.
+
+    Exactly once per trade too: a trade whose (exchange, symbol, trade_id) already landed is a
+    duplicate (a re-send, an A/B feed) and is counted, not stored; holes in a symbol's consecutive
+    trade ids are recorded as sequence gaps (docs/feeds.md#trade-ids)."""
     from finpulse import supervisor
 
     feed = feed_choice(format)
@@ -206,6 +259,8 @@ def ingest(
         metrics_port=metrics_port,
         metrics_host=metrics_host,
         allow_data_loss=allow_data_loss or None,
+        keep_duplicates=keep_duplicates or None,
+        dedup_window_s=dedup_window,
     )
     live = None if logformat.is_json() else err  # json: progress as log lines, not a live table
     result = supervisor.run(s, drain=drain, feed=feed, strict=strict, console=live)

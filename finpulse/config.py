@@ -158,6 +158,44 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         1 << 20, ge=1024, validation_alias=AliasChoices("FINPULSE_MAX_MESSAGE_BYTES", "max_message_bytes")
     )
+    # --- Trades (finpulse/dedup) ---
+    # A trade whose (exchange, symbol, trade_id) landed within this much trade time before it is a
+    # duplicate (a re-send, an A/B feed) and lands in neither sink. 24 hours covers a collector's
+    # reconnect re-sends and a day's A/B feed; "0" turns duplicate removal and gap tracking off.
+    # Seconds, or a number with s, m, h or d.
+    dedup_window_s: float = Field(
+        86_400.0, ge=0, validation_alias=AliasChoices("FINPULSE_DEDUP_WINDOW", "dedup_window_s")
+    )
+    # Also keep each duplicate as a row of prices_duplicates (PostgreSQL), with its lineage.
+    keep_duplicates: bool = Field(False, validation_alias=AliasChoices("FINPULSE_KEEP_DUPLICATES", "keep_duplicates"))
+    # Feeds whose trade ids are consecutive per symbol: their holes are sequence gaps (docs/feeds.md).
+    sequence_feeds: str = Field(
+        "canonical,binance,coinbase,coinbase-advanced,kraken",
+        validation_alias=AliasChoices("FINPULSE_SEQUENCE_FEEDS", "sequence_feeds"),
+    )
+    # Trades of one symbol arriving out of order within this much trade time are reordering, not a
+    # gap: 2 s covers a collector's reconnect and Kafka's per-partition batching.
+    sequence_reorder_ms: int = Field(
+        2000, ge=0, le=3_600_000, validation_alias=AliasChoices("FINPULSE_SEQUENCE_REORDER_MS", "sequence_reorder_ms")
+    )
+    # Text and non-consecutive trade ids are held as 16 bytes each; a partition keeps at most this
+    # many (the newest): 1M is 16 MiB, about 8 minutes of a 2k ticks/s partition.
+    dedup_max_ids: int = Field(
+        1_000_000, ge=1000, validation_alias=AliasChoices("FINPULSE_DEDUP_MAX_IDS", "dedup_max_ids")
+    )
+
+    @field_validator("dedup_window_s", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            from finpulse.durations import seconds
+
+            return seconds(value)
+        return value
+
+    def sequence_feed_names(self) -> set[str]:
+        return {n.strip().lower() for n in self.sequence_feeds.split(",") if n.strip()}
+
     # Prometheus metrics, /healthz and /readyz from `finpulse ingest` on this port (None: off).
     metrics_port: int | None = Field(
         None, ge=0, le=65535, validation_alias=AliasChoices("FINPULSE_METRICS_PORT", "metrics_port")

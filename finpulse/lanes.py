@@ -42,8 +42,9 @@ CALL_POLL_S = 0.2
 class _Call:
     """A function to run on the lane's thread with its sink, and where its outcome goes."""
 
-    def __init__(self, fn: Callable[[Sink], Any]):
+    def __init__(self, fn: Callable[[Sink], Any], posted: bool = False):
         self.fn = fn
+        self.posted = posted  # nobody waits for it (Lane.post): it never hurries a write
         self.done = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
@@ -140,6 +141,14 @@ class Lane:
             raise job.error
         return job.result
 
+    def post(self, fn: Callable[[Sink], Any]) -> None:
+        """Run `fn(sink)` on the lane's thread after everything submitted before it, without waiting
+        for it (a trade window snapshot): it goes out with the next write, and a failure is logged."""
+        with self._cond:
+            if self.failure is None:
+                self._queue.append(_Call(fn, posted=True))
+                self._cond.notify_all()
+
     def wait_idle(self, timeout: float | None) -> bool:
         """Block until everything submitted is durable (True) or the timeout passes (False)."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -207,7 +216,7 @@ class Lane:
 
     def _due(self) -> bool:
         """The flush rule of this lane (FlushPolicy), with the reasons to write at once."""
-        if self._hurry or any(isinstance(item, _Call) for item in self._queue):
+        if self._hurry or any(isinstance(item, _Call) and not item.posted for item in self._queue):
             return True
         return self.policy.due(self.waiting, self._next_due, time.monotonic())
 
@@ -235,7 +244,12 @@ class Lane:
 
     def _note_call(self, call: _Call) -> None:
         """A read that found the sink unavailable marks it down as a failed write does (the worker
-        retries the read and reports the lane meanwhile); one that succeeds marks it back."""
+        retries the read and reports the lane meanwhile); one that succeeds marks it back. A posted
+        call's failure is only logged: nobody retries it, the next one replaces it."""
+        if call.posted:
+            if call.error is not None:
+                log.warning("%s: %s", self.name, call.error)
+            return
         if isinstance(call.error, ServiceUnavailable):
             self.down = self.down or str(call.error)
         elif call.error is None and self.down is not None:

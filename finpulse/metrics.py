@@ -177,6 +177,22 @@ class _RunCollector(Collector):
         yield CounterMetricFamily(
             "finpulse_messages_consumed", "Messages read from Kafka this run (re-reads included).", value=t.messages
         )
+        duplicates = CounterMetricFamily(
+            "finpulse_duplicates",
+            "Re-sent trades (an exchange, symbol and trade id seen before) removed before any sink wrote them.",
+            labels=["exchange"],
+        )
+        for venue, n in sorted(t.duplicates.items()):
+            duplicates.add_metric([venue], n)
+        yield duplicates
+        gaps = CounterMetricFamily(
+            "finpulse_sequence_gaps",
+            "Holes found in a symbol's consecutive trade ids (missed trades upstream).",
+            labels=["exchange"],
+        )
+        for venue, n in sorted(t.sequence_gaps.items()):
+            gaps.add_metric([venue], n)
+        yield gaps
         yield CounterMetricFamily(
             "finpulse_worker_restarts", "Worker processes restarted after they exited.", value=t.restarts
         )

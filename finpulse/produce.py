@@ -75,24 +75,62 @@ def start_price(symbol: str, rng: random.Random) -> float:
     return significant(reference * rng.uniform(1 - START_SPREAD, 1 + START_SPREAD))
 
 
+# Trade time between consecutive ticks unless told otherwise: 10 ticks per millisecond.
+INTERVAL_US = 100
+# A re-sent trade (duplicate_rate) is one of this many sent last, picked at random.
+RESEND_FROM = 1000
+
+
 def ticks(
-    count: int, symbols: tuple[str, ...] = DEFAULT_SYMBOLS, seed: int = 7, start_ms: int | None = None
+    count: int,
+    symbols: tuple[str, ...] = DEFAULT_SYMBOLS,
+    seed: int = 7,
+    start_ms: int | None = None,
+    trade_ids: bool = False,
+    first_trade_id: int = 1,
+    duplicate_rate: float = 0.0,
+    drop_rate: float = 0.0,
+    interval_us: int = INTERVAL_US,
 ) -> Iterator[dict]:
-    """`count` ticks in time order; equal seeds give equal ticks."""
+    """`count` trades in time order; equal seeds (and options) give equal ticks.
+
+    `trade_ids`: each tick carries a trade_id, consecutive per symbol from `first_trade_id`.
+    `drop_rate`: that fraction of the trades is not sent (their ids are skipped: sequence gaps).
+    `duplicate_rate`: after that fraction of the sent trades, one of the RESEND_FROM trades sent last
+    goes again, unchanged (same trade id and time: a collector's re-send), as one more message.
+    Both imply trade ids, and draw from a generator of their own: the walk is the same without them."""
     rng = random.Random(seed)
+    faults = random.Random(seed + 1_000_003)
     prices = {s: start_price(s, rng) for s in symbols}
     venue = {s: EXCHANGES[i % len(EXCHANGES)] for i, s in enumerate(symbols)}
+    next_id = dict.fromkeys(symbols, first_trade_id)
+    with_ids = trade_ids or duplicate_rate > 0 or drop_rate > 0
+    recent: list[dict] = []
     now = int(time.time() * 1000) if start_ms is None else start_ms
     for i in range(count):
         sym = symbols[rng.randrange(len(symbols))]
         prices[sym] = significant(prices[sym] * math.exp(rng.gauss(0.0, STEP_SIGMA)))
-        yield {
+        tick: dict = {
             "symbol": sym,
             "price": prices[sym],
             "size": float(rng.randint(1, 500)),
-            "timestamp_ms": now + i // 10,
+            "timestamp_ms": now + i * interval_us // 1000,
             "exchange": venue[sym],
         }
+        if not with_ids:
+            yield tick
+            continue
+        tick["trade_id"] = next_id[sym]
+        next_id[sym] += 1
+        if drop_rate and faults.random() < drop_rate:
+            continue
+        yield tick
+        if duplicate_rate:
+            recent.append(tick)
+            if len(recent) > RESEND_FROM:
+                del recent[0]
+            if faults.random() < duplicate_rate:
+                yield dict(recent[faults.randrange(len(recent))])
 
 
 def producer(settings: Settings) -> Producer:

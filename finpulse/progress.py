@@ -62,6 +62,8 @@ class WorkerStats:
     partitions: list[int] = field(default_factory=list)  # assigned to this worker now
     paused: bool = False  # backpressure
     down: dict[str, str] = field(default_factory=dict)  # sink -> why it is unavailable
+    duplicates: dict[str, int] = field(default_factory=dict)  # exchange -> re-sent trades removed since then
+    sequence_gaps: dict[str, int] = field(default_factory=dict)  # exchange -> sequence gaps found since then
 
 
 @dataclass
@@ -77,6 +79,8 @@ class Totals:
     rows: dict[str, int] = field(default_factory=dict)  # sink -> rows written this run
     rejects: dict[str, int] = field(default_factory=dict)  # sink -> rejects it recorded this run
     writes: dict[str, Durations] = field(default_factory=dict)  # sink -> its writes this run
+    duplicates: dict[str, int] = field(default_factory=dict)  # exchange -> re-sent trades removed (re-reads included)
+    sequence_gaps: dict[str, int] = field(default_factory=dict)  # exchange -> sequence gaps found (re-reads included)
     lag: dict[int, dict[int, int]] = field(default_factory=dict)  # worker -> partition -> lag
     held_lag: dict[int, dict[str, dict[int, int]]] = field(default_factory=dict)  # worker -> sink -> partition -> lag
     partitions: dict[int, list[int]] = field(default_factory=dict)  # worker -> assigned partitions
@@ -105,6 +109,10 @@ class Totals:
                 self.rejects[sink] = self.rejects.get(sink, 0) + n
             for sink, d in stats.writes.items():
                 self.writes.setdefault(sink, Durations()).merge(d)
+            for venue, n in stats.duplicates.items():
+                self.duplicates[venue] = self.duplicates.get(venue, 0) + n
+            for venue, n in stats.sequence_gaps.items():
+                self.sequence_gaps[venue] = self.sequence_gaps.get(venue, 0) + n
             if pid in self.gone:  # the last words of a worker that exited: its view is stale
                 return
             self.lag[worker] = stats.lag
@@ -137,6 +145,8 @@ class Totals:
                 rows=dict(self.rows),
                 rejects=dict(self.rejects),
                 writes={sink: d.copy() for sink, d in self.writes.items()},
+                duplicates=dict(self.duplicates),
+                sequence_gaps=dict(self.sequence_gaps),
                 # a report replaces a worker's inner dicts, never changes them: one level suffices
                 lag=dict(self.lag),
                 held_lag=dict(self.held_lag),
@@ -163,7 +173,10 @@ class Totals:
             f"ticks {self.ticks:,} ({self.ticks / self.elapsed:,.0f}/s) | "
             + "".join(f"{sink} {n:,} | " for sink, n in self.rows.items())
             + f"rejected {self.rejected:,} | skipped {self.skipped:,} "
-            f"| lag {self.total_lag():,}" + (f" | waiting for {', '.join(down)}" if down else "")
+            + (f"| duplicates {sum(self.duplicates.values()):,} " if self.duplicates else "")
+            + (f"| gaps {sum(self.sequence_gaps.values()):,} " if self.sequence_gaps else "")
+            + f"| lag {self.total_lag():,}"
+            + (f" | waiting for {', '.join(down)}" if down else "")
         )
 
     def table(self) -> Table:

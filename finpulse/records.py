@@ -1,4 +1,5 @@
-"""The records that cross stages: raw Kafka messages in, decoded ticks and rejects out."""
+"""The records that cross stages: raw Kafka messages in, decoded ticks and rejects out, and what
+the trade window (finpulse/dedup) finds in the ticks: duplicates and sequence gaps."""
 
 from __future__ import annotations
 
@@ -66,8 +67,27 @@ class Reject:
     kafka_timestamp_ms: int | None
 
 
+@dataclass(frozen=True)
+class SequenceGap:
+    """Trade ids missing from a symbol's consecutive numbering (`filled` None), or one of them that
+    arrived late (`filled`: that id). It belongs to the message where it was found: its lineage."""
+
+    partition: int
+    offset: int
+    tick_index: int  # -1: found between trades (the window's checkpoint), not at one
+    exchange: str
+    symbol: str
+    prefix: str  # the ids' text before their number ("" for plain integers; Binance aggTrade: "a")
+    from_id: int  # the gap, as first found: ids from_id..to_id were missing
+    to_id: int
+    seen_us: int  # trade time of the trade that showed the gap
+    filled: int | None = None
+
+
 @dataclass
 class Decoded:
     ticks: pa.RecordBatch
     rejects: list[Reject] = field(default_factory=list)
     skipped: int = 0  # non-trade events (acks, heartbeats, quotes, book updates)
+    # per tick row, the feed shape it was read with (None: every row is canonical, the fast path)
+    feeds: pa.Array | None = None

@@ -9,7 +9,9 @@ The rules that keep a replay safe next to a live `finpulse ingest`:
     never jumps over offsets nobody wrote. A range that starts above a position is left to ingest;
   * Kafka is read outside the consumer group (assign, throwaway group id, no commits).
 
-Data flows one way: plan (spans from watermarks or times) -> read -> decode -> each sink.
+Data flows one way: plan (spans from watermarks or times) -> read -> decode -> trade window -> each
+sink. The trade window of each span is rebuilt at its start (finpulse/dedup), so a re-sent trade is
+a duplicate here exactly as it was for ingest.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from finpulse.backoff import Backoff
 from finpulse.batch import Accumulator, Offsets, TickBatch
 from finpulse.config import Settings
 from finpulse.decode import Decoder
+from finpulse.dedup.keeper import Keeper
 from finpulse.errors import ConfigError, ServiceUnavailable, first_line
 from finpulse.lanes import RETRY_FIRST_S, RETRY_MAX_S
 from finpulse.progress import LOG_EVERY_S
@@ -159,8 +162,9 @@ def run(
     try:
         marks = source.watermarks(settings, [s.partition for s in spans])
         resume.settle(settings.kafka_topic, sinks, marks, topic_id, settings.allow_data_loss)
+        trades = Keeper(settings, decoder, sinks)
         with source.RangeReader(settings) as reader, Meter("replaying", sum(s.size for s in spans), console) as meter:
-            return replay(spans, sinks, reader, decoder, meter, admission)
+            return replay(spans, sinks, reader, decoder, meter, admission, trades)
     finally:
         admission.close()
         for sink in sinks:
@@ -174,6 +178,7 @@ def replay(
     decoder: Decoder,
     meter: Meter | None = None,
     admission: Admission | None = None,
+    trades: Keeper | None = None,
 ) -> Report:
     """Read each span and hand every batch to every sink (see the module's rules)."""
     started = time.monotonic()
@@ -181,9 +186,16 @@ def replay(
     messages = 0
     for span in spans:
         at = span.start
+        if trades is not None:
+            retrying(trades.start_span, span)
         for msgs in reader.read(span.partition, span.start, span.end):
             acc = Accumulator()
-            acc.add(retrying(decoder.decode, msgs), msgs.partitions, msgs.offsets)  # a decoder may say "not now"
+            decoded = retrying(decoder.decode, msgs)  # a decoder may say "not now"
+            if trades is None:
+                acc.add(decoded, msgs.partitions, msgs.offsets)
+            else:
+                found = trades.apply(decoded, msgs)
+                acc.add(found.decoded, msgs.partitions, msgs.offsets, found.duplicates, found.gaps)
             batch = acc.take() if admission is None else retrying(admission.admit, acc.take())
             for sink in sinks:
                 _give(sink, batch, at, span, tallies[sink.name])

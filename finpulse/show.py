@@ -42,6 +42,8 @@ def as_json(landed: list[Landed]) -> dict:
         entry: dict[str, object] = {"rows": item.rows}
         if item.rejected is not None:
             entry["rejected"] = item.rejected
+        if item.duplicates is not None:
+            entry["duplicates"] = item.duplicates
         entry["symbols"] = [
             dict(zip(SUMMARY_COLUMNS, (sym, n, low, high, last, _utc(when))))
             for sym, n, low, high, last, when in item.symbols

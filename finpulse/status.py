@@ -25,6 +25,7 @@ class PartitionStatus:
     committed: int | None  # KAFKA_GROUP_ID's committed offset (None: never committed)
     positions: dict[str, int | None]  # sink -> next offset it will write (None: holds nothing / unread)
     rejected: int | None  # rejects the sink that keeps them holds for this partition (None: unread)
+    duplicates: int | None = None  # re-sent trades it removed, as that sink counted them (None: unread)
 
     def lag(self, position: int | None, readable: bool = True) -> int | None:
         """Messages from `position` to the high watermark; a sink that holds nothing of the
@@ -44,6 +45,7 @@ class Status:
     errors: dict[str, FinpulseError] = field(default_factory=dict)  # what could not be read
     gaps: list[tuple[int, int, int, str]] = field(default_factory=list)  # accepted with --allow-data-loss
     rules: dict[str, list[str]] = field(default_factory=dict)  # per sink, the table's own rules (admission)
+    sequence_gaps: list[dict] = field(default_factory=list)  # the latest gaps in trade ids, newest first
 
     def headlines(self) -> dict[str, str]:
         """Per sink, one line for a person (each kind says what matters of it)."""
@@ -63,9 +65,10 @@ class Status:
                 row[f"{sink}_position"] = p.positions.get(sink)
                 row[f"{sink}_lag"] = p.lag(p.positions.get(sink), sink not in self.errors)
             row["rejected"] = p.rejected
+            row["duplicates"] = p.duplicates
             parts.append(row)
         totals: dict[str, object] = {"messages": sum(p.high - p.low for p in self.partitions)}
-        for key in ("committed_lag", *(f"{s}_lag" for s in self.sinks), "rejected"):
+        for key in ("committed_lag", *(f"{s}_lag" for s in self.sinks), "rejected", "duplicates"):
             values = [row[key] for row in parts]
             totals[key] = None if None in values else sum(values)  # type: ignore[arg-type]
         return {
@@ -76,6 +79,7 @@ class Status:
             **self.sections,
             "gaps": [{"partition": p, "from_offset": a, "to_offset": b, "reason": r} for p, a, b, r in self.gaps],
             "rules": self.rules,
+            "sequence_gaps": self.sequence_gaps,
             "errors": {sink: str(exc) for sink, exc in self.errors.items()},
         }
 
@@ -90,6 +94,8 @@ def collect(settings: Settings) -> Status:
     positions: dict[str, dict[int, int]] = {}
     sections: dict[str, dict[str, object]] = {}
     rejected: dict[int, int] | None = None
+    duplicates: dict[int, int] | None = None
+    sequence_gaps: list[dict] = []
     gaps: list[tuple[int, int, int, str]] = []
     rules: dict[str, list[str]] = {}
     counting = sinks.keeping_rejects(chosen)  # the sink whose rejects are counted
@@ -107,6 +113,8 @@ def collect(settings: Settings) -> Status:
                 sink.close()
             if name == counting:
                 rejected = described.pop("rejected", None)  # type: ignore[assignment]
+                duplicates = described.pop("duplicates", None)  # type: ignore[assignment]
+                sequence_gaps = described.pop("sequence_gaps", None) or []  # type: ignore[assignment]
             sections[name].update(described)
             checker = kind.rules(settings)
             if checker is not None:
@@ -126,6 +134,7 @@ def collect(settings: Settings) -> Status:
                 committed.get(p),
                 {s: positions[s].get(p) for s in chosen},
                 None if counting is None or counting in errors else (rejected or {}).get(p, 0),
+                None if counting is None or counting in errors else (duplicates or {}).get(p, 0),
             )
             for p, (low, high) in sorted(marks.items())
         ],
@@ -133,4 +142,5 @@ def collect(settings: Settings) -> Status:
         errors,
         sorted(set(gaps)),
         rules,
+        sequence_gaps,
     )

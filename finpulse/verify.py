@@ -1,9 +1,10 @@
 """Verify: reconcile each sink with the topic, key by key, without holding the table in memory.
 
 A key is (partition, offset, tick_index). The topic's keys come from decoding its messages with the
-ingest Decoder and the same admission (a tick some sink's own rules refuse is a reject): a sink
-that keeps rejects (PostgreSQL) should hold each as a row or a reject, one that does not (Delta)
-each admitted tick as a row. The keys come from each sink's own read side. Work goes partition by
+ingest Decoder, the same trade window (a re-sent trade is a duplicate, finpulse/dedup) and the same
+admission (a tick some sink's own rules refuse is a reject): a sink that keeps rejects (PostgreSQL)
+should hold each as a row or a reject, one that does not (Delta) each admitted tick as a row. And
+no sink may hold one trade (exchange, symbol, trade_id) twice in a partition within the window. The keys come from each sink's own read side. Work goes partition by
 partition in offset windows; within a window a key is one int64, `offset << 20 | tick_index + 1`, so a comparison is a few numpy set operations.
 """
 
@@ -20,6 +21,7 @@ from finpulse.admission import Admission
 from finpulse.batch import TickBatch
 from finpulse.config import Settings
 from finpulse.decode import Decoder
+from finpulse.dedup.keeper import Keeper
 from finpulse.replay import Meter, Report, Span
 
 if TYPE_CHECKING:
@@ -55,10 +57,11 @@ class SinkCheck:
     samples: dict[str, list[tuple[int, int, int]]] = field(default_factory=lambda: {k: [] for k in KINDS})
     gaps: list[Span] = field(default_factory=list)  # offset ranges holding every missing key
     doubled: list[Span] = field(default_factory=list)  # offset ranges holding every duplicated key
+    trades_twice: int = 0  # trades (exchange, symbol, trade_id) held twice in a partition, within the window
 
     @property
     def exact(self) -> bool:
-        return not any(self.counts.values())
+        return not any(self.counts.values()) and not self.trades_twice
 
 
 @dataclass
@@ -151,14 +154,18 @@ def verify(
     counts = []
     chosen = [sinks.KINDS[name].from_settings(settings) for name in sink_names]
     admission = Admission(settings, sink_names)
+    trades = Keeper(settings, decoder, chosen)
     try:
         with source.RangeReader(settings) as reader:
             for span in spans:
                 count = PartitionCount(span.partition, span.start, span.end, rows=dict.fromkeys(sink_names, 0))
                 counts.append(count)
+                replay.retrying(trades.start_span, span)
                 for lo in range(span.start, span.end, window):
                     hi = min(lo + window, span.end)
-                    ticks, rejects = _topic_keys(reader, decoder, admission, span.partition, lo, hi, count, meter)
+                    ticks, rejects = _topic_keys(
+                        reader, decoder, admission, span.partition, lo, hi, count, meter, trades
+                    )
                     for sink in chosen:
                         held = {
                             what: keys(t.column("kafka_offset").to_numpy(), t.column("tick_index").to_numpy())
@@ -176,6 +183,7 @@ def verify(
                             positions[sink.name].get(span.partition),
                             samples,
                         )
+        _trades_twice(trades, chosen, checks, [s.partition for s in spans])
         gaps = sorted({g for sink in chosen for g in sink.gaps()})
     finally:
         admission.close()
@@ -193,11 +201,13 @@ def _topic_keys(
     hi: int,
     count: PartitionCount,
     meter: Meter | None,
+    trades: Keeper,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted keys of the admitted ticks and of the rejects that messages [lo, hi) decode to."""
+    """Sorted keys of the admitted ticks and of the rejects that messages [lo, hi) decode to (the
+    trade window's duplicates are neither: no sink holds them)."""
     ticks, rejects = [], []
     for msgs in reader.read(partition, lo, hi):
-        decoded = replay.retrying(decoder.decode, msgs)  # a decoder may say "not now"
+        decoded = trades.apply(replay.retrying(decoder.decode, msgs), msgs).decoded  # a decoder may say "not now"
         batch = admission.admit(TickBatch(pa.Table.from_batches([decoded.ticks]), tuple(decoded.rejects), {}))
         rows = batch.ticks
         ticks.append(keys(rows.column("kafka_offset").to_numpy(), rows.column("tick_index").to_numpy()))
@@ -214,6 +224,16 @@ def _topic_keys(
             meter.advance(len(msgs))
     empty = np.empty(0, dtype=np.int64)
     return np.unique(np.concatenate(ticks or [empty])), np.unique(np.concatenate(rejects or [empty]))
+
+
+def _trades_twice(trades: Keeper, chosen: list, checks: dict[str, SinkCheck], partitions: list[int]) -> None:
+    """Each sink's trades held twice in a partition, within the window of the newest trade time seen."""
+    windows = [w for p, w in trades.windows.partitions.items() if p in partitions]
+    if not trades.enabled or not windows:
+        return
+    since = max(w.max_us for w in windows) - trades.windows.window_us
+    for sink in chosen:
+        checks[sink.name].trades_twice = sum(sink.duplicate_trades(partitions, since).values())
 
 
 def _compare(

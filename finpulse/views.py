@@ -84,6 +84,7 @@ def landed(out: Console, sinks: list[Landed]) -> None:
         title = (
             f"{item.sink}: {item.rows:,} rows"
             + (f", {item.rejected:,} rejected" if item.rejected is not None else "")
+            + (f", {item.duplicates:,} re-sent trades removed" if item.duplicates else "")
             + f" in {item.where}"
         )
         t = Table(title=escape(title), title_justify="left")
@@ -174,8 +175,18 @@ def status(out: Console, data: dict, topic: str, group_id: str, headlines: dict[
         "committed",
         *(f"{s}_{k}" for s in sinks for k in ("position", "lag")),
         "rejected",
+        "duplicates",
     ]
-    for col in ["partition", "low", "high", "committed", *(c for s in sinks for c in (s, "lag")), "rejected"]:
+    columns = [
+        "partition",
+        "low",
+        "high",
+        "committed",
+        *(c for s in sinks for c in (s, "lag")),
+        "rejected",
+        "duplicates",
+    ]
+    for col in columns:
         t.add_column(col, justify="right")
     for row in [*data["partitions"], {"partition": "total", **data["totals"]}]:
         t.add_row(*(str(row[k]) if k == "partition" else _num(row.get(k)) for k in keys))
@@ -185,6 +196,14 @@ def status(out: Console, data: dict, topic: str, group_id: str, headlines: dict[
             f"gap accepted with --allow-data-loss: partition {g['partition']} offsets "
             f"{g['from_offset']:,} up to {g['to_offset']:,} ({g['reason']})",
             highlight=False,
+        )
+    for g in data.get("sequence_gaps", []):
+        state = f"filled {g['filled_at']}" if g["filled_at"] else f"{g['missing']:,} missing"
+        out.print(
+            f"sequence gap: {g['exchange'] or '-'} {g['symbol']} trade ids {g['from_id']}-{g['to_id']} "
+            f"(partition {g['partition']}, seen {g['first_seen_at']}): {state}",
+            highlight=False,
+            markup=False,
         )
     for sink, rules in data.get("rules", {}).items():
         out.print(
@@ -221,9 +240,10 @@ def verdict(out: Console, topic: str, verdict: Verdict) -> None:
     for name, check in verdict.sinks.items():
         n = check.counts
         pending = f" ({check.pending:,} at or above the sink's position: not ingested yet)" if check.pending else ""
+        twice = f", {check.trades_twice:,} trades held twice" if check.trades_twice else ""
         out.print(
             f"{name}: {n['missing']:,} missing{pending}, {n['duplicated']:,} duplicated, "
-            f"{n['unexpected']:,} unexpected" + (" - exact" if check.exact else ""),
+            f"{n['unexpected']:,} unexpected{twice}" + (" - exact" if check.exact else ""),
             highlight=False,
         )
         for kind, keys in check.samples.items():

@@ -1,13 +1,16 @@
-"""One worker process: consume -> decode -> accumulate -> hand to the sink lanes -> commit.
+"""One worker process: consume -> decode -> trade window -> accumulate -> hand to the sink lanes -> commit.
 
 Positions come from the sinks: on every assignment the worker holds them against the topic
 (resume.settle) and seeks each partition to the lowest offset any sink holds, and each sink skips
 what it already has. The Kafka group commit after both sinks only feeds lag tools. The consumer's
-mechanics live in source.GroupSource; each sink is touched only by its lane's thread.
+mechanics live in source.GroupSource; each sink is touched only by its lane's thread. The trade
+window (finpulse/dedup) of each assigned partition is rebuilt at the same offset, from a snapshot
+the sinks keep and the messages since, so re-sent trades are recognised exactly as before.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -27,6 +30,7 @@ from finpulse.batch import Accumulator, Offsets
 from finpulse.config import Settings
 from finpulse.deadletter import DeadLetters
 from finpulse.decode import Decoder
+from finpulse.dedup.keeper import Keeper
 from finpulse.errors import FinpulseError, ServiceUnavailable
 from finpulse.lanes import Lane, Remote
 from finpulse.link import WorkerLink
@@ -81,6 +85,10 @@ def main(spec: WorkerSpec, conn: Connection) -> None:
         raise
 
 
+def _save_window(sink, partition: int, offset: int, state: bytes) -> None:
+    sink.save_trade_state(partition, offset, state)
+
+
 def _die_with_parent() -> None:
     """Linux: get SIGTERM when the supervisor dies, even by SIGKILL (no orphan workers)."""
     try:
@@ -102,6 +110,7 @@ class Worker:
         sinks = open_sinks(s, spec.topic_id, link=link)  # a sink may be written with the supervisor's help
         self.lanes = [Lane(sink, sink.flush, Admission(s)) for sink in sinks]
         self.sinks = [Remote(lane, self.stop) for lane in self.lanes]  # reads, run on each lane's thread
+        self.trades = Keeper(s, self.decoder, self.sinks)  # the assigned partitions' trade windows
         self.dead_letters = DeadLetters(s, self.stop) if s.dlq_topic else None
         self.undecoded: Messages | None = None  # messages the decoder could not decode yet (not now)
         self.decode_down: str | None = None  # why, while it cannot
@@ -138,6 +147,8 @@ class Worker:
         log.info("revoked partitions %s; owns %s", parts, sorted(self._owned() - set(parts)))
         self._forget_undecoded(parts)
         self._flush()
+        self._save_windows(parts, force=True)  # the next owner starts from here, reading nothing again
+        self.trades.forget(parts)
         grace = self.settings.rebalance_grace_ms / 1000
         if not all(lane.wait_idle(grace) for lane in self.lanes):
             log.warning(
@@ -150,6 +161,7 @@ class Worker:
     def _on_lost(self, parts: list[int]) -> None:
         self.acc.drop(parts)  # another member owns them now
         self._forget_undecoded(parts)
+        self.trades.forget(parts)
 
     def _forget_undecoded(self, parts: list[int]) -> None:
         """Messages held back for partitions that moved: their new owner reads them again."""
@@ -203,6 +215,9 @@ class Worker:
             lowest = min((h[p] for h in held if p in h), default=None)
             whole = all(p in h for h in held)
             starts[p] = lowest if whole and lowest is not None and lowest <= marks[p][1] else OFFSET_BEGINNING
+        # each partition's trade window as it stood before its first offset to read
+        lows = {p: low for p, (low, _) in marks.items()}
+        self.trades.start({p: lows[p] if n < 0 else n for p, n in starts.items()}, lows)
         return starts
 
     def _retrying(self, what: str, step):
@@ -241,6 +256,7 @@ class Worker:
                 if time.monotonic() >= next_report:
                     next_report = time.monotonic() + REPORT_EVERY_S
                     self._commit_kafka()
+                    self._save_windows()
                     self._report()
                     memory.release_freed()
                     if os.getppid() != self.spec.parent_pid:
@@ -282,7 +298,9 @@ class Worker:
             log.warning("decoding again; %d messages held back go on", len(msgs))
             self.undecoded = self.decode_down = None
             self.decode_backoff.reset()
-        self.acc.add(decoded, msgs.partitions, msgs.offsets)
+        found = self.trades.apply(decoded, msgs)
+        decoded = found.decoded
+        self.acc.add(decoded, msgs.partitions, msgs.offsets, found.duplicates, found.gaps)
         last = self.acc.next_offsets  # just advanced past these messages
         for p in set(msgs.partitions):
             self.consumed[p] = max(self.consumed.get(p, 0), last[p])
@@ -291,6 +309,11 @@ class Worker:
         st.ticks += decoded.ticks.num_rows
         st.rejected += len(decoded.rejects)
         st.skipped += decoded.skipped
+        for venue, n in found.duplicates_by_exchange.items():
+            st.duplicates[venue] = st.duplicates.get(venue, 0) + n
+        for g in found.gaps:
+            if g.filled is None:
+                st.sequence_gaps[g.exchange] = st.sequence_gaps.get(g.exchange, 0) + 1
 
     def _flush(self) -> None:
         if not self.acc.next_offsets:
@@ -300,6 +323,13 @@ class Worker:
             lane.submit(batch)
         if self.dead_letters is not None and batch.rejects:
             self.dead_letters.send(batch.rejects)
+
+    def _save_windows(self, partitions=None, force: bool = False) -> None:
+        """Hand the snapshots of trade windows that are due (keeper.due) to every sink's lane; each
+        is written after the batches already handed over, without waiting for it."""
+        for p, offset, state in self.trades.due(partitions, force):
+            for lane in self.lanes:
+                lane.post(functools.partial(_save_window, partition=p, offset=offset, state=state))
 
     def _inflight(self) -> tuple[int, int]:
         """Ticks and rejects, and their estimated bytes, not yet durable in the slowest sink."""
@@ -357,6 +387,7 @@ class Worker:
     def _shutdown(self) -> None:
         """Flush what is buffered and give the sinks a bounded time to make it durable."""
         self._flush()
+        self._save_windows(force=True)
         for lane in self.lanes:
             if not lane.wait_idle(STOP_GRACE_S):
                 self._raise_lane_failure()

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.samples import EXPECTED, EXPECTED_COLUMNS, FIXTURES, NON_TRADE, T0, fixture
+from support.samples import EXPECTED, EXPECTED_COLUMNS, FIXTURES, NON_TRADE, T0, TRADE_IDS, fixture, tick
 
 from finpulse import feeds
 from finpulse.decode import Decoder, Messages
@@ -51,6 +51,37 @@ def test_fixture_decodes_to_exact_rows(name):
     assert rows(out) == EXPECTED[name][1]
     assert not any(out.ticks.column("broker_time").to_pylist())
     assert out.skipped == (1 if name == "alpaca_stocks" else 0)  # the quote beside the trades
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_every_feed_that_numbers_its_trades_gives_the_trade_id(name):
+    out = decode(fixture(name))
+    assert out.ticks.column("trade_id").to_pylist() == TRADE_IDS[name]
+    assert out.ticks.column("kafka_time").cast(pa.int64()).to_pylist() == [KAFKA_MS * 1000] * out.ticks.num_rows
+
+
+@pytest.mark.parametrize("trade_id, stored", [(42, "42"), (-7, "-7"), (" T-9 ", "T-9"), ("", None), (None, None)])
+def test_a_canonical_trade_id_is_text_on_the_fast_and_careful_paths_alike(trade_id, stored):
+    values = [tick(trade_id=trade_id, timestamp_ms=1_700_000_000_000 + i) for i in range(300)]
+    msgs = Messages(values, [0] * 300, list(range(300)), [1_700_000_000_500] * 300)
+    decoder = Decoder()
+    careful = decoder.careful(msgs)
+    assert careful.ticks.column("trade_id").to_pylist() == [stored] * 300
+    fast = decoder.fast(msgs)
+    if fast is not None:  # where the fast path takes the batch, it gives the same rows
+        assert fast.ticks.equals(careful.ticks)
+    assert decoder.decode(msgs).ticks.equals(careful.ticks)
+
+
+def test_an_integer_trade_id_batch_takes_the_fast_path():
+    values = [tick(trade_id=1000 + i, timestamp_ms=1_700_000_000_000 + i) for i in range(300)]
+    fast = Decoder().fast(Messages(values, [0] * 300, list(range(300)), [1_700_000_000_500] * 300))
+    assert fast is not None and fast.ticks.column("trade_id").to_pylist() == [str(1000 + i) for i in range(300)]
+
+
+def test_a_record_without_a_timestamp_has_no_kafka_time():
+    out = decode(tick(timestamp_ms=1_700_000_000_000), kafka_ms=-1)
+    assert out.ticks.column("kafka_time").to_pylist() == [None]
 
 
 @pytest.mark.parametrize("name", EXPECTED)

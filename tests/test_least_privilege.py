@@ -20,8 +20,10 @@ def test_the_daily_commands_need_no_ddl_rights(isolated):
     with psycopg.connect(isolated.postgres_conninfo(), autocommit=True) as conn:
         conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO {ROLE}")
         conn.execute(
-            f"GRANT SELECT, INSERT, UPDATE ON prices_raw, prices_rejected, finpulse_offsets, finpulse_gaps TO {ROLE}"
+            "GRANT SELECT, INSERT, UPDATE ON prices_raw, prices_rejected, finpulse_offsets, finpulse_gaps, "
+            f"finpulse_duplicates, prices_duplicates, finpulse_sequence_gaps TO {ROLE}"
         )
+        conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON finpulse_trade_windows TO {ROLE}")
     limited = isolated.model_copy(update={"postgres_user": ROLE, "postgres_password": SecretStr(PASSWORD)})
     with (
         psycopg.connect(limited.postgres_conninfo(), autocommit=True) as conn,

@@ -20,6 +20,10 @@ def ticks(n: int, **over) -> pa.Table:
         ),
         "exchange": pa.array([None if i % 3 == 0 else "NYSE" for i in range(n)], pa.string()),
         "side": pa.array(["buy" if i % 2 else "sell" for i in range(n)]),
+        "trade_id": pa.array([None if i % 4 == 1 else str(1000 + i) for i in range(n)], pa.string()),
+        "kafka_time": pa.array(
+            [None if i % 6 == 2 else (1_700_000_000_500 + i) * 1000 for i in range(n)], pa.timestamp("us", tz="UTC")
+        ),
         "broker_time": pa.array([i % 5 == 0 for i in range(n)]),
         "kafka_partition": pa.array(np.full(n, 2, dtype=np.int32)),
         "kafka_offset": pa.array(np.arange(n, dtype=np.int64)),
@@ -33,8 +37,9 @@ def test_one_row_matches_the_binary_copy_format_by_hand():
     t = ticks(1, symbol=pa.array(["ÄB"]), exchange=pa.array([None], pa.string()), side=pa.array([""]))
     body = pgcopy.encode(t, with_header=False)
     pg_us = (1_700_000_000_000 * 1000 + 123) - 946_684_800_000_000
+    kafka_us = 1_700_000_000_500 * 1000 - 946_684_800_000_000
     expected = (
-        struct.pack(">h", 11)
+        struct.pack(">h", 13)
         + struct.pack(">id", 8, 1.5)
         + struct.pack(">id", 8, 0.0)
         + struct.pack(">iq", 8, 1_700_000_000_000)
@@ -47,13 +52,16 @@ def test_one_row_matches_the_binary_copy_format_by_hand():
         + "ÄB".encode()
         + struct.pack(">i", -1)
         + struct.pack(">i", 0)
+        + struct.pack(">i", 4)
+        + b"1000"
+        + struct.pack(">iq", 8, kafka_us)
     )
     assert body == expected
 
 
-def test_columns_put_fixed_width_first():
+def test_columns_put_fixed_width_not_null_first():
     cols = pgcopy.copy_columns(TICKS)
-    assert cols[-3:] == ["symbol", "exchange", "side"]
+    assert cols[-5:] == ["symbol", "exchange", "side", "trade_id", "kafka_time"]
     assert sorted(cols) == sorted(TICKS.names)
 
 
@@ -71,11 +79,16 @@ def test_chunks_are_the_same_bytes_as_one_encoding():
     assert b"".join(pieces) == pgcopy.encode(t)
 
 
-def test_null_in_a_fixed_column_is_refused():
-    t = ticks(2).cast(TICKS.set(1, pa.field("price", pa.float64())))
-    t = t.set_column(1, "price", pa.array([1.0, None]))
+def test_null_in_a_not_null_fixed_column_is_refused():
+    t = ticks(2).set_column(1, TICKS.field("price"), pa.array([1.0, None]))  # the field says NOT NULL
     with pytest.raises(ValueError, match="price"):
         pgcopy.encode(t)
+
+
+def test_a_nullable_fixed_column_carries_its_nulls():
+    t = ticks(12)
+    assert t.column("kafka_time").null_count == 2
+    assert pgcopy.encode(t.slice(2, 1), with_header=False).endswith(struct.pack(">i", -1))  # row 2: NULL
 
 
 @pytest.mark.postgres
@@ -85,8 +98,8 @@ def test_round_trip_through_postgres(postgres):
     with psycopg.connect(postgres.postgres_conninfo()) as conn:
         conn.execute(
             "CREATE TEMP TABLE rt (symbol text, price float8, size float8, timestamp_ms int8, "
-            "trade_time timestamptz, exchange text, side text, broker_time bool, kafka_partition int4, "
-            "kafka_offset int8, tick_index int4)"
+            "trade_time timestamptz, exchange text, side text, trade_id text, kafka_time timestamptz, "
+            "broker_time bool, kafka_partition int4, kafka_offset int8, tick_index int4)"
         )
         with conn.cursor().copy(f"COPY rt ({', '.join(cols)}) FROM STDIN (FORMAT BINARY)") as copy:
             for chunk in pgcopy.chunks(t, rows=300):

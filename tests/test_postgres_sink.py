@@ -108,7 +108,8 @@ def test_a_key_another_writer_already_stored_stops_with_what_to_do(isolated):
         sink.write(span(0, 0, 10))
         with psycopg.connect(isolated.postgres_conninfo(), autocommit=True) as conn:
             conn.execute(
-                "INSERT INTO prices_raw SELECT symbol, price, size, timestamp_ms, trade_time, exchange, side, "
+                "INSERT INTO prices_raw (symbol, price, size, timestamp_ms, trade_time, exchange, side, "
+                "broker_time, kafka_partition, kafka_offset, tick_index) SELECT symbol, price, size, timestamp_ms, trade_time, exchange, side, "
                 "broker_time, 0, 12, 0 FROM prices_raw LIMIT 1"
             )
         with pytest.raises(SinkRejected, match="23505.*only `finpulse ingest` and `replay` of one topic"):

@@ -22,8 +22,9 @@ PARTITION_KEYS = {
     "delta_position",
     "delta_lag",
     "rejected",
+    "duplicates",
 }
-TOTAL_KEYS = {"messages", "committed_lag", "postgres_lag", "delta_lag", "rejected"}
+TOTAL_KEYS = {"messages", "committed_lag", "postgres_lag", "delta_lag", "rejected", "duplicates"}
 
 
 def status(env, check: bool = True):
@@ -37,8 +38,19 @@ def test_status_json_before_and_after_a_drain(isolated):
     marks = source.watermarks(isolated)
 
     _, before = status(env)
-    assert set(before) == {"topic", "group_id", "partitions", "totals", "delta", "postgres", "errors", "gaps", "rules"}
-    assert before["gaps"] == []
+    assert set(before) == {
+        "topic",
+        "group_id",
+        "partitions",
+        "totals",
+        "delta",
+        "postgres",
+        "errors",
+        "gaps",
+        "rules",
+        "sequence_gaps",
+    }
+    assert before["gaps"] == [] and before["sequence_gaps"] == []
     assert before["topic"] == isolated.kafka_topic and before["group_id"] == isolated.kafka_group_id
     assert before["errors"] == {}
     assert [p["partition"] for p in before["partitions"]] == sorted(marks)
@@ -49,7 +61,7 @@ def test_status_json_before_and_after_a_drain(isolated):
         # nothing ingested: no positions, and every retained message counts as lag
         assert p["committed"] is p["postgres_position"] is p["delta_position"] is None
         assert p["postgres_lag"] == p["delta_lag"] == p["committed_lag"] == high - low
-        assert p["rejected"] == 0
+        assert p["rejected"] == p["duplicates"] == 0
     assert set(before["totals"]) == TOTAL_KEYS
     assert before["totals"]["messages"] == before["totals"]["postgres_lag"] == 20_000
     assert before["delta"] == {
@@ -73,7 +85,14 @@ def test_status_json_before_and_after_a_drain(isolated):
         high = marks[p["partition"]][1]
         assert p["postgres_position"] == p["delta_position"] == p["committed"] == high
         assert p["postgres_lag"] == p["delta_lag"] == p["committed_lag"] == 0
-    assert after["totals"] == {"messages": 20_006, "committed_lag": 0, "postgres_lag": 0, "delta_lag": 0, "rejected": 3}
+    assert after["totals"] == {
+        "messages": 20_006,
+        "committed_lag": 0,
+        "postgres_lag": 0,
+        "delta_lag": 0,
+        "rejected": 3,
+        "duplicates": 0,
+    }
     assert after["delta"]["version"] >= 1 and after["delta"]["files"] >= 1 and after["delta"]["bytes"] > 0
     assert after["postgres"] == {"server": isolated.postgres_display(), "schema": isolated.postgres_schema}
 

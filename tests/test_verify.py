@@ -76,7 +76,8 @@ def test_verify_counts_rejects_and_reports_duplicates_and_strays(isolated):
         ).fetchone()
         # a row the topic never carried: every message holds one tick, so tick_index 7 is a stray
         conn.execute(
-            "INSERT INTO prices_raw SELECT symbol, price, size, timestamp_ms, trade_time, exchange, side, "
+            "INSERT INTO prices_raw (symbol, price, size, timestamp_ms, trade_time, exchange, side, "
+            "broker_time, kafka_partition, kafka_offset, tick_index) SELECT symbol, price, size, timestamp_ms, trade_time, exchange, side, "
             "broker_time, 0, 5, 7 FROM prices_raw LIMIT 1"
         )
     table = DeltaTable(isolated.delta_uri)

@@ -100,8 +100,18 @@ class Decoder:
 def _merge(parts: list[Decoded]) -> Decoded:
     if len(parts) == 1:
         return parts[0]
+    if all(p.feeds is None for p in parts):
+        feeds_read = None
+    else:
+        feeds_read = pa.concat_arrays(
+            [p.feeds if p.feeds is not None else pa.array([CANONICAL] * p.ticks.num_rows, pa.string()) for p in parts]
+        )
     return Decoded(
         pa.concat_batches([p.ticks for p in parts]),
         [r for p in parts for r in p.rejects],
         sum(p.skipped for p in parts),
+        feeds_read,
     )
+
+
+CANONICAL = feeds.CANONICAL.name

@@ -11,7 +11,14 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from finpulse.checks import MAX_EXCHANGE_CHARS, MAX_SYMBOL_CHARS, MIN_TIMESTAMP_US, ceilings_us
+from finpulse.checks import (
+    MAX_EXCHANGE_CHARS,
+    MAX_SYMBOL_CHARS,
+    MAX_TRADE_ID_CHARS,
+    MIN_TIMESTAMP_US,
+    ceilings_us,
+    kafka_times_us,
+)
 from finpulse.records import Decoded, Messages
 from finpulse.schema import TICKS
 
@@ -29,7 +36,8 @@ def fast_canonical(msgs: Messages, max_message_bytes: int) -> Decoded | None:
 
     It commits only to batches whose every row the careful path would turn into the same row:
     single canonical objects with exactly the canonical keys, JSON numbers for price, size and
-    time, printable ASCII text. Anything else (rare) goes to the careful path, which says why.
+    time, printable ASCII text, trade ids all integers or all text. Anything else (rare) goes to the
+    careful path, which says why.
     """
     values: list = msgs.values  # may hold None (a tombstone): join() then fails and the careful path says so
     n = len(values)
@@ -39,7 +47,7 @@ def fast_canonical(msgs: Messages, max_message_bytes: int) -> Decoded | None:
     loads, join, count, as_octets = orjson.loads, b"".join, np.count_nonzero, np.frombuffer
     quotes = 0  # quote bytes in the whole batch
     may_hold_control = False  # whether a string may hold a control character
-    symbols, prices, sizes, stamps, exchanges, sides = [], [], [], [], [], []
+    symbols, prices, sizes, stamps, exchanges, sides, tids = [], [], [], [], [], [], []
     try:
         # The raw bytes are scanned a chunk at a time just before that chunk is parsed: the scan
         # then costs next to nothing, as it brings the bytes into the cache for orjson.
@@ -61,22 +69,27 @@ def fast_canonical(msgs: Messages, max_message_bytes: int) -> Decoded | None:
                 stamps.append(tick["timestamp_ms"])
                 exchanges.append(tick.get("exchange"))
                 sides.append(tick.get("side"))
+                tids.append(tick.get("trade_id"))
         symbol = pa.array(symbols, pa.string())
         price = pa.array(prices, pa.float64())
         size = pa.array(sizes, pa.float64())
         stamp_ms = pa.array(stamps)  # inferred: int64 only if every time is a JSON integer
         exchange = pa.array(exchanges, pa.string())
         side = pa.array(sides, pa.string())
+        trade_id = pa.array(tids)  # inferred: null, int64 or string; mixed (or a boolean) fails below
     except Exception:  # anything unusual: let the careful path say what it is
         return None
     if stamp_ms.type != pa.int64() or (symbol.null_count + price.null_count + size.null_count + stamp_ms.null_count):
         return None
-    n_exchange, n_side = n - exchange.null_count, n - side.null_count
+    if trade_id.type not in (pa.null(), pa.int64(), pa.string()):
+        return None
+    n_exchange, n_side, n_tid = n - exchange.null_count, n - side.null_count, n - trade_id.null_count
+    n_tid_text = n_tid if trade_id.type == pa.string() else 0
     # Each JSON string (key or value) is two quote bytes, plus one per \" inside it. Here the
-    # strings are 4 keys + exchange and side keys where given, and the symbol, exchange and side
-    # values: any other count means another key or string, an escaped quote, or a duplicate key
-    # orjson silently dropped (it keeps the last). The careful path tells those apart.
-    if quotes != 2 * (5 * n + 2 * n_exchange + 2 * n_side):
+    # strings are 4 keys + exchange, side and trade_id keys where given, and the symbol, exchange,
+    # side and text trade_id values: any other count means another key or string, an escaped quote,
+    # or a duplicate key orjson silently dropped (it keeps the last). The careful path tells those apart.
+    if quotes != 2 * (5 * n + 2 * n_exchange + 2 * n_side + n_tid + n_tid_text):
         return None
 
     p, s = price.to_numpy(), size.to_numpy()
@@ -118,6 +131,14 @@ def fast_canonical(msgs: Messages, max_message_bytes: int) -> Decoded | None:
         side = pc.ascii_lower(pc.ascii_trim_whitespace(side))
         if pc.sum(pc.is_in(side, value_set=_SIDES)).as_py() != n_side:
             return None  # spellings such as "B" or "ask": the careful path maps them
+    if n_tid_text:
+        trade_id = pc.ascii_trim_whitespace(trade_id)
+        lengths = pc.binary_length(trade_id)
+        if pc.min(lengths).as_py() == 0 or pc.max(lengths).as_py() > MAX_TRADE_ID_CHARS:
+            return None  # blank (the careful path writes null) or too long (a reject)
+        if may_hold_control and pc.any(pc.match_substring_regex(trade_id, _ASCII_CONTROL)).as_py():
+            return None
+    trade_id = trade_id.cast(pa.string())  # an integer id as the careful path spells it: str(int)
 
     batch = pa.RecordBatch.from_arrays(
         [
@@ -128,6 +149,8 @@ def fast_canonical(msgs: Messages, max_message_bytes: int) -> Decoded | None:
             pa.array(stamps_ms * 1000, pa.timestamp("us", tz="UTC")),
             exchange,
             side,
+            trade_id,
+            kafka_times_us(msgs.timestamps),
             pa.array(np.zeros(n, dtype=bool)),
             int_column(msgs.partitions, np.int32),
             int_column(msgs.offsets, np.int64),

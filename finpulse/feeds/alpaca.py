@@ -2,7 +2,8 @@
 messages told apart by "T"; trades are "T": "t".
 
 Trade keys: S symbol, p price, s size (JSON numbers), t time (RFC-3339, up to ns digits),
-x venue code (stocks only, kept as text), tks taker side "B" / "S" (crypto only).
+x venue code (stocks only, kept as text), tks taker side "B" / "S" (crypto only), i trade id (an
+integer, unique per venue, not consecutive per symbol).
 Control messages (success, subscription, error) and quotes, bars, statuses, corrections,
 cancels, LULD bands, order books and news are non-trade events.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from finpulse.feeds.fields import keys_seen, not_this, number, side_word, symbol, trade_time, venue
+from finpulse.feeds.fields import keys_seen, not_this, number, side_word, symbol, trade_ident, trade_time, venue
 from finpulse.feeds.model import Feed, Invalid, Parsed, Skip, Trade, frame
 
 NAME = "alpaca"
@@ -32,6 +33,7 @@ def _element(obj: Any) -> Trade | Skip:
         trade_time(obj, "t", "auto", NAME),
         venue(obj, "x", NAME),
         side_word(obj.get("tks")),
+        trade_ident(obj, "i", NAME),
     )
 
 

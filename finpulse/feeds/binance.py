@@ -2,15 +2,16 @@
 wrapper {"stream": "btcusdt@trade", "data": {...}}.
 
 Keys: e event type, E event time (not used: the frame's time), s symbol, p price and q quantity
-(decimal text), T trade time, m "buyer is the maker". Times are ms, or µs on connections opened
-with timeUnit=MICROSECOND, so the unit is read off the magnitude.
+(decimal text), T trade time, m "buyer is the maker", t trade id (aggTrade: a, the aggregate trade
+id, kept as "a<id>" so the two numberings never meet). Both are consecutive per symbol. Times are
+ms, or µs on connections opened with timeUnit=MICROSECOND, so the unit is read off the magnitude.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from finpulse.feeds.fields import keys_seen, not_this, number, symbol, trade_time
+from finpulse.feeds.fields import keys_seen, not_this, number, symbol, trade_ident, trade_time
 from finpulse.feeds.model import Feed, Invalid, Parsed, Trade, frame
 
 NAME = "binance"
@@ -33,6 +34,7 @@ def _trade(event: dict) -> Trade:
         trade_time(event, "T", "auto", NAME),
         None,
         side,
+        trade_ident(event, "a", NAME, "a") if event.get("e") == "aggTrade" else trade_ident(event, "t", NAME),
     )
 
 

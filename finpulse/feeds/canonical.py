@@ -1,5 +1,5 @@
-"""The canonical FinPulse tick: {"symbol", "price", "size", "timestamp_ms"?, "exchange"?, "side"?},
-alone or as an array of ticks in one message.
+"""The canonical FinPulse tick: {"symbol", "price", "size", "timestamp_ms"?, "exchange"?, "side"?,
+"trade_id"?}, alone or as an array of ticks in one message. `trade_id` is an integer or text.
 
 finpulse/decode (fast.py) decodes whole batches of single canonical ticks column by column; this per-message
 reader is its reference (the careful path must give the same rows) and handles the rest.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from finpulse.feeds.fields import keys_seen, kind, number, side_word, symbol, text, trade_time
+from finpulse.feeds.fields import keys_seen, kind, number, side_word, symbol, text, trade_ident, trade_time
 from finpulse.feeds.model import Feed, Invalid, Parsed, Trade, frame
 
 NAME = "canonical"
@@ -23,7 +23,15 @@ def _trade(obj: Any) -> Trade:
     size = number(obj, "size", NAME)
     ts = trade_time(obj, "timestamp_ms", "ms", NAME)  # absent or null: Kafka's record time stands in
     exchange = text(obj, "exchange", NAME, required=False)
-    return Trade(sym, price, size, ts, exchange.upper() if exchange else None, side_word(obj.get("side")))
+    return Trade(
+        sym,
+        price,
+        size,
+        ts,
+        exchange.upper() if exchange else None,
+        side_word(obj.get("side")),
+        trade_ident(obj, "trade_id", NAME),
+    )
 
 
 def parse(obj: Any) -> Parsed:

@@ -1,7 +1,8 @@
 """Coinbase Exchange websocket feed: `match` and `last_match` messages (the matches channel;
 `last_match` is the latest match, re-sent when a subscription starts).
 
-Keys: type, product_id, price and size (decimal text), time (ISO-8601, µs digits), side. `side`
+Keys: type, product_id, price and size (decimal text), time (ISO-8601, µs digits), side, trade_id
+(an integer, consecutive per product). `side`
 is the MAKER's side (a sell maker means the taker bought: an up-tick), so the row's side, which
 is always the taker's, is the opposite.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from finpulse.feeds.fields import OPPOSITE, not_this, number, side_word, symbol, trade_time
+from finpulse.feeds.fields import OPPOSITE, not_this, number, side_word, symbol, trade_ident, trade_time
 from finpulse.feeds.model import Feed, Parsed, Trade, frame
 
 NAME = "coinbase"
@@ -28,6 +29,7 @@ def _trade(msg: dict) -> Trade:
         trade_time(msg, "time", "auto", NAME),
         None,
         OPPOSITE[side_word(msg.get("side"))],
+        trade_ident(msg, "trade_id", NAME),
     )
 
 

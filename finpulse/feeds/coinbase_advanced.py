@@ -2,8 +2,8 @@
 
 One message: {"channel", "client_id", "timestamp" (the frame's time, not used), "sequence_num",
 "events": [{"type": "snapshot" | "update", "trades": [...]}]}; each trade has product_id, price
-and size (decimal text), side ("BUY" / "SELL", published as the taker's side, kept as is) and
-time (ISO-8601, up to ns digits). Trades are numbered across events in order (tick_index).
+and size (decimal text), side ("BUY" / "SELL", published as the taker's side, kept as is), time
+(ISO-8601, up to ns digits) and trade_id (numeric text, consecutive per product). Trades are numbered across events in order (tick_index).
 Every other channel (heartbeats, subscriptions, ticker, level2, candles, status, ...) is skipped.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from finpulse.feeds.fields import keys_seen, kind, not_this, number, side_word, symbol, trade_time
+from finpulse.feeds.fields import keys_seen, kind, not_this, number, side_word, symbol, trade_ident, trade_time
 from finpulse.feeds.model import Feed, Invalid, Parsed, Trade, frame
 
 NAME = "coinbase-advanced"
@@ -29,6 +29,7 @@ def _trade(obj: Any) -> Trade:
         trade_time(obj, "time", "auto", NAME),
         None,
         side_word(obj.get("side")),
+        trade_ident(obj, "trade_id", NAME),
     )
 
 

@@ -63,6 +63,21 @@ def venue(obj: dict, key: str, feed: str) -> str | None:
     raise Invalid(f"{key} is {kind(value)}, not a venue code", feed)
 
 
+def trade_ident(obj: dict, key: str, feed: str, prefix: str = "") -> str | None:
+    """The trade's id as text: a JSON integer or text as sent (trimmed), `prefix` in front (Binance
+    aggregate trades keep theirs apart from trade ids); None when absent, null or blank. Any other
+    JSON value is Invalid: an id read wrongly would make two trades one (checks.py bounds the text)."""
+    value = obj.get(key)
+    if value is None:
+        return None
+    if type(value) is int:  # exact type: a boolean is no id
+        return f"{prefix}{value}"
+    if isinstance(value, str):
+        value = value.strip()
+        return f"{prefix}{value}" if value else None
+    raise Invalid(f"{key} is {kind(value)}, not a trade id", feed)
+
+
 def side_word(value: Any) -> str | None:
     """'buy' / 'sell' from the spellings feeds use; anything else is no side."""
     if isinstance(value, str):

@@ -2,7 +2,7 @@
 
 {"channel": "trade", "type": "snapshot" | "update", "data": [{"symbol", "side", "price", "qty",
 "ord_type", "trade_id", "timestamp"}, ...]}: symbol as BTC/USD, side is the taker's, price and
-qty are JSON numbers, timestamp is RFC-3339 with µs digits. A snapshot re-sends recent trades
+qty are JSON numbers, timestamp is RFC-3339 with µs digits, trade_id an integer, consecutive per pair. A snapshot re-sends recent trades
 when a subscription starts.
 Other channels (book, ticker, ohlc, instrument, status, heartbeat, executions, balances, level3)
 and method responses ({"method": "subscribe", "success": true, ...}, pong) are non-trade events.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from finpulse.feeds.fields import kind, not_this, number, side_word, symbol, trade_time
+from finpulse.feeds.fields import kind, not_this, number, side_word, symbol, trade_ident, trade_time
 from finpulse.feeds.model import Feed, Invalid, Parsed, Trade, frame
 
 NAME = "kraken"
@@ -32,6 +32,7 @@ def _trade(obj: Any) -> Trade:
         trade_time(obj, "timestamp", "auto", NAME),
         None,
         side_word(obj.get("side")),
+        trade_ident(obj, "trade_id", NAME),
     )
 
 

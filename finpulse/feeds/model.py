@@ -26,6 +26,7 @@ class Trade(NamedTuple):  # a tuple: built per trade, and a frozen dataclass cos
     ts_us: int | None  # UTC epoch microseconds of the trade; None: the feed gave no time
     exchange: str | None = None
     side: str | None = None  # the taker's side, 'buy' / 'sell', when the feed says so
+    trade_id: str | None = None  # the venue's id of the trade, as text; None: the feed sends none
 
 
 @dataclass(frozen=True, slots=True)

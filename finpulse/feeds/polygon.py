@@ -2,8 +2,9 @@
 "ev": "XT", in arrays of events.
 
 Stock trade keys: sym symbol, p price, s size (whole shares) or ds (size with fractional shares,
-decimal text; preferred when present), t SIP time in ms, x exchange id (kept as text).
-Crypto trade keys: pair, p, s, t (ms), x exchange id. No side is published.
+decimal text; preferred when present), t SIP time in ms, x exchange id (kept as text), i trade id
+(text, unique per exchange and ticker; q, the sequence number, is not consecutive per symbol).
+Crypto trade keys: pair, p, s, t (ms), x exchange id, i trade id. No side is published.
 Status events ("ev": "status": connected, auth_success, ...), quotes, aggregates and the rest are
 non-trade events.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from finpulse.feeds.fields import keys_seen, not_this, number, symbol, trade_time, venue
+from finpulse.feeds.fields import keys_seen, not_this, number, symbol, trade_ident, trade_time, venue
 from finpulse.feeds.model import Feed, Invalid, Parsed, Skip, Trade, frame
 
 NAME = "polygon"
@@ -34,6 +35,7 @@ def _element(obj: Any) -> Trade | Skip:
         trade_time(obj, "t", "auto", NAME),
         venue(obj, "x", NAME),
         None,
+        trade_ident(obj, "i", NAME),
     )
 
 

@@ -42,6 +42,7 @@ class Summary(NamedTuple):
     rejected: int | None
     symbols: list[tuple]
     where: str = ""  # where the rows are, for a person (no secrets)
+    duplicates: int | None = None  # re-sent trades removed before they landed (None: it keeps no count)
 
 
 class Written(NamedTuple):
@@ -147,5 +148,15 @@ class Sink(Protocol):
 
     def gaps(self) -> list[tuple[int, int, int, str]]:
         """(partition, from_offset, to_offset, reason) of the gaps accepted with --allow-data-loss."""
+
+    def save_trade_state(self, partition: int, next_offset: int, state: bytes) -> None:
+        """Keep a snapshot of a partition's trade window (finpulse/dedup) taken before `next_offset`."""
+
+    def load_trade_state(self, partition: int, at_most: int) -> tuple[int, bytes] | None:
+        """(next_offset, state) of the newest snapshot at or below `at_most`, or None."""
+
+    def duplicate_trades(self, partitions: Iterable[int], since_us: int) -> dict[int, int]:
+        """`verify`: per partition, how many trades (exchange, symbol, trade_id) the sink holds more
+        than once among rows with a trade time at or after `since_us`."""
 
     def close(self) -> None: ...

@@ -67,6 +67,22 @@ EXPECTED = {
         ],
     ),
 }
+# fixture -> the trade_id of each row, as the venue sent it (Binance aggTrade ids keep an "a")
+TRADE_IDS = {
+    "canonical": [None],
+    "canonical_frame": [None, None],
+    "binance_trade": ["3636519017"],
+    "binance_aggtrade": ["a1502201789"],
+    "binance_combined_us": ["612003541"],
+    "coinbase_match": ["672410571"],
+    "coinbase_advanced": ["672410580", "672410581", "93251782"],
+    "alpaca_stocks": ["52983525029461", "71675574231832"],
+    "alpaca_crypto": ["7143520977419452871"],
+    "polygon_stocks": ["52983525033527", "52983525033528"],
+    "polygon_crypto": ["565219453"],
+    "finnhub": [None, None],  # Finnhub sends no trade id
+    "kraken": ["75413291", "75413292"],
+}
 NON_TRADE = orjson.loads((FIXTURES / "non_trade.json").read_bytes())
 
 
@@ -125,4 +141,9 @@ BAD = {
     "long symbol": (tick(symbol="X" * 65), "over 64"),
     "control chars": (tick(symbol="AB\u0007"), "control or other non-printable characters"),
     "deep nesting": (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
+    "trade id is a float": (tick(trade_id=12.5), "trade_id is float 12.5, not a trade id"),
+    "trade id is a boolean": (tick(trade_id=True), "trade_id is a boolean, not a trade id"),
+    "trade id is an object": (tick(trade_id={"n": 1}), "trade_id is an object, not a trade id"),
+    "long trade id": (tick(trade_id="X" * 65), "trade id is 65 characters, over 64"),
+    "NUL in the trade id": (tick(trade_id="T\u0000"), "trade id 'T\\x00' contains control"),
 }

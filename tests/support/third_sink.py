@@ -79,3 +79,11 @@ class MemorySink:
         return []
 
     def close(self) -> None: ...
+
+    def save_trade_state(self, partition, next_offset, state) -> None: ...
+
+    def load_trade_state(self, partition, at_most):
+        return None
+
+    def duplicate_trades(self, partitions, since_us) -> dict[int, int]:
+        return {}

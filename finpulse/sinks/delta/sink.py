@@ -17,7 +17,7 @@ from finpulse.config import Settings
 from finpulse.errors import RulesChanged, ServiceUnavailable, SinkRejected, first_line
 from finpulse.schema import LAST_ORDER, LINEAGE
 from finpulse.sinks.base import Filled, Rules, Summary, Written
-from finpulse.sinks.delta import compaction, files, maintenance
+from finpulse.sinks.delta import compaction, files, maintenance, trade_state
 from finpulse.sinks.delta.azure import storage_options
 from finpulse.sinks.delta.errors import unavailable
 from finpulse.sinks.delta.log import TableLog
@@ -126,6 +126,7 @@ class DeltaSink:
         self.flush = FlushPolicy()  # from_settings sets Delta's interval and size trigger
         self.log = TableLog(uri, storage_options)  # the table, and its txn versions as of its version
         self.committer: CommitClient | None = None  # stage_commits: a CommitClient of the process's committer
+        self._fs = None  # the table's location as a filesystem, once a write or a trade window needs it
         self._seen: dict[int, int | None] = {}  # with a committer: positions as last known
 
     def stage_commits(self, client: CommitClient) -> None:
@@ -377,6 +378,46 @@ class DeltaSink:
 
     def gaps(self) -> list[tuple[int, int, int, str]]:
         return []  # recorded in commit metadata; PostgreSQL's finpulse_gaps is the one that is read
+
+    # ------------------------------------------------------------------ trade windows (finpulse/dedup)
+    def save_trade_state(self, partition: int, next_offset: int, state: bytes) -> None:
+        """A snapshot of a partition's trade window, as a file beside the table (trade_state.py)."""
+        with self._io("saving a trade window"):
+            trade_state.save(self._state_fs(), partition, next_offset, state)
+
+    def load_trade_state(self, partition: int, at_most: int) -> tuple[int, bytes] | None:
+        with self._io("reading a trade window"):
+            return trade_state.load(self._state_fs(), partition, at_most)
+
+    def _state_fs(self):
+        if getattr(self, "_fs", None) is None:
+            self._fs = files.filesystem(self.uri, self.storage_options)
+        return self._fs
+
+    def duplicate_trades(self, partitions: Iterable[int], since_us: int) -> dict[int, int]:
+        """Per partition: trades (exchange, symbol, trade_id) held more than once as rows with a
+        trade time at or after `since_us`."""
+        parts = sorted(set(partitions))
+        table = self._latest()
+        if "trade_id" not in {f.name for f in table.schema().fields} or not parts:
+            return {}
+        since = pa.scalar(since_us, pa.timestamp("us", tz="UTC"))
+        with self._io("looking for duplicated trades"):
+            rows = table.to_pyarrow_dataset().to_table(
+                columns=["kafka_partition", "exchange", "symbol", "trade_id"],
+                filter=(
+                    pc.field("trade_id").is_valid()
+                    & pc.field("kafka_partition").isin(parts)
+                    & (pc.field("trade_time") >= since)
+                ),
+            )
+        if not rows.num_rows:
+            return {}
+        keys = ["kafka_partition", "exchange", "symbol", "trade_id"]
+        grouped = rows.group_by(keys, use_threads=False).aggregate([([], "count_all")])
+        twice = grouped.filter(pc.greater(grouped.column("count_all"), 1))
+        per = twice.group_by("kafka_partition", use_threads=False).aggregate([([], "count_all")])
+        return dict(zip(per.column("kafka_partition").to_pylist(), per.column("count_all").to_pylist()))
 
     def insert_missing(self, batch: TickBatch) -> Filled:
         """Merge in the rows of `batch` that lie below this sink's positions and that the table lacks

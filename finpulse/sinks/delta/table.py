@@ -11,6 +11,7 @@ commit is made. Every module of the Delta sink commits through `commit`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ from finpulse.batch import Offsets
 from finpulse.errors import SinkRejected
 from finpulse.schema import TICKS
 from finpulse.sinks.delta.errors import unavailable
+
+log = logging.getLogger(__name__)
 
 # Several writers append to one table; delta-rs rebases a commit that lost a race onto the winner
 # this many times before giving up (appends never truly conflict, so a few rounds always suffice).
@@ -132,10 +135,32 @@ def check_schema(table: DeltaTable, uri: str) -> None:
         raise SinkRejected(f"the Delta table at {uri} cannot take FinPulse rows: {'; '.join(wrong)}")
 
 
+def add_missing_columns(table: DeltaTable, uri: str) -> list[str]:
+    """Schema evolution: the nullable columns of DELTA an older table lacks (schema.ADDED_COLUMNS)
+    are added, so its old rows read them as null; the names added. A commit of its own, made once."""
+    from deltalake.schema import Field, PrimitiveType
+
+    have = {f.name for f in table.schema().fields}
+    missing = [f for f in DELTA if f.name not in have]
+    if missing:
+        not_null = [f.name for f in missing if not f.nullable]
+        if not_null:
+            raise SinkRejected(
+                f"the Delta table at {uri} lacks the columns {not_null}: point DELTA_TABLE_URI elsewhere"
+            )
+        table.alter.add_columns([Field(f.name, PrimitiveType(_DELTA_TYPES[f.type]), nullable=True) for f in missing])
+    return [f.name for f in missing]
+
+
 def create_table(uri: str, storage_options: dict[str, str]) -> bool:
-    """Create the Delta table if absent (True when this call created it); check an existing one."""
+    """Create the Delta table if absent (True when this call created it); check an existing one and
+    add the columns a release added to it."""
     try:
-        check_schema(DeltaTable(uri, storage_options=storage_options), uri)
+        table = DeltaTable(uri, storage_options=storage_options)
+        check_schema(table, uri)
+        added = add_missing_columns(table, uri)
+        if added:
+            log.info("Delta table %s: added the columns %s (older rows read them as null)", uri, ", ".join(added))
         return False
     except TableNotFoundError:
         pass

@@ -1,9 +1,10 @@
 """Arrow table -> PostgreSQL binary COPY bytes, a whole batch at a time, no Python loop per row.
 
 Kept apart from the database so it can be tested on its own (the Formatter/Writer split of
-psycopg). The trick that keeps it vectorised: the COPY column list puts every fixed-width column
-first, so each row starts with a fixed-size block (built as one numpy structured array) followed
-by the variable-length text columns, whose bytes are scattered into place with one index array.
+psycopg). The trick that keeps it vectorised: the COPY column list puts every fixed-width NOT NULL
+column first, so each row starts with a fixed-size block (built as one numpy structured array)
+followed by the variable-length columns (text, and nullable fixed-width columns, whose NULL has no
+value bytes), whose bytes are scattered into place with one index array.
 
 Binary COPY layout: a 19-byte header, then per row an int16 field count and, per field, an
 int32 byte length (-1 for NULL) and the value in network byte order; an int16 -1 ends the data.
@@ -32,14 +33,18 @@ _FIXED = {
 }
 
 
+def _in_prefix(field: pa.Field) -> bool:
+    """A column of the fixed-size block: fixed width and never NULL."""
+    return field.type in _FIXED and not field.nullable
+
+
 def copy_columns(schema: pa.Schema) -> list[str]:
-    """The column order the encoder writes: fixed-width columns first, then text."""
-    fixed = [f.name for f in schema if f.type in _FIXED]
-    text = [f.name for f in schema if f.type == pa.string()]
-    if len(fixed) + len(text) != len(schema):
-        unknown = [f"{f.name}: {f.type}" for f in schema if f.type not in _FIXED and f.type != pa.string()]
+    """The column order the encoder writes: fixed-width NOT NULL columns first, then the others
+    (text, nullable fixed-width), each group in schema order."""
+    unknown = [f"{f.name}: {f.type}" for f in schema if f.type not in _FIXED and f.type != pa.string()]
+    if unknown:
         raise TypeError(f"no binary COPY encoding for {unknown}")
-    return fixed + text
+    return [f.name for f in schema if _in_prefix(f)] + [f.name for f in schema if not _in_prefix(f)]
 
 
 # Rows encoded at a time by `chunks`: the encoder's temporaries are a few times the size of what
@@ -60,9 +65,12 @@ def encode(table: pa.Table | pa.RecordBatch, with_header: bool = True) -> bytes:
     """Encode every row of `table` (columns in `copy_columns` order) as binary COPY data."""
     columns = copy_columns(table.schema)
     n = table.num_rows
-    fixed_names = [c for c in columns if table.schema.field(c).type in _FIXED]
+    fixed_names = [c for c in columns if _in_prefix(table.schema.field(c))]
     text_names = columns[len(fixed_names) :]
-    texts = [_text_parts(table.column(name)) for name in text_names]
+    texts = [
+        _text_parts(table.column(name)) if table.schema.field(name).type == pa.string() else _fixed_parts(table, name)
+        for name in text_names
+    ]
 
     # The fixed-size part of a row: field count, (length, value) per fixed column, then the
     # length word of every text column. In the output those length words sit in front of their
@@ -125,6 +133,22 @@ def _numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     if pa.types.is_boolean(col.type):
         return col.to_numpy(zero_copy_only=False).astype(np.uint8)
     return col.to_numpy(zero_copy_only=False)
+
+
+def _fixed_parts(table: pa.Table | pa.RecordBatch, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A nullable fixed-width column laid out as a variable one: (byte length per row, -1 for NULL;
+    the big-endian values of the non-NULL rows; unused)."""
+    col = table.column(name)
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    wire = np.dtype(_FIXED[col.type])
+    valid = ~col.is_null().to_numpy(zero_copy_only=False) if col.null_count else np.ones(len(col), dtype=bool)
+    values = _numpy(col.fill_null(0) if col.null_count else col)
+    if pa.types.is_timestamp(col.type):
+        values = values.astype(np.int64) - _PG_EPOCH_US
+    lengths = np.where(valid, wire.itemsize, -1).astype(np.int64)
+    data = values[valid].astype(wire).view(np.uint8)
+    return lengths, data, np.empty(0, dtype=np.int64)
 
 
 def _text_parts(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

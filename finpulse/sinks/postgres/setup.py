@@ -8,14 +8,31 @@ from psycopg_pool import PoolTimeout
 
 from finpulse.errors import AccessRefused, ServiceUnavailable, SinkRejected, first_line
 from finpulse.schema import (
+    ADDED_COLUMNS,
+    DUPLICATE_COUNTS_TABLE,
+    DUPLICATES_TABLE,
     GAPS_TABLE,
     OFFSETS_TABLE,
     PG_DDL,
     PG_INDEXES,
     PRICES_TABLE,
     REJECTS_TABLE,
+    SEQUENCE_GAPS_TABLE,
     TICKS,
+    TRADE_STATE_TABLE,
     pg_type,
+)
+
+#: Every table FinPulse keeps in PostgreSQL (the GRANTs of docs/security.md name the same).
+TABLES = (
+    PRICES_TABLE,
+    REJECTS_TABLE,
+    OFFSETS_TABLE,
+    GAPS_TABLE,
+    DUPLICATE_COUNTS_TABLE,
+    DUPLICATES_TABLE,
+    SEQUENCE_GAPS_TABLE,
+    TRADE_STATE_TABLE,
 )
 
 # SQLSTATE classes that heal by themselves: connection trouble (08), the server shutting down or
@@ -57,6 +74,7 @@ def classify(exc: Exception, what: str) -> Exception:
         return ServiceUnavailable(f"PostgreSQL busy while {what} ({state}): {first_line(exc)}")
     hints = {
         "28": "check POSTGRES_USER, POSTGRES_PASSWORD and POSTGRES_DB (or POSTGRES_URL)",
+        "42501": "grant the role what docs/security.md lists for it (or run `finpulse init` as the owner)",
         "42": "run `finpulse init`, or fix the table so it has the columns of the canonical schema",
         "23505": "the table already holds a row with a key FinPulse writes (partition, offset, tick_index): "
         "only `finpulse ingest` and `replay` of one topic may write these tables; run `finpulse verify`",
@@ -66,17 +84,19 @@ def classify(exc: Exception, what: str) -> Exception:
 
 
 # Everything PG_DDL and PG_INDEXES make, as one look-up: all present means no DDL is needed.
-_PRESENT = f"""SELECT to_regclass(%(s)s || '.{PRICES_TABLE}') IS NOT NULL,
-    to_regclass(%(s)s || '.{REJECTS_TABLE}') IS NOT NULL,
-    to_regclass(%(s)s || '.{OFFSETS_TABLE}') IS NOT NULL,
-    to_regclass(%(s)s || '.{GAPS_TABLE}') IS NOT NULL,
+_PRESENT = (
+    "SELECT "
+    + ", ".join(f"to_regclass(%(s)s || '.{t}') IS NOT NULL" for t in TABLES)
+    + f""",
     EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%(s)s || '.{OFFSETS_TABLE}')
             AND attname = 'topic_id' AND NOT attisdropped),
     to_regclass(%(s)s || '.{PRICES_TABLE}_symbol_time') IS NOT NULL"""
+)
 
 
 def create_tables(conninfo: str, schema: str) -> list[str]:
-    """Create the schema and tables if absent; return the names of those that were created.
+    """Create the schema and tables if absent, and the columns a release added (ADDED_COLUMNS) to
+    an existing prices_raw; return the names of the tables that were created.
 
     When every table, column and index is already in place nothing but reads run, so `ingest`,
     `replay` and `verify` work as a role that may only read and write FinPulse's tables (the
@@ -84,20 +104,32 @@ def create_tables(conninfo: str, schema: str) -> list[str]:
     try:
         with psycopg.connect(conninfo, autocommit=True) as conn:
             present = conn.execute(_PRESENT, {"s": f'"{schema}"'}).fetchone()
-            tables = (PRICES_TABLE, REJECTS_TABLE, OFFSETS_TABLE, GAPS_TABLE)
-            existing = {t for t, here in zip(tables, present or ()) if here}
-            if present is not None and all(present):
-                _check_columns(_columns(conn, schema), f"{schema}.{PRICES_TABLE}")
+            existing = {t for t, here in zip(TABLES, present or ()) if here}
+            columns = _columns(conn, schema)
+            lacking = [c for c in ADDED_COLUMNS if PRICES_TABLE in existing and c not in columns]
+            if present is not None and all(present) and not lacking:
+                _check_columns(columns, f"{schema}.{PRICES_TABLE}")
                 return []
-            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-            for ddl in PG_DDL:
-                conn.execute(ddl)
+            try:
+                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+                for ddl in PG_DDL:
+                    conn.execute(ddl)
+                for name in lacking:
+                    conn.execute(
+                        f"ALTER TABLE {PRICES_TABLE} ADD COLUMN IF NOT EXISTS {name} {pg_type(TICKS.field(name).type)}"
+                    )
+            except psycopg.errors.InsufficientPrivilege:
+                missing = [f"table {t}" for t in TABLES if t not in existing] + [f"column {c}" for c in lacking]
+                raise SinkRejected(
+                    f"{schema} lacks what this release of FinPulse keeps there ({', '.join(missing)}), and this "
+                    "role may not create it: run `finpulse init` once as the tables' owner"
+                ) from None
             _check_columns(_columns(conn, schema), f"{schema}.{PRICES_TABLE}")
             for ddl in PG_INDEXES:
                 conn.execute(ddl)
     except psycopg.Error as exc:
         raise classify(exc, "creating tables") from None
-    return [t for t in (PRICES_TABLE, REJECTS_TABLE, OFFSETS_TABLE) if t not in existing]
+    return [t for t in TABLES if t not in existing]
 
 
 def _columns(conn: psycopg.Connection, schema: str) -> dict[str, str]:

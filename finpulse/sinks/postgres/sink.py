@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -19,19 +20,23 @@ from finpulse.batch import FlushPolicy, Offsets, TickBatch
 from finpulse.checks import refused_rows
 from finpulse.config import Settings
 from finpulse.errors import SinkRejected, first_line
-from finpulse.records import Reject
+from finpulse.records import Reject, SequenceGap
 from finpulse.schema import (
+    DUPLICATE_COUNTS_TABLE,
+    DUPLICATES_TABLE,
     GAPS_TABLE,
     LAST_ORDER,
     OFFSETS_TABLE,
     PRICES_TABLE,
     REJECTS_TABLE,
+    SEQUENCE_GAPS_TABLE,
     TICKS,
+    TRADE_STATE_TABLE,
 )
 from finpulse.sinks.base import Filled, Rules, Summary, Written
 from finpulse.sinks.postgres import pgcopy
 from finpulse.sinks.postgres.rules import copy_narrowing, is_refusal, read_rules
-from finpulse.sinks.postgres.setup import classify, create_tables
+from finpulse.sinks.postgres.setup import TABLES, classify, create_tables
 
 if TYPE_CHECKING:
     from finpulse.link import Links, WorkerLink
@@ -94,6 +99,48 @@ _SUMMARY = (
     f"FROM {PRICES_TABLE} GROUP BY symbol ORDER BY count(*) DESC, symbol LIMIT %s"
 )
 _GAPS = f"SELECT kafka_partition, from_offset, to_offset, reason FROM {GAPS_TABLE} WHERE topic = %s ORDER BY 1, 2"
+
+# --------------------------------------------------------------------- trades (finpulse/dedup)
+_COPY_DUPLICATES = f"COPY {DUPLICATES_TABLE} ({', '.join(pgcopy.copy_columns(TICKS))}) FROM STDIN (FORMAT BINARY)"
+_COUNT_DUPLICATES = (
+    f"INSERT INTO {DUPLICATE_COUNTS_TABLE} AS d (topic, kafka_partition, exchange, duplicates) "
+    "SELECT %s, p, e, n FROM unnest(%s::int[], %s::text[], %s::bigint[]) AS t(p, e, n) "
+    "ON CONFLICT (topic, kafka_partition, exchange) DO UPDATE "
+    "SET duplicates = d.duplicates + EXCLUDED.duplicates, updated_at = now()"
+)
+# A gap found twice (a replay, a re-read after a restart) is one row: its key is where it starts.
+_FOUND_GAP = (
+    f"INSERT INTO {SEQUENCE_GAPS_TABLE} (topic, kafka_partition, exchange, symbol, id_prefix, from_id, to_id, "
+    "missing, first_seen_at, kafka_offset) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+)
+_FILLED_GAP = (
+    f"UPDATE {SEQUENCE_GAPS_TABLE} SET missing = missing - 1, "
+    "filled_at = CASE WHEN missing = 1 THEN now() ELSE filled_at END "
+    "WHERE topic = %s AND kafka_partition = %s AND exchange = %s AND symbol = %s AND id_prefix = %s "
+    "AND from_id = %s AND missing > 0"
+)
+_RECENT_GAPS = (
+    f"SELECT kafka_partition, exchange, symbol, id_prefix, from_id, to_id, missing, first_seen_at, filled_at "
+    f"FROM {SEQUENCE_GAPS_TABLE} WHERE topic = %s ORDER BY first_seen_at DESC, from_id DESC LIMIT %s"
+)
+_SAVE_STATE = (
+    f"INSERT INTO {TRADE_STATE_TABLE} (topic, kafka_partition, next_offset, state) VALUES (%s, %s, %s, %s) "
+    "ON CONFLICT (topic, kafka_partition, next_offset) DO UPDATE SET state = EXCLUDED.state, saved_at = now()"
+)
+# Kept: the newest KEEP_STATES snapshots, and one an hour for the last day (replay and verify of
+# older ranges start from those); the rest are deleted as each new one is saved.
+KEEP_STATES = 3
+_PRUNE_STATES = (
+    f"DELETE FROM {TRADE_STATE_TABLE} s WHERE topic = %(t)s AND kafka_partition = %(p)s AND next_offset NOT IN ("
+    f"SELECT next_offset FROM {TRADE_STATE_TABLE} WHERE topic = %(t)s AND kafka_partition = %(p)s "
+    f"ORDER BY next_offset DESC LIMIT {KEEP_STATES}) AND (saved_at < now() - interval '1 day' OR EXISTS ("
+    f"SELECT 1 FROM {TRADE_STATE_TABLE} n WHERE n.topic = s.topic AND n.kafka_partition = s.kafka_partition "
+    "AND date_trunc('hour', n.saved_at) = date_trunc('hour', s.saved_at) AND n.next_offset > s.next_offset))"
+)
+_LOAD_STATE = (
+    f"SELECT next_offset, state FROM {TRADE_STATE_TABLE} WHERE topic = %s AND kafka_partition = %s "
+    "AND next_offset <= %s ORDER BY next_offset DESC LIMIT 1"
+)
 
 # One row of a binary COPY of (bigint, integer): field count, then length + value per field.
 _PG_KEY = np.dtype([("n", ">i2"), ("len0", ">i4"), ("offset", ">i8"), ("len1", ">i4"), ("index", ">i4")])
@@ -177,6 +224,7 @@ class PostgresSink:
             settings.kafka_topic,
             topic_id,
             where=f"{settings.postgres_display()} ({settings.postgres_schema}.{PRICES_TABLE})",
+            keep_duplicates=settings.keep_duplicates,
         )
 
     @staticmethod
@@ -202,11 +250,19 @@ class PostgresSink:
         made = create_tables(settings.postgres_conninfo(), settings.postgres_schema)
         return [
             (f"PostgreSQL table {settings.postgres_schema}.{t} at {settings.postgres_display()}", t in made)
-            for t in (PRICES_TABLE, REJECTS_TABLE, OFFSETS_TABLE, GAPS_TABLE)
+            for t in TABLES
         ]
 
-    def __init__(self, conninfo: str, topic: str, topic_id: str | None = None, where: str = "PostgreSQL"):
+    def __init__(
+        self,
+        conninfo: str,
+        topic: str,
+        topic_id: str | None = None,
+        where: str = "PostgreSQL",
+        keep_duplicates: bool = False,
+    ):
         self.topic, self.topic_id, self.where = topic, topic_id, where
+        self.keep_duplicates = keep_duplicates  # each duplicate as a row of prices_duplicates
         self.conninfo = conninfo
         self.flush = FlushPolicy()  # at once: the worker's batch size and linger are the trigger
         # One connection per worker is all a sequential writer needs; the pool gives us
@@ -349,11 +405,84 @@ class PostgresSink:
                     rejects += refused
                 if rejects:
                     _copy_rejects(cur, _COPY_REJECTS, rejects)
+                self._record_trades(cur, todo)
                 cur.execute(
                     _ADVANCE, (self.topic, self.topic_id, list(todo.next_offsets), list(todo.next_offsets.values()))
                 )
             held.update(todo.next_offsets)
             return Written(held, todo.ticks.num_rows - len(refused), len(rejects))
+
+    def _record_trades(self, cur: psycopg.Cursor, batch: TickBatch) -> None:
+        """What the trade window found, in the transaction of the rows: duplicates counted (and kept
+        as rows with --keep-duplicates), sequence gaps recorded, late trades that filled one."""
+        dups = batch.duplicates
+        if dups.num_rows:
+            counts = (
+                pa.table({"p": dups.column("kafka_partition"), "e": pc.fill_null(dups.column("exchange"), "")})
+                .group_by(["p", "e"], use_threads=False)
+                .aggregate([([], "count_all")])
+            )
+            cur.execute(
+                _COUNT_DUPLICATES,
+                (
+                    self.topic,
+                    counts.column("p").to_pylist(),
+                    counts.column("e").to_pylist(),
+                    counts.column("count_all").to_pylist(),
+                ),
+            )
+            if self.keep_duplicates:
+                with cur.copy(_COPY_DUPLICATES) as copy:
+                    for chunk in pgcopy.chunks(dups.cast(TICKS)):
+                        copy.write(chunk)
+        found = [g for g in batch.gaps if g.filled is None]
+        if found:
+            cur.executemany(_FOUND_GAP, [self._gap_row(g) for g in found])
+        filled = [g for g in batch.gaps if g.filled is not None]
+        if filled:
+            cur.executemany(
+                _FILLED_GAP,
+                [(self.topic, g.partition, g.exchange, g.symbol, g.prefix, g.from_id) for g in filled],
+            )
+
+    def _gap_row(self, g: SequenceGap) -> tuple:
+        seen = _utc_us(g.seen_us)
+        return (
+            self.topic,
+            g.partition,
+            g.exchange,
+            g.symbol,
+            g.prefix,
+            g.from_id,
+            g.to_id,
+            g.to_id - g.from_id + 1,
+            seen,
+            g.offset,
+        )
+
+    # ------------------------------------------------------------------ trade windows (finpulse/dedup)
+    def save_trade_state(self, partition: int, next_offset: int, state: bytes) -> None:
+        """Keep a snapshot of a partition's trade window (and prune the old ones)."""
+        with self._connection("saving a trade window") as conn, conn.transaction():
+            conn.execute(_SAVE_STATE, (self.topic, partition, next_offset, state))
+            conn.execute(_PRUNE_STATES, {"t": self.topic, "p": partition})
+
+    def load_trade_state(self, partition: int, at_most: int) -> tuple[int, bytes] | None:
+        """The newest snapshot of a partition's trade window at or below offset `at_most`."""
+        with self._connection("reading a trade window") as conn:
+            row = conn.execute(_LOAD_STATE, (self.topic, partition, at_most)).fetchone()
+        return None if row is None else (row[0], bytes(row[1]))
+
+    def duplicate_trades(self, partitions: Iterable[int], since_us: int) -> dict[int, int]:
+        """Per partition: trades (exchange, symbol, trade_id) held more than once as rows with a
+        trade time at or after `since_us` (verify: there should be none)."""
+        query = (
+            f"SELECT kafka_partition, count(*) FROM (SELECT kafka_partition FROM {PRICES_TABLE} "
+            "WHERE trade_id IS NOT NULL AND kafka_partition = ANY(%s) AND trade_time >= %s "
+            "GROUP BY kafka_partition, exchange, symbol, trade_id HAVING count(*) > 1) d GROUP BY 1"
+        )
+        with self._connection("looking for duplicated trades") as conn:
+            return dict(conn.execute(query, (list(partitions), _utc_us(since_us))).fetchall())
 
     def close(self) -> None:
         self.pool.close()
@@ -387,9 +516,18 @@ class PostgresSink:
         with self._connection("summarising what landed") as conn:
             rows = conn.execute(f"SELECT count(*) FROM {PRICES_TABLE}").fetchone()
             rejected = conn.execute(f"SELECT count(*) FROM {REJECTS_TABLE}").fetchone()
+            duplicates = conn.execute(
+                f"SELECT coalesce(sum(duplicates), 0)::bigint FROM {DUPLICATE_COUNTS_TABLE} WHERE topic = %s",
+                (self.topic,),
+            ).fetchone()
             symbols = conn.execute(_SUMMARY, (limit,)).fetchall()
         return Summary(
-            self.name, rows[0] if rows else 0, rejected[0] if rejected else 0, [tuple(r) for r in symbols], self.where
+            self.name,
+            rows[0] if rows else 0,
+            rejected[0] if rejected else 0,
+            [tuple(r) for r in symbols],
+            self.where,
+            duplicates[0] if duplicates else 0,
         )
 
     def remove_duplicates(self, spans: list[tuple[int, int, int]]) -> int:
@@ -403,15 +541,41 @@ class PostgresSink:
         return {"analyzed": [PRICES_TABLE, REJECTS_TABLE, OFFSETS_TABLE]}
 
     def describe(self, partitions: Iterable[int]) -> dict[str, object]:
-        """What `status` shows of this sink beyond positions: where it is, rejects per partition."""
+        """What `status` shows of this sink beyond positions: rejects and duplicates per partition,
+        and the most recent sequence gaps."""
+        parts = list(partitions)
         with self._connection("counting rejects") as conn:
             counts: dict[int, int] = dict(
                 conn.execute(
                     f"SELECT kafka_partition, count(*) FROM {REJECTS_TABLE} WHERE kafka_partition = ANY(%s) GROUP BY 1",
-                    (list(partitions),),
+                    (parts,),
                 ).fetchall()
             )
-        return {"rejected": {p: counts.get(p, 0) for p in partitions}}
+            dups: dict[int, int] = dict(
+                conn.execute(
+                    f"SELECT kafka_partition, sum(duplicates)::bigint FROM {DUPLICATE_COUNTS_TABLE} "
+                    "WHERE topic = %s AND kafka_partition = ANY(%s) GROUP BY 1",
+                    (self.topic, parts),
+                ).fetchall()
+            )
+            gaps = conn.execute(_RECENT_GAPS, (self.topic, RECENT_GAPS)).fetchall()
+        return {
+            "rejected": {p: counts.get(p, 0) for p in parts},
+            "duplicates": {p: dups.get(p, 0) for p in parts},
+            "sequence_gaps": [
+                {
+                    "partition": p,
+                    "exchange": e,
+                    "symbol": s,
+                    "from_id": f"{prefix}{a}",
+                    "to_id": f"{prefix}{b}",
+                    "missing": missing,
+                    "first_seen_at": _iso(seen),
+                    "filled_at": _iso(filled) if filled is not None else None,
+                }
+                for p, e, s, prefix, a, b, missing, seen, filled in gaps
+            ],
+        }
 
     def insert_missing(self, batch: TickBatch) -> Filled:
         """Insert the rows and rejects of `batch` that lie below this sink's positions and are absent
@@ -439,6 +603,22 @@ class PostgresSink:
                     cur.execute(_FILL_REJECTS, (self.topic,))
                     rejects = cur.rowcount
             return Filled(rows, rejects, held)
+
+
+# `status` lists this many of the latest sequence gaps.
+RECENT_GAPS = 10
+
+
+def _utc_us(us: int):
+    import datetime as dt
+
+    return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)
+
+
+def _iso(when) -> str:
+    import datetime as dt
+
+    return when.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _copy_rejects(cur: psycopg.Cursor, statement: str, rejects) -> None:
