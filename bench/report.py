@@ -22,7 +22,16 @@ def rows(path: str) -> tuple[list[list[str]], list[str]]:
         return min(known, key=lambda x: x[1]) if known else None
 
     table = []
-    order = {"end-to-end": 0, "transport": 1, "trades": 2, "stage": 3, "limit": 4, "freshness": 5, "memory": 6}
+    order = {
+        "end-to-end": 0,
+        "transport": 1,
+        "trades": 2,
+        "stage": 3,
+        "limit": 4,
+        "freshness": 5,
+        "memory": 6,
+        "hot store": 7,
+    }
     for i in sorted(
         info,
         key=lambda i: (
@@ -38,11 +47,24 @@ def rows(path: str) -> tuple[list[list[str]], list[str]]:
             "end-to-end": f"{i.get('design')} drain: batch {i.get('batch_size')}, {i.get('workers')} worker(s), sinks {i.get('sinks')}",
             "stage": f"stage {i.get('stage', i.get('feed', ''))}"
             + (f" ({i['indexes']})" if "indexes" in i else "")
+            + (f" ({i['table']})" if "table" in i else "")
             + (f" feed {i['feed']}" if "feed" in i else ""),
             "limit": f"limit {i.get('stage')}",
             "transport": f"drain over {i.get('transport')} Kafka and PostgreSQL: batch 5, 2 workers, sinks all",
             "trades": f"drain with trade ids ({i.get('trades')}): batch 5, 2 workers, sinks all",
         }.get(kind, _decode_label(i) if "feed" in i else i["name"])
+        if kind == "hot store":
+            table.append(
+                [
+                    f"hot store, {i['layout']} ({i['days']} days of {i['rows_per_day']:,} rows)",
+                    "",
+                    "",
+                    "",
+                    f"bars of a day {i['bars_of_a_day_ms']} ms, ticks of an hour {i['ticks_of_an_hour_ms']} ms",
+                    f"drop a day {i['drop_a_day_ms']} ms",
+                ]
+            )
+            continue
         if kind == "memory":
             table.append(
                 [
@@ -80,6 +102,10 @@ def rows(path: str) -> tuple[list[list[str]], list[str]]:
     if {"plaintext", "secured"} <= transports.keys():
         ratio = transports["secured"] / transports["plaintext"]
         table.append(["secured / plaintext drain (SASL_SSL + TLS vs open)", "", f"{ratio:.2f}x", "", "", ""])
+    hot = {i["table"]: i["ticks_per_s"] for i in info if i.get("stage") == "postgres hot store"}
+    if len(hot) == 2:
+        ratio = hot["day partitions + bars"] / hot["unpartitioned, no bars"]
+        table.append(["PostgreSQL write: day partitions + bars / one table, no bars", "", f"{ratio:.2f}x", "", "", ""])
     trades = {i["trades"]: i["ticks_per_s"] for i in info if i.get("kind") == "trades"}
     if {"window on", "window off"} <= trades.keys():
         ratio = trades["window on"] / trades["window off"]

@@ -14,9 +14,9 @@ from deltalake import write_deltalake
 
 from finpulse import produce, source
 from finpulse.decode import Decoder, Messages
-from finpulse.schema import PRICES_TABLE
 from finpulse.sinks.delta.table import PARTITION_BY, with_partition_columns
 from finpulse.sinks.postgres import pgcopy
+from finpulse.sinks.postgres.tables import PRICES_TABLE
 
 LIMIT_ROWS = min(BENCH_TICKS, 500_000)  # one large batch, as large as memory comfortably allows
 

@@ -13,9 +13,9 @@ from conftest import STAGE_TICKS
 from finpulse import produce, source
 from finpulse.batch import TickBatch
 from finpulse.decode import Decoder, Messages
-from finpulse.schema import PRICES_TABLE
 from finpulse.sinks.delta import DeltaSink
 from finpulse.sinks.postgres import PostgresSink
+from finpulse.sinks.postgres.tables import PRICES_TABLE
 
 WRITE_BATCH = 10_000  # ticks per sink write in the stage runs: a typical group-commit size
 

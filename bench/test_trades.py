@@ -23,10 +23,11 @@ from finpulse.records import Messages
 DAY_US = 86_400_000_000
 
 
-def _backlog(interval_us: int) -> Settings:
+def _backlog(interval_us: int, start_ms: int | None = None) -> Settings:
     s = load_settings(kafka_topic=f"bench-trades-{uuid.uuid4().hex[:8]}")
     source.create_topic(s, PARTITIONS)
-    produce.send(s, produce.encoded(produce.ticks(BENCH_TICKS, trade_ids=True, interval_us=interval_us)))
+    ticks = produce.ticks(BENCH_TICKS, trade_ids=True, interval_us=interval_us, start_ms=start_ms)
+    produce.send(s, produce.encoded(ticks))
     return s
 
 
@@ -42,7 +43,7 @@ def with_ids():
 def a_day():
     """The same number of ticks spread over 24 hours of trade time (2k ticks/s of 16 symbols for a
     day is 173M trades: the window holds per symbol and gap, so these fill it the same way)."""
-    s = _backlog(DAY_US // BENCH_TICKS)
+    s = _backlog(DAY_US // BENCH_TICKS, int(time.time() * 1000) - DAY_US // 1000)  # the last 24 hours
     yield s
     source.admin(s).delete_topics([s.kafka_topic])[s.kafka_topic].result(timeout=30)
 
@@ -113,7 +114,9 @@ def test_memory_per_million_text_ids(benchmark):
         tracemalloc.start()
         for i in range(1_000_000):
             w.text_id("EX", "SYM", f"{i:x}-{i}", 1_700_000_000_000_000 + i)
-        w.run_checkpoint(CHECKPOINT_OFFSETS, [])
+            if i % CHECKPOINT_OFFSETS == CHECKPOINT_OFFSETS - 1:  # one id a message: a checkpoint per block
+                w.run_checkpoint(i + 1, [])
+        w.run_checkpoint(1_000_000 + CHECKPOINT_OFFSETS, [])
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         held.append((w.hashes.nbytes + w.times.nbytes, peak, len(dump(w))))

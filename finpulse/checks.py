@@ -33,6 +33,11 @@ MAX_EXCHANGE_CHARS = 64
 # A trade id is an identity: never cut (two ids that share a prefix would become one trade). Venues'
 # ids are integers or UUIDs (36 characters); longer text is a mistake upstream.
 MAX_TRADE_ID_CHARS = 64
+# No market trades a unit above 1e15 or a quantity above 1e15 (a price in satoshis or a size in
+# a token's smallest unit stays far below): past them a value is a unit or parsing mistake. The
+# bound also keeps every sum of price * size (the 1-minute bars' notional) far from overflowing.
+MAX_PRICE = 1e15
+MAX_SIZE = 1e15
 # A reject's reason is one line of at most this many characters, whatever it quotes.
 MAX_REASON_CHARS = 500
 
@@ -62,10 +67,14 @@ def check(trade: feeds.Trade, ceiling_us: int) -> str | None:
         return f"price {trade.price} is not finite"
     if trade.price <= 0:
         return f"price {trade.price} is not positive"
+    if trade.price > MAX_PRICE:
+        return f"price {trade.price:g} is above {MAX_PRICE:g}: a unit or parsing mistake?"
     if not math.isfinite(trade.size):
         return f"size {trade.size} is not finite"
     if trade.size < 0:
         return f"size {trade.size} is negative"
+    if trade.size > MAX_SIZE:
+        return f"size {trade.size:g} is above {MAX_SIZE:g}: a unit or parsing mistake?"
     if trade.ts_us is not None:
         if trade.ts_us < MIN_TIMESTAMP_US:
             return f"trade time {_iso(trade.ts_us)} is before 1990: wrong unit?"

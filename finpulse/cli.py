@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Annotated, Any, Optional
 
@@ -122,6 +123,13 @@ def produce(
         int,
         typer.Option(min=1, help="Trade time between consecutive ticks, µs (86400 for a day of 1M ticks)."),
     ] = 100,
+    start: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Trade time of the first tick: ISO-8601 (UTC unless it names an offset) or epoch ms (default: now). "
+            "Past days land in their own day partitions of prices_raw."
+        ),
+    ] = None,
     where: dict[str, Any] | None = None,
 ) -> None:
     """Send synthetic ticks (a seeded random walk, keyed by symbol) to the topic; with trade ids,
@@ -130,8 +138,10 @@ def produce(
 
     from finpulse import produce as producing
     from finpulse import source
+    from finpulse.replay import parse_time
 
     s = settings(where)
+    start_ms = parse_time(start, "--start") if start is not None else None
     syms = tuple(x.strip() for x in symbols.split(",") if x.strip()) if symbols else producing.DEFAULT_SYMBOLS
     if not syms:
         raise typer.BadParameter("give at least one symbol", param_hint="--symbols")
@@ -146,6 +156,7 @@ def produce(
             duplicate_rate=duplicate_rate,
             drop_rate=drop_rate,
             interval_us=interval_us,
+            start_ms=start_ms,
         )
     )
     show = err.is_terminal and count >= 10_000
@@ -275,19 +286,26 @@ def show(
         typer.Option(min=1, max=1000, help="Symbols to list, busiest first (default 10; with --json every symbol)."),
     ] = None,
     as_json: Annotated[
-        bool, typer.Option("--json", help="One JSON object on stdout: each sink's rows and per-symbol summary.")
+        bool,
+        typer.Option("--json", help="One JSON object on stdout: each sink's rows, per-symbol summary and bars."),
     ] = False,
+    bars: Annotated[
+        Optional[str],
+        typer.Option(
+            "--bars", metavar="SYMBOL", help="Also show this symbol's latest 1-minute bars (PostgreSQL's prices_1m)."
+        ),
+    ] = None,
     where: dict[str, Any] | None = None,
 ) -> None:
-    """Show what landed: rows in each sink and a per-symbol summary from both."""
+    """Show what landed: rows in each sink, a per-symbol summary from both, and 1-minute bars."""
     from finpulse import show as showing
 
     s = settings(where)
-    landed = showing.landed(s, limit if limit is not None or as_json else showing.TABLE_LIMIT)
+    landed = showing.landed(s, limit if limit is not None or as_json else showing.TABLE_LIMIT, bars)
     if as_json:
         views.print_json(out, showing.as_json(landed))
     else:
-        views.landed(out, landed)
+        views.landed(out, landed, bars)
 
 
 @app.command()
@@ -348,19 +366,78 @@ def maintain(
     retention_hours: Annotated[
         Optional[int], typer.Option(min=168, hidden=True, help="The old name of --vacuum-retention-hours.")
     ] = None,
+    pg_retention_days: Annotated[
+        Optional[int],
+        typer.Option(
+            min=0,
+            help="Drop prices_raw's days older than this many days, each only once Delta holds every row of it "
+            "(env FINPULSE_PG_RETENTION_DAYS; default 0: keep every day).",
+        ),
+    ] = None,
+    pg_days_ahead: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1,
+            max=366,
+            help="Days of prices_raw partitions to keep made ahead (env FINPULSE_PG_DAYS_AHEAD, default 7).",
+        ),
+    ] = None,
+    bars_retention_days: Annotated[
+        Optional[int],
+        typer.Option(
+            min=0,
+            help="Delete 1-minute bars older than this many days (env FINPULSE_BARS_RETENTION_DAYS; default 0: keep).",
+        ),
+    ] = None,
     sinks: SinkChoice = None,
     where: dict[str, Any] | None = None,
 ) -> None:
-    """Keep the tables fast: compact Delta's small files per date partition (waiting while another
-    process compacts the table), checkpoint, clean expired log entries and vacuum (PostgreSQL:
-    refresh statistics). Safe next to a running ingest."""
+    """Keep the tables fast and the hot store small: compact Delta's small files per date partition
+    (waiting while another process compacts the table), checkpoint, clean expired log entries and
+    vacuum; make PostgreSQL's coming day partitions, move the default partition's rows into their
+    days, drop days past --pg-retention-days that Delta holds (run as the tables' owner). Safe next
+    to a running ingest. Exit 1 when retention kept a day Delta does not hold yet."""
     from finpulse import maintain as maintaining
 
-    s = settings(where, sinks=sinks)
+    s = settings(
+        where,
+        sinks=sinks,
+        pg_retention_days=pg_retention_days,
+        pg_days_ahead=pg_days_ahead,
+        bars_retention_days=bars_retention_days,
+    )
     if retention_hours is not None:  # kept one release for scripts that use it
         err.print("--retention-hours is now --vacuum-retention-hours; the old name goes in the next release")
         vacuum_retention_hours = retention_hours
-    views.maintained(out, maintaining.run(s, target_file_mb << 20, vacuum_retention_hours))
+    done = maintaining.run(s, target_file_mb << 20, vacuum_retention_hours)
+    refused = maintaining.days_kept(done)
+    views.maintained(out, done)
+    if refused:
+        raise typer.Exit(1)
+
+
+@app.command()
+@connection(*DELTA)
+def migrate(
+    keep_old: Annotated[
+        bool, typer.Option("--keep-old", help="Keep the old prices_raw, renamed prices_raw_unpartitioned.")
+    ] = False,
+    chunk_offsets: Annotated[
+        int, typer.Option(min=1, help="Offsets of one Kafka partition copied per transaction (a kill loses one).")
+    ] = 1_000_000,  # migrate.CHUNK_OFFSETS
+    sinks: SinkChoice = None,
+    where: dict[str, Any] | None = None,
+) -> None:
+    """Bring tables an earlier release made to this one's layout: an unpartitioned prices_raw becomes
+    partitioned by day (its rows copied in chunks while ingest goes on, then a short lock to catch up
+    and swap; resumable after a kill), and Delta gains this release's columns. Run as the owner."""
+    from finpulse import sinks as registry_
+
+    s = settings(where, sinks=sinks)
+    for name in registry_.chosen(s):
+        say = functools.partial(views.progress_line, err, name)
+        for line in registry_.KINDS[name].migrate(s, keep_old, chunk_offsets, say):
+            out.print(f"{name}: {line}", highlight=False)
 
 
 @app.command()

@@ -196,6 +196,23 @@ class Settings(BaseSettings):
     def sequence_feed_names(self) -> set[str]:
         return {n.strip().lower() for n in self.sequence_feeds.split(",") if n.strip()}
 
+    # --- PostgreSQL as the hot store (sinks/postgres/tables.py) ---
+    # prices_raw has a partition per day; init and maintain keep this many days ahead made, so a
+    # day's ticks never wait in the default partition even if maintain does not run for a week.
+    pg_days_ahead: int = Field(
+        7, ge=1, le=366, validation_alias=AliasChoices("FINPULSE_PG_DAYS_AHEAD", "pg_days_ahead")
+    )
+    # maintain drops prices_raw's days older than this many days, each only once the Delta table
+    # holds every row of it (Delta is the store of record for all history). 0: keep every day.
+    pg_retention_days: int = Field(
+        0, ge=0, validation_alias=AliasChoices("FINPULSE_PG_RETENTION_DAYS", "pg_retention_days")
+    )
+    # maintain deletes 1-minute bars older than this many days; 0 keeps them all (a year of bars of
+    # 16 symbols is ~8M small rows).
+    bars_retention_days: int = Field(
+        0, ge=0, validation_alias=AliasChoices("FINPULSE_BARS_RETENTION_DAYS", "bars_retention_days")
+    )
+
     # Prometheus metrics, /healthz and /readyz from `finpulse ingest` on this port (None: off).
     metrics_port: int | None = Field(
         None, ge=0, le=65535, validation_alias=AliasChoices("FINPULSE_METRICS_PORT", "metrics_port")

@@ -16,6 +16,20 @@ from finpulse.schema import LAST_ORDER
 from finpulse.sinks import Summary
 
 SUMMARY_COLUMNS = ("symbol", "ticks", "low", "high", "last_price", "last_time")
+BAR_COLUMNS = (
+    "symbol",
+    "exchange",
+    "minute",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "trades",
+    "vwap",
+    "first_trade_time",
+    "last_trade_time",
+)
 # Symbols in the `finpulse show` table unless --limit says otherwise; a screenful.
 TABLE_LIMIT = 10
 __all__ = ["LAST_ORDER", "SUMMARY_COLUMNS", "TABLE_LIMIT", "Landed", "as_json", "landed"]
@@ -23,12 +37,13 @@ __all__ = ["LAST_ORDER", "SUMMARY_COLUMNS", "TABLE_LIMIT", "Landed", "as_json", 
 Landed = Summary  # what one sink holds, as `show` lists it
 
 
-def landed(settings: Settings, limit: int | None = TABLE_LIMIT) -> list[Landed]:
-    """Each kind of sink's summary (finpulse.sinks.KINDS): `limit` busiest symbols, None for all."""
+def landed(settings: Settings, limit: int | None = TABLE_LIMIT, bars_of: str | None = None) -> list[Landed]:
+    """Each kind of sink's summary (finpulse.sinks.KINDS): `limit` busiest symbols, None for all;
+    a sink that keeps bars adds `bars_of`'s latest `limit` (None: each symbol's latest bar)."""
     out = []
     for sink in sinks.open_sinks(settings, every=True):
         try:
-            out.append(sink.summary(limit))
+            out.append(sink.summary(limit, bars_of))
         finally:
             sink.close()
     return out
@@ -44,6 +59,10 @@ def as_json(landed: list[Landed]) -> dict:
             entry["rejected"] = item.rejected
         if item.duplicates is not None:
             entry["duplicates"] = item.duplicates
+        if item.bars is not None:
+            entry["bars"] = [
+                {c: (_utc(v) if isinstance(v, datetime) else v) for c, v in zip(BAR_COLUMNS, bar)} for bar in item.bars
+            ]
         entry["symbols"] = [
             dict(zip(SUMMARY_COLUMNS, (sym, n, low, high, last, _utc(when))))
             for sym, n, low, high, last, when in item.symbols

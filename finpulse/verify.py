@@ -58,10 +58,12 @@ class SinkCheck:
     gaps: list[Span] = field(default_factory=list)  # offset ranges holding every missing key
     doubled: list[Span] = field(default_factory=list)  # offset ranges holding every duplicated key
     trades_twice: int = 0  # trades (exchange, symbol, trade_id) held twice in a partition, within the window
+    bars_differing: int = 0  # 1-minute bars that differ from the same bars computed from the raw rows
+    horizon_us: int | None = None  # retention dropped the sink's rows of trades before this (not missing)
 
     @property
     def exact(self) -> bool:
-        return not any(self.counts.values()) and not self.trades_twice
+        return not any(self.counts.values()) and not self.trades_twice and not self.bars_differing
 
 
 @dataclass
@@ -113,7 +115,7 @@ def repair(
     done: dict[str, Repair] = {}
     try:
         for name, check in verdict.sinks.items():
-            if not (check.gaps or check.doubled):
+            if not (check.gaps or check.doubled or check.bars_differing):
                 continue
             removed = 0
             if check.doubled:
@@ -124,7 +126,14 @@ def repair(
                     sink.close()
             one = settings.model_copy(update={"sinks": name})
             replayed = replay.run(one, check.gaps, feed, strict, console, admission) if check.gaps else None
-            done[name] = Repair(removed, replayed)
+            rebuilt = 0
+            if check.bars_differing:
+                sink = sinks.KINDS[name].from_settings(settings)
+                try:
+                    rebuilt = sink.repair_bars()
+                finally:
+                    sink.close()
+            done[name] = Repair(removed, replayed, rebuilt)
     finally:
         admission.close()
     return done
@@ -136,6 +145,7 @@ class Repair:
 
     duplicates_removed: int
     replayed: Report | None
+    bars_rebuilt: int = 0
 
 
 def verify(
@@ -155,6 +165,8 @@ def verify(
     chosen = [sinks.KINDS[name].from_settings(settings) for name in sink_names]
     admission = Admission(settings, sink_names)
     trades = Keeper(settings, decoder, chosen)
+    for sink in chosen:
+        checks[sink.name].horizon_us = sink.horizon()
     try:
         with source.RangeReader(settings) as reader:
             for span in spans:
@@ -163,7 +175,7 @@ def verify(
                 replay.retrying(trades.start_span, span)
                 for lo in range(span.start, span.end, window):
                     hi = min(lo + window, span.end)
-                    ticks, rejects = _topic_keys(
+                    ticks, times, rejects = _topic_keys(
                         reader, decoder, admission, span.partition, lo, hi, count, meter, trades
                     )
                     for sink in chosen:
@@ -174,7 +186,9 @@ def verify(
                         count.rows[sink.name] += len(held["rows"])
                         if sink.keeps_rejects:
                             count.rejected += len(held["rejects"])
-                        expected = np.union1d(ticks, rejects) if sink.keeps_rejects else ticks
+                        since = checks[sink.name].horizon_us
+                        kept = ticks if since is None else ticks[times >= since]  # days retention dropped
+                        expected = np.union1d(kept, rejects) if sink.keeps_rejects else kept
                         _compare(
                             checks[sink.name],
                             span,
@@ -184,6 +198,8 @@ def verify(
                             samples,
                         )
         _trades_twice(trades, chosen, checks, [s.partition for s in spans])
+        for sink in chosen:
+            checks[sink.name].bars_differing = sink.bars_differing(None)
         gaps = sorted({g for sink in chosen for g in sink.gaps()})
     finally:
         admission.close()
@@ -202,15 +218,16 @@ def _topic_keys(
     count: PartitionCount,
     meter: Meter | None,
     trades: Keeper,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted keys of the admitted ticks and of the rejects that messages [lo, hi) decode to (the
-    trade window's duplicates are neither: no sink holds them)."""
-    ticks, rejects = [], []
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted keys of the admitted ticks (with each one's trade time, epoch µs) and of the rejects that
+    messages [lo, hi) decode to (the trade window's duplicates are neither: no sink holds them)."""
+    ticks, times, rejects = [], [], []
     for msgs in reader.read(partition, lo, hi):
         decoded = trades.apply(replay.retrying(decoder.decode, msgs), msgs).decoded  # a decoder may say "not now"
         batch = admission.admit(TickBatch(pa.Table.from_batches([decoded.ticks]), tuple(decoded.rejects), {}))
         rows = batch.ticks
         ticks.append(keys(rows.column("kafka_offset").to_numpy(), rows.column("tick_index").to_numpy()))
+        times.append(rows.column("trade_time").cast(pa.int64()).to_numpy())
         rejects.append(
             keys(
                 np.array([r.offset for r in batch.rejects], dtype=np.int64),
@@ -223,7 +240,8 @@ def _topic_keys(
         if meter is not None:
             meter.advance(len(msgs))
     empty = np.empty(0, dtype=np.int64)
-    return np.unique(np.concatenate(ticks or [empty])), np.unique(np.concatenate(rejects or [empty]))
+    tick_keys, first = np.unique(np.concatenate(ticks or [empty]), return_index=True)
+    return tick_keys, np.concatenate(times or [empty])[first], np.unique(np.concatenate(rejects or [empty]))
 
 
 def _trades_twice(trades: Keeper, chosen: list, checks: dict[str, SinkCheck], partitions: list[int]) -> None:

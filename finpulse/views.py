@@ -28,6 +28,11 @@ def print_table(out: Console, table: Table) -> None:
     (out if out.is_terminal else Console(width=max(out.width, PIPED_WIDTH))).print(table)
 
 
+def progress_line(err: Console, who: str, text: str) -> None:
+    """One line of progress of long work, on stderr."""
+    err.print(f"{who}: {text}", highlight=False, markup=False)
+
+
 def print_json(out: Console, data: Any) -> None:
     """One JSON document on the console's file, exactly as json.dumps writes it (no markup)."""
     out.file.write(json.dumps(data, indent=2) + "\n")
@@ -76,8 +81,8 @@ def ingested(out: Console, totals, workers: int, sinks: Iterable[str]) -> None:
 
 
 # ---------------------------------------------------------------------------- show
-def landed(out: Console, sinks: list[Landed]) -> None:
-    """One table per sink, titled with where its rows are."""
+def landed(out: Console, sinks: list[Landed], bars_of: str | None = None) -> None:
+    """One table per sink, titled with where its rows are; `bars_of`'s bars from the sink keeping them."""
     from finpulse.show import SUMMARY_COLUMNS
 
     for item in sinks:
@@ -93,6 +98,27 @@ def landed(out: Console, sinks: list[Landed]) -> None:
         for sym, n, low, high, last, when in item.symbols:
             t.add_row(sym, f"{n:,}", f"{low:,.4f}", f"{high:,.4f}", f"{last:,.4f}", when.strftime("%Y-%m-%d %H:%M:%S"))
         out.print(t)
+        if bars_of and item.bars is not None:
+            _bars(out, item.sink, bars_of, item.bars)
+
+
+def _bars(out: Console, sink: str, symbol: str, bars: list[tuple]) -> None:
+    t = Table(title=escape(f"{sink}: 1-minute bars of {symbol.upper()}, newest first"), title_justify="left")
+    for col in ("minute", "exchange", "open", "high", "low", "close", "volume", "trades", "vwap"):
+        t.add_column(col, justify="left" if col in ("minute", "exchange") else "right")
+    for _sym, venue, minute, o, h, low, c, v, n, vwap, _first, _last in bars:
+        t.add_row(
+            minute.strftime("%Y-%m-%d %H:%M"),
+            venue or "-",
+            *(f"{x:,.4f}" for x in (o, h, low, c)),
+            f"{v:,.4f}",
+            f"{n:,}",
+            "-" if vwap is None else f"{vwap:,.4f}",
+        )
+    if not bars:
+        out.print(f"{sink}: no 1-minute bars of {symbol.upper()}", highlight=False)
+        return
+    out.print(t)
 
 
 # ---------------------------------------------------------------------------- replay
@@ -140,8 +166,17 @@ def replayed(out: Console, report: Report, partitions: int, topic: str) -> None:
 # ---------------------------------------------------------------------------- maintain
 def maintained(out: Console, done: dict[str, dict]) -> None:
     for name, report in done.items():
+        kept = report.pop("retention", None)
+        if kept is not None:
+            for day, rows in kept.dropped:
+                out.print(f"{name}: dropped the day {day} ({rows:,} rows; the Delta table holds them)", highlight=False)
+            for day, why in kept.kept:
+                out.print(f"{name}: kept the day {day} and the days after it: {why}", highlight=False, markup=False)
+            if not kept.dropped and not kept.kept:
+                out.print(f"{name}: no day past the retention to drop", highlight=False)
         if "before" not in report:  # a sink with nothing to compact: say what it did
-            out.print(f"{name}: {', '.join(f'{k} {v}' for k, v in report.items())}", highlight=False)
+            if report:
+                out.print(f"{name}: {', '.join(f'{k} {v}' for k, v in report.items())}", highlight=False)
             continue
         before, after = report["before"], report["after"]
         out.print(
@@ -241,6 +276,9 @@ def verdict(out: Console, topic: str, verdict: Verdict) -> None:
         n = check.counts
         pending = f" ({check.pending:,} at or above the sink's position: not ingested yet)" if check.pending else ""
         twice = f", {check.trades_twice:,} trades held twice" if check.trades_twice else ""
+        twice += f", {check.bars_differing:,} 1-minute bars differ from its rows" if check.bars_differing else ""
+        if check.horizon_us is not None:
+            twice += f" (retention keeps trades from {_day(check.horizon_us)} on)"
         out.print(
             f"{name}: {n['missing']:,} missing{pending}, {n['duplicated']:,} duplicated, "
             f"{n['unexpected']:,} unexpected{twice}" + (" - exact" if check.exact else ""),
@@ -251,6 +289,12 @@ def verdict(out: Console, topic: str, verdict: Verdict) -> None:
                 shown = ", ".join(f"({p}, {o}, {i})" for p, o, i in keys)
                 more = f" and {n[kind] - len(keys):,} more" if n[kind] > len(keys) else ""
                 out.print(f"  {kind} (partition, offset, tick_index): {shown}{more}", highlight=False, markup=False)
+
+
+def _day(us: int) -> str:
+    import datetime as dt
+
+    return (dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)).date().isoformat()
 
 
 def repaired(out: Console, name: str, repair: Repair) -> None:
@@ -264,4 +308,6 @@ def repaired(out: Console, name: str, repair: Repair) -> None:
             + (f", +{tally.rejects:,} rejects" if tally.keeps_rejects else "")
             + (f"; {len(tally.left)} partitions left to `finpulse ingest`" if tally.left else "")
         )
+    if repair.bars_rebuilt:
+        parts.append(f"rebuilt {repair.bars_rebuilt:,} 1-minute bars from the rows")
     out.print(f"repair {name}: {'; '.join(parts) or 'nothing to do'}", highlight=False)

@@ -64,7 +64,7 @@ def test_init_is_idempotent_and_produce_fills_the_topic(isolated, tmp_path):
     assert f"Kafka topic {isolated.kafka_topic}: created with 4 partitions" in first
     assert "Delta table" in first and "created" in first
     second = finpulse("init", env=env, timeout=120).stdout
-    assert "created" not in second and second.count("exists") == 10  # the topic, 8 PostgreSQL tables, Delta
+    assert "created" not in second and second.count("exists") == 12  # the topic, 10 PostgreSQL tables, Delta
 
     finpulse("produce", "--count", "100000", env=env, timeout=120)
     highs = source.watermarks(isolated)

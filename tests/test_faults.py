@@ -266,7 +266,8 @@ def test_postgres_outage_pauses_backpressure_and_a_joining_run_without_loss(priv
         first = ingests(env, "--workers", "2", "--drain")
         before = wait_writing(first, lambda: pg_count(s), workers=2)
         second = ingests(env, "--workers", "1", "--drain")
-        time.sleep(1.0)  # past its start-up checks; its group join (a rebalance) falls in the outage
+        # past its start-up checks (they read PostgreSQL): its group join, a rebalance, falls in the outage
+        wait_for(lambda: "joined group" in second.output(), "the second run's worker to start", ingest=second)
         private_postgres.stop("immediate")
         try:
             time.sleep(5)

@@ -71,6 +71,7 @@ def test_each_flow_follows_kestras_flow_format(path: Path):
 def test_the_flows_run_maintain_on_a_schedule_and_verify_daily_failing_visibly():
     maintain, verify = (load(ROOT / "flows" / f"finpulse.{name}.yml") for name in ("maintain", "verify"))
     assert maintain["tasks"][0]["commands"] == ["finpulse maintain"]
+    assert "FINPULSE_PG_RETENTION_DAYS" in maintain["tasks"][0]["env"], "the retention step runs with it"
     assert verify["tasks"][0]["commands"] == ["finpulse verify"]
     assert not verify["tasks"][0].get("allowFailure"), "a gap must fail the execution"
     assert verify["errors"][0]["level"] == "ERROR"

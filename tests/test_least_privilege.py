@@ -21,7 +21,7 @@ def test_the_daily_commands_need_no_ddl_rights(isolated):
         conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO {ROLE}")
         conn.execute(
             "GRANT SELECT, INSERT, UPDATE ON prices_raw, prices_rejected, finpulse_offsets, finpulse_gaps, "
-            f"finpulse_duplicates, prices_duplicates, finpulse_sequence_gaps TO {ROLE}"
+            f"finpulse_duplicates, prices_duplicates, finpulse_sequence_gaps, prices_1m, finpulse_retention TO {ROLE}"
         )
         conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON finpulse_trade_windows TO {ROLE}")
     limited = isolated.model_copy(update={"postgres_user": ROLE, "postgres_password": SecretStr(PASSWORD)})

@@ -102,15 +102,17 @@ def test_a_read_only_server_is_an_outage_not_a_refusal(isolated):
 
 def test_a_key_another_writer_already_stored_stops_with_what_to_do(isolated):
     """A row at a key above the position (another topic on these tables, a hand-made row) would fail
-    the COPY with 23505 on every retry: a refusal that says what to do, not an outage for ever."""
+    the COPY with 23505 on every retry: a refusal that says what to do, not an outage for ever. (The
+    key of the day-partitioned table holds the trade time too: the stray row has the tick's.)"""
     sink = PostgresSink(isolated.postgres_conninfo(), isolated.kafka_topic)
     try:
         sink.write(span(0, 0, 10))
         with psycopg.connect(isolated.postgres_conninfo(), autocommit=True) as conn:
             conn.execute(
                 "INSERT INTO prices_raw (symbol, price, size, timestamp_ms, trade_time, exchange, side, "
-                "broker_time, kafka_partition, kafka_offset, tick_index) SELECT symbol, price, size, timestamp_ms, trade_time, exchange, side, "
-                "broker_time, 0, 12, 0 FROM prices_raw LIMIT 1"
+                "broker_time, kafka_partition, kafka_offset, tick_index) SELECT symbol, price, size, timestamp_ms + 12, "
+                "trade_time + interval '12 milliseconds', exchange, side, broker_time, 0, 12, 0 FROM prices_raw "
+                "WHERE kafka_offset = 0"
             )
         with pytest.raises(SinkRejected, match="23505.*only `finpulse ingest` and `replay` of one topic"):
             sink.write(span(0, 10, 20))

@@ -94,7 +94,10 @@ def test_status_json_before_and_after_a_drain(isolated):
         "duplicates": 0,
     }
     assert after["delta"]["version"] >= 1 and after["delta"]["files"] >= 1 and after["delta"]["bytes"] > 0
+    days = after["postgres"].pop("days")
     assert after["postgres"] == {"server": isolated.postgres_display(), "schema": isolated.postgres_schema}
+    assert days["partitioned"] and days["default_rows"] == 0 and days["held_from"] is None
+    assert days["partitions"] == isolated.pg_days_ahead + 2  # yesterday, today and the days ahead
 
     table = finpulse("status", env=env).stdout  # the table for people: same numbers
     assert f"Delta version {after['delta']['version']}" in table and "rejected" in table

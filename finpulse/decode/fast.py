@@ -13,6 +13,8 @@ import pyarrow.compute as pc
 
 from finpulse.checks import (
     MAX_EXCHANGE_CHARS,
+    MAX_PRICE,
+    MAX_SIZE,
     MAX_SYMBOL_CHARS,
     MAX_TRADE_ID_CHARS,
     MIN_TIMESTAMP_US,
@@ -102,8 +104,10 @@ def fast_canonical(msgs: Messages, max_message_bytes: int) -> Decoded | None:
     ok = (
         np.isfinite(p)
         & (p > 0)
+        & (p <= MAX_PRICE)
         & np.isfinite(s)
         & (s >= 0)
+        & (s <= MAX_SIZE)
         # compared in ms, before scaling, so a huge value cannot wrap around into range
         & (stamps_ms >= MIN_TIMESTAMP_US // 1000)
         & (stamps_ms <= ceilings_us(msgs.timestamps) // 1000)

@@ -196,15 +196,20 @@ class PartitionWindow:
         `max_ids` kept."""
         if not self.recent and not (len(self.times) and self.times.min() < horizon):
             return
-        hashes = np.concatenate([self.hashes, np.fromiter(self.recent.keys(), np.int64, len(self.recent))])
-        times = np.concatenate([self.times, np.fromiter(self.recent.values(), np.int64, len(self.recent))])
+        new = np.fromiter(self.recent.keys(), np.int64, len(self.recent))
+        new_times = np.fromiter(self.recent.values(), np.int64, len(self.recent))
+        order = np.argsort(new, kind="stable")
+        new, new_times = new[order], new_times[order]
+        # the recent ids into the sorted arrays where they belong: a copy, not a sort of everything
+        at = np.searchsorted(self.hashes, new)
+        hashes, times = np.insert(self.hashes, at, new), np.insert(self.times, at, new_times)
         keep = times >= horizon
-        hashes, times = hashes[keep], times[keep]
-        if len(hashes) > self.max_ids:
-            newest = np.argsort(times, kind="stable")[len(hashes) - self.max_ids :]
-            hashes, times = hashes[newest], times[newest]
-        order = np.argsort(hashes, kind="stable")
-        self.hashes, self.times = hashes[order], times[order]
+        if not keep.all():
+            hashes, times = hashes[keep], times[keep]
+        if len(hashes) > self.max_ids:  # the newest max_ids, in hash order still (ties of time: by hash)
+            cut = np.sort(np.lexsort((hashes, times))[len(hashes) - self.max_ids :])
+            hashes, times = hashes[cut], times[cut]
+        self.hashes, self.times = hashes, times
         self.recent = {}
 
     # ------------------------------------------------------------------ size

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import datetime as dt
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import pyarrow as pa
@@ -43,6 +44,9 @@ class Summary(NamedTuple):
     symbols: list[tuple]
     where: str = ""  # where the rows are, for a person (no secrets)
     duplicates: int | None = None  # re-sent trades removed before they landed (None: it keeps no count)
+    # recent 1-minute bars (symbol, exchange, minute, open, high, low, close, volume, trades, vwap,
+    # first_trade_time, last_trade_time), newest first (None: it keeps no bars)
+    bars: list[tuple] | None = None
 
 
 class Written(NamedTuple):
@@ -89,6 +93,11 @@ class SinkKind(Protocol):
     def rules(self, settings: Settings) -> Rules | None:
         """A checker of the rules the sink's table adds to FinPulse's schema (constraints,
         triggers), or None when it adds none; finpulse.admission applies them before any write."""
+
+    def migrate(self, settings: Settings, keep_old: bool, chunk: int, say: Callable[[str], None]) -> list[str]:
+        """`finpulse migrate`: bring tables an earlier release made to this release's layout (idempotent,
+        resumable after a kill), copying `chunk` offsets of a Kafka partition per step; what was done,
+        for a person. `say`: progress lines on long work."""
 
     def prepare(self, settings: Settings) -> list[tuple[str, bool]]:
         """Create what the sink needs where absent (idempotent); SinkRejected when what exists cannot
@@ -139,8 +148,9 @@ class Sink(Protocol):
         """What `status` shows of the sink beyond positions (JSON-able; the kind's `describes`
         keys), and "rejected": {partition: count} for a sink that keeps rejects."""
 
-    def summary(self, limit: int | None) -> Summary:
-        """Rows, rejects and the `limit` busiest symbols (None: all) for `finpulse show`."""
+    def summary(self, limit: int | None, bars_of: str | None = None) -> Summary:
+        """Rows, rejects and the `limit` busiest symbols (None: all) for `finpulse show`; a sink that
+        keeps bars adds `bars_of`'s recent ones (None: each symbol's latest)."""
 
     def maintain(self, target_bytes: int, retention_hours: int) -> dict[str, object]:
         """`finpulse maintain`: keep the sink fast (Delta: compact toward `target_bytes`, checkpoint,
@@ -154,6 +164,29 @@ class Sink(Protocol):
 
     def load_trade_state(self, partition: int, at_most: int) -> tuple[int, bytes] | None:
         """(next_offset, state) of the newest snapshot at or below `at_most`, or None."""
+
+    # ------------------------------------------------------------------ retention (finpulse/retention.py)
+    keeps_days: bool  # True: retention may drop whole days of its rows once the other sinks hold them
+
+    def horizon(self) -> int | None:
+        """Trade time (epoch µs) before which retention dropped the sink's rows (None: it drops none):
+        verify and status do not call what lies before it missing."""
+
+    def rows_on_day(self, day: dt.date) -> int:
+        """How many rows of trades of that UTC day the sink holds."""
+
+    def expired_days(self, before: dt.date) -> list:
+        """A sink that keeps days: its days before `before`, oldest first (days.Day)."""
+
+    def drop_day(self, day) -> None:
+        """A sink that keeps days: drop one of the days `expired_days` gave, for good."""
+
+    def repair_bars(self) -> int:
+        """`verify --repair`: rebuild the bars `bars_differing` finds from the sink's rows; how many."""
+
+    def bars_differing(self, since_us: int | None) -> int:
+        """`verify`: bars the sink keeps that differ from the same bars computed from its rows (0: it
+        keeps none)."""
 
     def duplicate_trades(self, partitions: Iterable[int], since_us: int) -> dict[int, int]:
         """`verify`: per partition, how many trades (exchange, symbol, trade_id) the sink holds more

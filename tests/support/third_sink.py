@@ -36,6 +36,10 @@ class MemorySink:
         return None
 
     @staticmethod
+    def migrate(settings, keep_old, chunk, say) -> list[str]:
+        return []
+
+    @staticmethod
     def prepare(settings) -> list[tuple[str, bool]]:
         return [("memory of this process", False)]
 
@@ -69,7 +73,26 @@ class MemorySink:
     def describe(self, partitions) -> dict[str, object]:
         return {"rows": len(_ROWS)}
 
-    def summary(self, limit) -> Summary:
+    keeps_days = False
+
+    def horizon(self):
+        return None
+
+    def rows_on_day(self, day) -> int:
+        return 0
+
+    def expired_days(self, before) -> list:
+        return []
+
+    def repair_bars(self) -> int:
+        return 0
+
+    def bars_differing(self, since_us) -> int:
+        return 0
+
+    def drop_day(self, day) -> None: ...
+
+    def summary(self, limit, bars_of=None) -> Summary:
         return Summary(self.name, len(_ROWS), None, [], "memory")
 
     def maintain(self, target_bytes, retention_hours) -> dict[str, object]:

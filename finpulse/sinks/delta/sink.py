@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -114,6 +115,12 @@ class DeltaSink:
 
         checks = constraints(settings.delta_uri, storage_options(settings))
         return DeltaRules(checks) if checks else None
+
+    @staticmethod
+    def migrate(settings: Settings, keep_old: bool, chunk: int, say) -> list[str]:
+        """The columns a release added, added to the table (schema evolution: old rows read null)."""
+        created = create_table(settings.delta_uri, storage_options(settings))
+        return [f"Delta table {settings.delta_uri}: {'created' if created else 'has every column of this release'}"]
 
     @staticmethod
     def prepare(settings: Settings) -> list[tuple[str, bool]]:
@@ -316,7 +323,7 @@ class DeltaSink:
             )
         return {"rows": rows}
 
-    def summary(self, limit: int | None) -> Summary:
+    def summary(self, limit: int | None, bars_of: str | None = None) -> Summary:
         table = self._latest()
         with self._io("reading the table"):
             rows = table.to_pyarrow_dataset().to_table(columns=["symbol", "price", *LAST_ORDER])
@@ -378,6 +385,36 @@ class DeltaSink:
 
     def gaps(self) -> list[tuple[int, int, int, str]]:
         return []  # recorded in commit metadata; PostgreSQL's finpulse_gaps is the one that is read
+
+    # ------------------------------------------------------------------ retention (finpulse/retention.py)
+    keeps_days = False  # the store of record: every day, for good
+
+    def horizon(self) -> int | None:
+        return None
+
+    def rows_on_day(self, day: dt.date) -> int:
+        """Rows of the date partition `day`, from the log's per-file statistics (no data file read)."""
+        table = self._latest()
+        with self._io("counting a day's rows"):
+            actions = pa.table(table.get_add_actions(flatten=True))
+        column = f"partition.{PARTITION_BY[0]}"
+        if not actions.num_rows or column not in actions.column_names:
+            return 0
+        values = actions.column(column)
+        wanted = pa.scalar(day, values.type) if pa.types.is_date(values.type) else pa.scalar(str(day), values.type)
+        return int(pc.sum(actions.filter(pc.equal(values, wanted)).column("num_records")).as_py() or 0)
+
+    def expired_days(self, before: dt.date) -> list:
+        return []
+
+    def repair_bars(self) -> int:
+        return 0
+
+    def bars_differing(self, since_us: int | None) -> int:
+        return 0  # Delta keeps no bars
+
+    def drop_day(self, day) -> None:
+        raise SinkRejected("the Delta table is the store of record: retention never drops its days")
 
     # ------------------------------------------------------------------ trade windows (finpulse/dedup)
     def save_trade_state(self, partition: int, next_offset: int, state: bytes) -> None:

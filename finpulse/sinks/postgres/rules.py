@@ -13,9 +13,10 @@ import pyarrow as pa
 from psycopg import errors as pgerr
 
 from finpulse.errors import first_line
-from finpulse.schema import PRICES_TABLE, TICKS
+from finpulse.schema import TICKS
 from finpulse.sinks.postgres import pgcopy
 from finpulse.sinks.postgres.setup import classify
+from finpulse.sinks.postgres.tables import PRICES_TABLE
 
 PROBE = "finpulse_probe"
 

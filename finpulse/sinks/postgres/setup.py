@@ -3,25 +3,35 @@ checked where present) and SQLSTATE classes -> FinPulse's error classes, used by
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+
 import psycopg
 from psycopg_pool import PoolTimeout
 
 from finpulse.errors import AccessRefused, ServiceUnavailable, SinkRejected, first_line
-from finpulse.schema import (
-    ADDED_COLUMNS,
+from finpulse.schema import ADDED_COLUMNS, TICKS
+from finpulse.sinks.postgres import days
+from finpulse.sinks.postgres.tables import (
+    BARS_TABLE,
+    DEFAULT_PARTITION,
     DUPLICATE_COUNTS_TABLE,
     DUPLICATES_TABLE,
     GAPS_TABLE,
+    MIGRATION_TABLE,
     OFFSETS_TABLE,
-    PG_DDL,
-    PG_INDEXES,
+    OTHER_DDL,
     PRICES_TABLE,
     REJECTS_TABLE,
+    RETENTION_TABLE,
     SEQUENCE_GAPS_TABLE,
-    TICKS,
     TRADE_STATE_TABLE,
+    index_ddl,
     pg_type,
+    prices_ddl,
 )
+
+log = logging.getLogger(__name__)
 
 #: Every table FinPulse keeps in PostgreSQL (the GRANTs of docs/security.md name the same).
 TABLES = (
@@ -33,6 +43,8 @@ TABLES = (
     DUPLICATES_TABLE,
     SEQUENCE_GAPS_TABLE,
     TRADE_STATE_TABLE,
+    BARS_TABLE,
+    RETENTION_TABLE,
 )
 
 # SQLSTATE classes that heal by themselves: connection trouble (08), the server shutting down or
@@ -83,7 +95,7 @@ def classify(exc: Exception, what: str) -> Exception:
     return SinkRejected(f"PostgreSQL refused {what} ({state or type(exc).__name__}): {first_line(exc)}; {hint}")
 
 
-# Everything PG_DDL and PG_INDEXES make, as one look-up: all present means no DDL is needed.
+# Everything the DDL makes, as one look-up: all present means no DDL is needed.
 _PRESENT = (
     "SELECT "
     + ", ".join(f"to_regclass(%(s)s || '.{t}') IS NOT NULL" for t in TABLES)
@@ -94,25 +106,40 @@ _PRESENT = (
 )
 
 
-def create_tables(conninfo: str, schema: str) -> list[str]:
+def create_tables(conninfo: str, schema: str, days_ahead: int = 7) -> list[str]:
     """Create the schema and tables if absent, and the columns a release added (ADDED_COLUMNS) to
-    an existing prices_raw; return the names of the tables that were created.
+    an existing prices_raw; return the names of the tables that were created. As the tables' owner,
+    also make prices_raw's partitions for yesterday to `days_ahead` days ahead (days.py).
 
     When every table, column and index is already in place nothing but reads run, so `ingest`,
     `replay` and `verify` work as a role that may only read and write FinPulse's tables (the
     GRANTs of docs/security.md); `init` as the owner creates them."""
     try:
         with psycopg.connect(conninfo, autocommit=True) as conn:
+            if days.kind(conn, MIGRATION_TABLE) is not None:
+                raise SinkRejected(
+                    f"{schema}.{PRICES_TABLE} is half-way through `finpulse migrate` (to day partitions): run "
+                    "`finpulse migrate` again to finish it, then start this again"
+                )
             present = conn.execute(_PRESENT, {"s": f'"{schema}"'}).fetchone()
             existing = {t for t, here in zip(TABLES, present or ()) if here}
             columns = _columns(conn, schema)
             lacking = [c for c in ADDED_COLUMNS if PRICES_TABLE in existing and c not in columns]
-            if present is not None and all(present) and not lacking:
+            shape = days.kind(conn)
+            if shape == "table":
+                _legacy_note(schema)
+            partitioned_ok = shape != "partitioned" or days.kind(conn, DEFAULT_PARTITION) is not None
+            if present is not None and all(present) and not lacking and partitioned_ok:
                 _check_columns(columns, f"{schema}.{PRICES_TABLE}")
+                _days_ahead(conn, days_ahead)
                 return []
             try:
                 conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-                for ddl in PG_DDL:
+                if shape is None:
+                    conn.execute(prices_ddl())
+                if shape in (None, "partitioned"):
+                    days.create_default(conn)
+                for ddl in OTHER_DDL:
                     conn.execute(ddl)
                 for name in lacking:
                     conn.execute(
@@ -121,15 +148,41 @@ def create_tables(conninfo: str, schema: str) -> list[str]:
             except psycopg.errors.InsufficientPrivilege:
                 missing = [f"table {t}" for t in TABLES if t not in existing] + [f"column {c}" for c in lacking]
                 raise SinkRejected(
-                    f"{schema} lacks what this release of FinPulse keeps there ({', '.join(missing)}), and this "
-                    "role may not create it: run `finpulse init` once as the tables' owner"
+                    f"{schema} lacks what this release of FinPulse keeps there ({', '.join(missing) or 'partitions'}), "
+                    "and this role may not create it: run `finpulse init` once as the tables' owner"
                 ) from None
             _check_columns(_columns(conn, schema), f"{schema}.{PRICES_TABLE}")
-            for ddl in PG_INDEXES:
-                conn.execute(ddl)
+            conn.execute(index_ddl())
+            _days_ahead(conn, days_ahead)
     except psycopg.Error as exc:
         raise classify(exc, "creating tables") from None
     return [t for t in TABLES if t not in existing]
+
+
+def _days_ahead(conn: psycopg.Connection, days_ahead: int) -> None:
+    """As the owner of a partitioned prices_raw: partitions from yesterday to `days_ahead` days
+    ahead. Another role makes none (its rows of days without one wait in the default partition)."""
+    if days.kind(conn) != "partitioned" or not days.owned(conn):
+        return
+    today = days.today()
+    try:
+        days.ensure(conn, today - dt.timedelta(days=1), today + dt.timedelta(days=days_ahead))
+    except psycopg.errors.LockNotAvailable:
+        log.info("prices_raw is busy; its coming days' partitions are made by the next init or maintain")
+
+
+_noted: set[str] = set()
+
+
+def _legacy_note(schema: str) -> None:
+    if schema not in _noted:
+        _noted.add(schema)
+        log.warning(
+            "%s.%s is one unpartitioned table (an earlier release made it): `finpulse migrate` turns it into day "
+            "partitions, which retention (maintain --pg-retention-days) needs",
+            schema,
+            PRICES_TABLE,
+        )
 
 
 def _columns(conn: psycopg.Connection, schema: str) -> dict[str, str]:

@@ -3,6 +3,7 @@ Its tables and its error table (SQLSTATE -> our errors) are in setup.py."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -21,22 +22,24 @@ from finpulse.checks import refused_rows
 from finpulse.config import Settings
 from finpulse.errors import SinkRejected, first_line
 from finpulse.records import Reject, SequenceGap
-from finpulse.schema import (
+from finpulse.schema import LAST_ORDER, TICKS
+from finpulse.sinks.base import Filled, Rules, Summary, Written
+from finpulse.sinks.postgres import bars, days, pgcopy
+from finpulse.sinks.postgres.rules import copy_narrowing, is_refusal, read_rules
+from finpulse.sinks.postgres.setup import TABLES, classify, create_tables
+from finpulse.sinks.postgres.tables import (
+    BARS_TABLE,
+    DEFAULT_PARTITION,
     DUPLICATE_COUNTS_TABLE,
     DUPLICATES_TABLE,
     GAPS_TABLE,
-    LAST_ORDER,
     OFFSETS_TABLE,
     PRICES_TABLE,
     REJECTS_TABLE,
     SEQUENCE_GAPS_TABLE,
-    TICKS,
     TRADE_STATE_TABLE,
+    day_bounds,
 )
-from finpulse.sinks.base import Filled, Rules, Summary, Written
-from finpulse.sinks.postgres import pgcopy
-from finpulse.sinks.postgres.rules import copy_narrowing, is_refusal, read_rules
-from finpulse.sinks.postgres.setup import TABLES, classify, create_tables
 
 if TYPE_CHECKING:
     from finpulse.link import Links, WorkerLink
@@ -159,6 +162,9 @@ _CREATE_STAGES = (
 )
 
 
+_BAR_COLUMNS = ("symbol", "exchange", "trade_time", "price", "size", "kafka_partition", "kafka_offset", "tick_index")
+
+
 def _fill_sql(table: str, stage: str, columns: str) -> str:
     """Staged rows below their partition's (locked) position that the table lacks; the join with
     the offsets is the guard: nothing at or above a position is ever inserted here."""
@@ -170,7 +176,11 @@ def _fill_sql(table: str, stage: str, columns: str) -> str:
     )
 
 
-_FILL_TICKS = _fill_sql(PRICES_TABLE, _STAGE_TICKS, _TICK_COLUMNS)
+# Rows of days retention dropped are not put back (tables.py); the rows added are returned: their bars
+_FILL_TICKS = (
+    _fill_sql(PRICES_TABLE, _STAGE_TICKS, _TICK_COLUMNS).replace(" ON CONFLICT", " AND s.trade_time >= %s ON CONFLICT")
+    + f" RETURNING {', '.join(_BAR_COLUMNS)}"
+)
 _FILL_REJECTS = _fill_sql(REJECTS_TABLE, _STAGE_REJECTS, _REJECT_COLUMNS)
 
 
@@ -210,9 +220,8 @@ def warn_plaintext(conninfo: str) -> None:
 class PostgresSink:
     name = "postgres"
     keeps_rejects = True  # a key is held as a row of prices_raw or as a reject
-    describes: ClassVar[
-        tuple[str, ...]
-    ] = ()  # positions and rejects per partition: status shows them in its partition rows
+    # positions and rejects per partition go in status's partition rows; this in its section
+    describes: ClassVar[tuple[str, ...]] = ("days",)
 
     @classmethod
     def from_settings(
@@ -225,6 +234,8 @@ class PostgresSink:
             topic_id,
             where=f"{settings.postgres_display()} ({settings.postgres_schema}.{PRICES_TABLE})",
             keep_duplicates=settings.keep_duplicates,
+            days_ahead=settings.pg_days_ahead,
+            bars_retention_days=settings.bars_retention_days,
         )
 
     @staticmethod
@@ -245,9 +256,22 @@ class PostgresSink:
         return read_rules(settings.postgres_conninfo())
 
     @staticmethod
+    def migrate(settings: Settings, keep_old: bool, chunk: int, say) -> list[str]:
+        """An unpartitioned prices_raw becomes day-partitioned (migrate.py), then what init makes."""
+        from finpulse.sinks.postgres.migrate import migrate
+
+        conninfo, schema = settings.postgres_conninfo(), settings.postgres_schema
+        try:
+            done = migrate(conninfo, schema, settings.pg_days_ahead, keep_old, chunk, say)
+        except psycopg.Error as exc:
+            raise classify(exc, "migrating prices_raw") from None
+        made = create_tables(settings.postgres_conninfo(), settings.postgres_schema, settings.pg_days_ahead)
+        return done + ([f"made {', '.join(made)}"] if made else [])
+
+    @staticmethod
     def prepare(settings: Settings) -> list[tuple[str, bool]]:
         """Create the schema and tables if absent; each table, and whether this call created it."""
-        made = create_tables(settings.postgres_conninfo(), settings.postgres_schema)
+        made = create_tables(settings.postgres_conninfo(), settings.postgres_schema, settings.pg_days_ahead)
         return [
             (f"PostgreSQL table {settings.postgres_schema}.{t} at {settings.postgres_display()}", t in made)
             for t in TABLES
@@ -260,9 +284,14 @@ class PostgresSink:
         topic_id: str | None = None,
         where: str = "PostgreSQL",
         keep_duplicates: bool = False,
+        days_ahead: int = 7,
+        bars_retention_days: int = 0,
+        bars_on: bool = True,
     ):
         self.topic, self.topic_id, self.where = topic, topic_id, where
         self.keep_duplicates = keep_duplicates  # each duplicate as a row of prices_duplicates
+        self.days_ahead, self.bars_retention_days = days_ahead, bars_retention_days  # maintain's
+        self.bars_on = bars_on  # False: rows only (the benchmarks' "before" of the bars)
         self.conninfo = conninfo
         self.flush = FlushPolicy()  # at once: the worker's batch size and linger are the trigger
         # One connection per worker is all a sequential writer needs; the pool gives us
@@ -397,12 +426,17 @@ class PostgresSink:
                     with cur.copy(_COPY_TICKS) as copy:
                         for chunk in pgcopy.chunks(todo.ticks):
                             copy.write(chunk)
+                    if self.bars_on:
+                        bars.update(cur, todo.ticks)
                 elif todo.ticks.num_rows:
                     found = copy_narrowing(conn, cur, _COPY_TICKS, todo.ticks)
                     refused = refused_rows(todo.ticks, {i: ("postgres", why) for i, why in found.items()})
                     for r in refused:
                         log.warning("tick (%d, %d, %d): %s", r.partition, r.offset, r.tick_index, r.reason)
                     rejects += refused
+                    landed = np.ones(todo.ticks.num_rows, dtype=bool)
+                    landed[list(found)] = False
+                    bars.update(cur, todo.ticks.filter(pa.array(landed)))
                 if rejects:
                     _copy_rejects(cur, _COPY_REJECTS, rejects)
                 self._record_trades(cur, todo)
@@ -490,16 +524,25 @@ class PostgresSink:
     # ------------------------------------------------------------------ read side
     def keys(self, partition: int, start: int, end: int) -> dict[str, pa.Table]:
         """(kafka_offset, tick_index) of the rows and of the rejects held for offsets [start, end)."""
+        with self._connection("reading the retention horizon") as conn:
+            since = self._horizon(conn)
         return {
-            "rows": self._keys(PRICES_TABLE, partition, start, end),
+            "rows": self._keys(PRICES_TABLE, partition, start, end, since),
             "rejects": self._keys(REJECTS_TABLE, partition, start, end),
         }
 
-    def _keys(self, table: str, partition: int, start: int, end: int) -> pa.Table:
+    def _keys(self, table: str, partition: int, start: int, end: int, since=None) -> pa.Table:
+        """Keys of `table` for offsets [start, end) of a partition (rows of trades at or after `since`)."""
         query = sql.SQL(
             "COPY (SELECT kafka_offset, tick_index FROM {} WHERE kafka_partition = {} "
-            "AND kafka_offset >= {} AND kafka_offset < {}) TO STDOUT (FORMAT BINARY)"
-        ).format(sql.Identifier(table), sql.Literal(partition), sql.Literal(start), sql.Literal(end))
+            "AND kafka_offset >= {} AND kafka_offset < {}{}) TO STDOUT (FORMAT BINARY)"
+        ).format(
+            sql.Identifier(table),
+            sql.Literal(partition),
+            sql.Literal(start),
+            sql.Literal(end),
+            sql.SQL(" AND trade_time >= {}").format(sql.Literal(since)) if since is not None else sql.SQL(""),
+        )
         with self._connection(f"reading {table}") as conn, conn.cursor().copy(query) as copy:
             data = b"".join(bytes(chunk) for chunk in copy)
         if len(data) <= len(pgcopy.HEADER):
@@ -512,8 +555,13 @@ class PostgresSink:
         )
         return pa.table({"kafka_offset": rows["offset"].astype(np.int64), "tick_index": rows["index"].astype(np.int32)})
 
-    def summary(self, limit: int | None) -> Summary:
+    def summary(self, limit: int | None, bars_of: str | None = None) -> Summary:
+        """What landed; `bars_of`: a symbol whose recent 1-minute bars to include (None: each
+        symbol's latest bar)."""
         with self._connection("summarising what landed") as conn:
+            recent = conn.execute(
+                _BARS_OF if bars_of else _LATEST_BARS, (bars_of.upper() if bars_of else None, limit or 10)
+            ).fetchall()
             rows = conn.execute(f"SELECT count(*) FROM {PRICES_TABLE}").fetchone()
             rejected = conn.execute(f"SELECT count(*) FROM {REJECTS_TABLE}").fetchone()
             duplicates = conn.execute(
@@ -528,6 +576,7 @@ class PostgresSink:
             [tuple(r) for r in symbols],
             self.where,
             duplicates[0] if duplicates else 0,
+            [tuple(r) for r in recent],
         )
 
     def remove_duplicates(self, spans: list[tuple[int, int, int]]) -> int:
@@ -535,10 +584,120 @@ class PostgresSink:
         return 0
 
     def maintain(self, target_bytes: int, retention_hours: int) -> dict[str, object]:
-        """Refresh the planner's statistics of FinPulse's tables (autovacuum does the rest)."""
-        with self._connection("analysing tables") as conn:
-            conn.execute(f"ANALYZE {PRICES_TABLE}, {REJECTS_TABLE}, {OFFSETS_TABLE}")
-        return {"analyzed": [PRICES_TABLE, REJECTS_TABLE, OFFSETS_TABLE]}
+        """As the tables' owner: the day partitions of the coming FINPULSE_PG_DAYS_AHEAD days made,
+        what the default partition caught moved into its day, bars past FINPULSE_BARS_RETENTION_DAYS
+        deleted; then the planner's statistics refreshed (autovacuum does the rest). Retention of
+        raw days is finpulse.retention's (it asks Delta first)."""
+        done: dict[str, object] = {}
+        with self._owner_connection("maintaining the day partitions") as conn:
+            if days.kind(conn) == "partitioned":
+                if not days.owned(conn):
+                    raise SinkRejected(
+                        f"{self.where}: this role does not own prices_raw, so it cannot make or move its day "
+                        "partitions: run `finpulse maintain` as the tables' owner (docs/security.md)"
+                    )
+                moved = days.move_strays(conn)
+                today = days.today()
+                made = days.ensure(conn, today - dt.timedelta(days=1), today + dt.timedelta(days=self.days_ahead))
+                done["partitions_made"] = [str(d) for d in made]
+                done["rows_moved_from_default"] = sum(moved.values())
+            else:
+                done["partitions"] = "none: prices_raw is one table (run `finpulse migrate`)"
+            if self.bars_retention_days:
+                cur = conn.execute(
+                    f"DELETE FROM {BARS_TABLE} WHERE minute < now() - make_interval(days => %s)",
+                    (self.bars_retention_days,),
+                )
+                done["bars_deleted"] = cur.rowcount
+            conn.execute(f"ANALYZE {PRICES_TABLE}, {REJECTS_TABLE}, {OFFSETS_TABLE}, {BARS_TABLE}")
+        done["analyzed"] = [PRICES_TABLE, REJECTS_TABLE, OFFSETS_TABLE, BARS_TABLE]
+        return done
+
+    @contextmanager
+    def _owner_connection(self, what: str) -> Iterator[psycopg.Connection]:
+        """A connection of its own in autocommit mode, for DDL: each step of days.py is a
+        transaction of its own. A driver error leaves it as FinPulse's error (setup.classify)."""
+        try:
+            with psycopg.connect(self.conninfo, autocommit=True) as conn:
+                yield conn
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise SinkRejected(
+                f"{self.where} refused {what} ({first_line(exc)}): run it as the tables' owner (docs/security.md)"
+            ) from None
+        except psycopg.Error as exc:
+            raise classify(exc, what) from None
+
+    # ------------------------------------------------------------------ the hot store (tables.py, retention.py)
+    keeps_days = True  # retention may drop whole days of it, once the other sinks hold them
+
+    def _horizon(self, conn: psycopg.Connection) -> dt.datetime:
+        """The first instant prices_raw still holds every day from (before it: dropped by retention)."""
+        day = days.horizon(conn)
+        return _DAWN if day is None else dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+
+    def horizon(self) -> int | None:
+        """Trade time (epoch µs) before which retention dropped prices_raw's days; None: nothing dropped."""
+        with self._connection("reading the retention horizon") as conn:
+            since = self._horizon(conn)
+        return None if since == _DAWN else int(since.timestamp()) * 1_000_000
+
+    def expired_days(self, before: dt.date) -> list[days.Day]:
+        """prices_raw's day partitions of days before `before`, oldest first, with their rows and the
+        highest offset of each Kafka partition among them."""
+        with self._connection("reading the day partitions") as conn:
+            if days.kind(conn) != "partitioned":
+                raise SinkRejected(
+                    f"{self.where}: prices_raw is one unpartitioned table (an earlier release made it), so it has "
+                    "no days to drop: run `finpulse migrate` first (docs/operations.md#migrating-prices_raw)"
+                )
+            return days.older_than(conn, before)
+
+    def drop_day(self, day: days.Day) -> None:
+        with self._owner_connection(f"dropping the day {day.day}") as conn:
+            days.drop(conn, day)
+
+    def rows_on_day(self, day: dt.date) -> int:
+        lo, hi = day_bounds(day)
+        with self._connection(f"counting the rows of {day}") as conn:
+            row = conn.execute(
+                f"SELECT count(*) FROM {PRICES_TABLE} WHERE trade_time >= %s AND trade_time < %s", (lo, hi)
+            ).fetchone()
+        return row[0] if row else 0
+
+    def repair_bars(self) -> int:
+        """`verify --repair`: every bar that differs from its raw rows computed afresh from them (a
+        bar whose rows are all gone, deleted); how many bars changed."""
+        with self._connection("rebuilding 1-minute bars") as conn, conn.cursor() as cur:
+            since = self._horizon(conn)
+            rows = cur.execute(bars.DIFFERING_MINUTES, {"since": since}).fetchall()
+            if not rows:
+                return 0
+            symbols, venues, minutes = (list(c) for c in zip(*rows))
+            table = pa.table(
+                {
+                    "symbol": pa.array(symbols, pa.string()),
+                    "exchange": pa.array(venues, pa.string()),
+                    "minute": pa.array(minutes, pa.timestamp("us", tz="UTC")),
+                }
+            )
+            bars.rebuild(cur, table)
+            cur.execute(
+                f"DELETE FROM {BARS_TABLE} b USING unnest(%s::text[], %s::text[], %s::timestamptz[]) AS t(s, e, m) "
+                "WHERE b.symbol = t.s AND b.exchange IS NOT DISTINCT FROM t.e AND b.minute = t.m AND NOT EXISTS ("
+                f"SELECT 1 FROM {PRICES_TABLE} r WHERE r.symbol = t.s AND r.exchange IS NOT DISTINCT FROM t.e "
+                "AND r.trade_time >= t.m AND r.trade_time < t.m + interval '1 minute')",
+                (symbols, venues, minutes),
+            )
+        return len(rows)
+
+    def bars_differing(self, since_us: int | None) -> int:
+        """Bars of prices_1m that differ from the same bars computed from the raw ticks (verify)."""
+        with self._connection("checking the 1-minute bars") as conn:
+            since = self._horizon(conn)
+            if since_us is not None:
+                since = max(since, _utc_us(since_us))
+            row = conn.execute(bars.DIFFERING, {"since": since}).fetchone()
+        return row[0] if row else 0
 
     def describe(self, partitions: Iterable[int]) -> dict[str, object]:
         """What `status` shows of this sink beyond positions: rejects and duplicates per partition,
@@ -559,7 +718,9 @@ class PostgresSink:
                 ).fetchall()
             )
             gaps = conn.execute(_RECENT_GAPS, (self.topic, RECENT_GAPS)).fetchall()
+            held = self._days(conn)
         return {
+            "days": held,
             "rejected": {p: counts.get(p, 0) for p in parts},
             "duplicates": {p: dups.get(p, 0) for p in parts},
             "sequence_gaps": [
@@ -575,6 +736,33 @@ class PostgresSink:
                 }
                 for p, e, s, prefix, a, b, missing, seen, filled in gaps
             ],
+        }
+
+    @staticmethod
+    def _days(conn: psycopg.Connection) -> dict[str, object]:
+        """prices_raw as the hot store, for `status`: its layout, the days it has partitions for, the
+        rows waiting in the default partition, and where retention left it."""
+        shape = days.kind(conn)
+        if shape != "partitioned":
+            return {"partitioned": False}
+        have = sorted(days.partitions(conn))
+        # exact where this role may read the partition itself; else the planner's estimate (grants
+        # on prices_raw cover reads through it, not of one partition)
+        readable = conn.execute("SELECT has_table_privilege(%s, 'SELECT')", (DEFAULT_PARTITION,)).fetchone()
+        strays = conn.execute(
+            f"SELECT count(*) FROM {DEFAULT_PARTITION}"
+            if readable and readable[0]
+            else "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass(%s)",
+            () if readable and readable[0] else (DEFAULT_PARTITION,),
+        ).fetchone()
+        since = days.horizon(conn)
+        return {
+            "partitioned": True,
+            "partitions": len(have),
+            "first_day": str(have[0]) if have else None,
+            "last_day": str(have[-1]) if have else None,
+            "default_rows": strays[0] if strays else 0,
+            "held_from": str(since) if since else None,  # retention dropped every day before it
         }
 
     def insert_missing(self, batch: TickBatch) -> Filled:
@@ -596,8 +784,11 @@ class PostgresSink:
                     with cur.copy(f"COPY {_STAGE_TICKS} ({_TICK_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
                         for chunk in pgcopy.chunks(batch.ticks):
                             copy.write(chunk)
-                    cur.execute(_FILL_TICKS, (self.topic,))
-                    rows = cur.rowcount
+                    cur.execute(_FILL_TICKS, (self.topic, self._horizon(conn)))
+                    added = cur.fetchall()
+                    rows = len(added)
+                    if added:  # rows put back may have been counted before they went: their minutes afresh
+                        bars.rebuild(cur, bars.minutes_of(_bar_rows(added)))
                 if batch.rejects:
                     _copy_rejects(cur, f"COPY {_STAGE_REJECTS} ({_REJECT_COLUMNS}) FROM STDIN", batch.rejects)
                     cur.execute(_FILL_REJECTS, (self.topic,))
@@ -607,18 +798,31 @@ class PostgresSink:
 
 # `status` lists this many of the latest sequence gaps.
 RECENT_GAPS = 10
+_DAWN = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)  # the horizon while no day was dropped
+
+_BAR_FIELDS = (
+    "symbol, exchange, minute, open, high, low, close, volume, trades, vwap, first_trade_time, last_trade_time"
+)
+# `show --bars SYMBOL`: its latest bars, newest first; `show`: each symbol's latest bar
+_BARS_OF = f"SELECT {_BAR_FIELDS} FROM {BARS_TABLE} WHERE symbol = %s ORDER BY minute DESC, exchange LIMIT %s"
+_LATEST_BARS = (
+    f"SELECT DISTINCT ON (symbol, exchange) {_BAR_FIELDS} FROM {BARS_TABLE} WHERE %s::text IS NULL "
+    "ORDER BY symbol, exchange, minute DESC LIMIT %s"
+)
 
 
-def _utc_us(us: int):
-    import datetime as dt
-
+def _utc_us(us: int) -> dt.datetime:
     return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)
 
 
 def _iso(when) -> str:
-    import datetime as dt
-
     return when.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _bar_rows(rows: list[tuple]) -> pa.Table:
+    """Rows RETURNING _BAR_COLUMNS as the Arrow columns bars.summarise reads."""
+    columns = list(zip(*rows))
+    return pa.table({name: pa.array(values, TICKS.field(name).type) for name, values in zip(_BAR_COLUMNS, columns)})
 
 
 def _copy_rejects(cur: psycopg.Cursor, statement: str, rejects) -> None:
