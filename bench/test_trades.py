@@ -31,12 +31,17 @@ def _backlog(interval_us: int, start_ms: int | None = None) -> Settings:
     return s
 
 
+def _drop(s: Settings) -> None:
+    client = source.admin(s)  # held while the future resolves: a collected client ends its futures with _DESTROY
+    client.delete_topics([s.kafka_topic])[s.kafka_topic].result(timeout=30)
+
+
 @pytest.fixture(scope="module")
 def with_ids():
     """BENCH_TICKS canonical ticks with consecutive trade ids per symbol, 10 per millisecond."""
     s = _backlog(produce.INTERVAL_US)
     yield s
-    source.admin(s).delete_topics([s.kafka_topic])[s.kafka_topic].result(timeout=30)
+    _drop(s)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +50,7 @@ def a_day():
     day is 173M trades: the window holds per symbol and gap, so these fill it the same way)."""
     s = _backlog(DAY_US // BENCH_TICKS, int(time.time() * 1000) - DAY_US // 1000)  # the last 24 hours
     yield s
-    source.admin(s).delete_topics([s.kafka_topic])[s.kafka_topic].result(timeout=30)
+    _drop(s)
 
 
 def _drain(benchmark, fresh_sinks, backlog: Settings, window: str, what: str) -> None:
