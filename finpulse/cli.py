@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -12,6 +13,7 @@ from rich.console import Console
 from finpulse import logformat, views
 from finpulse import sinks as registry
 from finpulse.cli_options import (
+    DECODING,
     DELTA,
     KAFKA,
     AllowDataLoss,
@@ -130,13 +132,38 @@ def produce(
             "Past days land in their own day partitions of prices_raw."
         ),
     ] = None,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="json (canonical), or avro, protobuf, json-schema: the schema registry's wire format "
+            "(registers the tick's schema under <topic>-value; SCHEMA_REGISTRY_URL).",
+        ),
+    ] = "json",
+    schema_id_header: Annotated[
+        bool,
+        typer.Option(
+            "--schema-id-header",
+            help="With a registry format: the schema id in the __value_schema_id header, not before the payload.",
+        ),
+    ] = False,
+    subject: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Registry subject of the schema (default <topic>-value). A subject holds one schema type: "
+            "give each format its own to mix formats on one topic.",
+        ),
+    ] = None,
     where: dict[str, Any] | None = None,
 ) -> None:
-    """Send synthetic ticks (a seeded random walk, keyed by symbol) to the topic; with trade ids,
-    re-sent and missing trades on request."""
+    """Send synthetic ticks (a seeded random walk, keyed by symbol) to the topic, as JSON or as Avro, Protobuf or JSON Schema through the schema registry.
+
+    With trade ids, re-sent and missing trades on request."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from finpulse import encode as encoding
     from finpulse import produce as producing
+    from finpulse import registry as schema_registry
     from finpulse import source
     from finpulse.replay import parse_time
 
@@ -145,8 +172,17 @@ def produce(
     syms = tuple(x.strip() for x in symbols.split(",") if x.strip()) if symbols else producing.DEFAULT_SYMBOLS
     if not syms:
         raise typer.BadParameter("give at least one symbol", param_hint="--symbols")
+    if fmt not in encoding.FORMATS:
+        raise typer.BadParameter(f"{fmt!r}: one of {', '.join(encoding.FORMATS)}", param_hint="--format")
+    if schema_id_header and fmt == "json":
+        raise typer.BadParameter(
+            "needs a registry format (avro, protobuf, json-schema)", param_hint="--schema-id-header"
+        )
     source.partitions(s)  # a missing topic or broker is one clear line, not a 30 s delivery timeout
-    stream = producing.encoded(
+    if fmt != "json":
+        schema_registry.check(s)  # a missing or refusing registry: one line before any tick
+    stream = encoding.encoded(
+        s,
         producing.ticks(
             count,
             syms,
@@ -157,7 +193,10 @@ def produce(
             drop_rate=drop_rate,
             interval_us=interval_us,
             start_ms=start_ms,
-        )
+        ),
+        fmt,
+        header=schema_id_header,
+        subject_name=subject,
     )
     show = err.is_terminal and count >= 10_000
     with Progress(
@@ -169,7 +208,7 @@ def produce(
 
 
 @app.command()
-@connection(*KAFKA, *DELTA)
+@connection(*KAFKA, *DELTA, *DECODING)
 def ingest(
     workers: Annotated[
         Optional[int],
@@ -309,7 +348,7 @@ def show(
 
 
 @app.command()
-@connection(*KAFKA, *DELTA)
+@connection(*KAFKA, *DELTA, *DECODING)
 def replay(
     partition: Partitions = None,
     from_offset: FromOffset = None,
@@ -467,7 +506,7 @@ def status(
 
 
 @app.command()
-@connection(*KAFKA, *DELTA)
+@connection(*KAFKA, *DELTA, *DECODING)
 def verify(
     partition: Partitions = None,
     from_offset: FromOffset = None,
@@ -511,6 +550,38 @@ def verify(
         verdict = verifying.run(s, spans, feed, strict, samples=show, window=window, console=err)
         views.verdict(out, s.kafka_topic, verdict)
     if not verdict.exact:
+        raise typer.Exit(1)
+
+
+mapping_app = typer.Typer(
+    help="Field mappings: records of no known feed shape read by naming their fields (docs/feeds.md#field-mappings).",
+    no_args_is_help=True,
+)
+app.add_typer(mapping_app, name="mapping")
+
+
+@mapping_app.command("check")
+@connection(*KAFKA)
+def mapping_check(
+    file: Annotated[Path, typer.Argument(help="The mapping (TOML) to try.", show_default=False)],
+    sample: Annotated[int, typer.Option(min=1, max=10_000, help="Messages to decode, the oldest retained first.")] = 20,
+    partition: Partitions = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout: rows and rejects.")] = False,
+    where: dict[str, Any] | None = None,
+) -> None:
+    """Decode messages of the topic with a mapping and print the rows they would land as, or why they would not.
+
+    Writes nothing. Exit code 0: every sampled message decoded; 1: some would be rejects (their reasons are
+    listed); 2-4: the mapping, the topic or the registry could not be read."""
+    from finpulse import mapping_check as checking
+
+    s = settings(where, mapping_file=file)
+    result = checking.run(s, sample, partition)
+    if as_json:
+        views.print_json(out, result.as_json())
+    else:
+        views.mapping_checked(out, str(file), result)
+    if result.rejects:
         raise typer.Exit(1)
 
 

@@ -42,6 +42,15 @@ AllowDataLoss = Annotated[
 DeltaUri = Annotated[
     Optional[str], typer.Option("--delta-uri", help="Delta table: a path or abfss:// URI (env DELTA_TABLE_URI)")
 ]
+MappingFile = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--mapping",
+        help="Field mapping (TOML) for records of no known feed shape, JSON or from the schema registry: which "
+        "field is the symbol, price, size, time... (env FINPULSE_MAPPING; docs/feeds.md#field-mappings).",
+        show_default=False,
+    ),
+]
 
 # The options of where things are, shared by most commands: the flag's parameter name -> its type
 # and the setting it overrides. A command takes the ones it needs with `@connection(...)`.
@@ -50,9 +59,11 @@ _WHERE: dict[str, tuple[Any, str]] = {
     "bootstrap_servers": (Bootstrap, "kafka_bootstrap_servers"),
     "kafka_config": (KafkaConfig, "kafka_config_file"),
     "delta_uri": (DeltaUri, "delta_table_uri"),
+    "mapping": (MappingFile, "mapping_file"),
 }
 KAFKA = ("topic", "bootstrap_servers", "kafka_config")
 DELTA = ("delta_uri",)
+DECODING = ("mapping",)
 
 
 def connection(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

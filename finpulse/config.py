@@ -158,6 +158,19 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         1 << 20, ge=1024, validation_alias=AliasChoices("FINPULSE_MAX_MESSAGE_BYTES", "max_message_bytes")
     )
+    # --- Schema registry (finpulse/registry.py): Avro, Protobuf and JSON Schema messages ---
+    # Confluent-framed messages (a zero byte and a schema id first, or the id in a header) are read
+    # through it; plain JSON beside them needs none. KAFKA_CONFIG_FILE's schema.registry.url and
+    # basic.auth.user.info lines count too, these win over them.
+    schema_registry_url: str | None = None
+    schema_registry_basic_auth_user_info: SecretStr | None = None  # user:password
+    schema_registry_ssl_ca_location: str | None = None  # PEM of the CA that signed the registry's certificate
+    schema_registry_ssl_certificate_location: str | None = None  # client certificate (mutual TLS)
+    schema_registry_ssl_key_location: str | None = None
+    # A field mapping (TOML, docs/feeds.md#field-mappings) for records of no known feed shape:
+    # which field is the symbol, price, size, trade time...
+    mapping_file: Path | None = Field(None, validation_alias=AliasChoices("FINPULSE_MAPPING", "mapping_file"))
+
     # --- Trades (finpulse/dedup) ---
     # A trade whose (exchange, symbol, trade_id) landed within this much trade time before it is a
     # duplicate (a re-send, an A/B feed) and lands in neither sink. 24 hours covers a collector's

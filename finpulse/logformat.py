@@ -94,6 +94,8 @@ def setup(verbose: bool, log_format: LogFormat, console: Console) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.getLogger("librdkafka").setLevel(logging.WARNING)
+    for noisy in ("httpx", "httpx2", "httpcore"):  # the schema registry client's every request
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def is_json() -> bool:

@@ -147,12 +147,12 @@ def producer(settings: Settings) -> Producer:
 
 def send(
     settings: Settings,
-    messages: Iterator[tuple[bytes | None, bytes | None]],
+    messages: Iterator[tuple],
     rate: float | None = None,
     on_progress: Callable[[int], None] | None = None,
     using: Producer | None = None,
 ) -> int:
-    """Produce (key, value) pairs to KAFKA_TOPIC at up to `rate` messages/s; returns how many.
+    """Produce (key, value[, headers]) to KAFKA_TOPIC at up to `rate` messages/s; returns how many.
     `using`: an already connected producer (a new one is made otherwise)."""
     p = using if using is not None else producer(settings)
     errors: list[str] = []
@@ -164,10 +164,12 @@ def send(
     topic = settings.kafka_topic
     sent = 0
     started = time.monotonic()
-    for key, value in messages:
+    for message in messages:
+        key, value = message[0], message[1]
+        headers = message[2] if len(message) > 2 else None
         while True:
             try:
-                p.produce(topic, value=value, key=key, on_delivery=delivered)
+                p.produce(topic, value=value, key=key, headers=headers, on_delivery=delivered)
                 break
             except BufferError:  # local queue full: let librdkafka send some
                 p.poll(0.05)
@@ -198,5 +200,6 @@ def send(
 
 
 def encoded(ticks_: Iterator[dict]) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) of each tick as canonical JSON (encode.py: the registry's formats)."""
     for t in ticks_:
         yield t["symbol"].encode(), orjson.dumps(t)

@@ -16,43 +16,51 @@ class Messages:
     partitions: list[int]
     offsets: list[int]
     timestamps: list[int]  # Kafka record timestamp, epoch ms; -1 when the broker gave none
+    # per message its headers [(key, value)], or None; None for the batch: no message had any
+    headers: list | None = None
 
     def __len__(self) -> int:
         return len(self.values)
 
+    def _pick(self, rows) -> Messages:
+        return Messages(
+            [self.values[i] for i in rows],
+            [self.partitions[i] for i in rows],
+            [self.offsets[i] for i in rows],
+            [self.timestamps[i] for i in rows],
+            None if self.headers is None else [self.headers[i] for i in rows],
+        )
+
     def halves(self) -> tuple[Messages, Messages]:
         mid = len(self.values) // 2
-        return (
-            Messages(self.values[:mid], self.partitions[:mid], self.offsets[:mid], self.timestamps[:mid]),
-            Messages(self.values[mid:], self.partitions[mid:], self.offsets[mid:], self.timestamps[mid:]),
-        )
+        return self._pick(range(mid)), self._pick(range(mid, len(self.values)))
 
     @classmethod
     def concat(cls, parts: list[Messages]) -> Messages:
+        headers = None
+        if any(m.headers is not None for m in parts):
+            headers = [h for m in parts for h in (m.headers if m.headers is not None else [None] * len(m))]
         return cls(
             [v for m in parts for v in m.values],
             [p for m in parts for p in m.partitions],
             [o for m in parts for o in m.offsets],
             [t for m in parts for t in m.timestamps],
+            headers,
         )
 
     def without(self, partitions: set[int]) -> Messages:
         """These messages but those of `partitions`."""
-        keep = [i for i, p in enumerate(self.partitions) if p not in partitions]
-        return Messages(
-            [self.values[i] for i in keep],
-            [self.partitions[i] for i in keep],
-            [self.offsets[i] for i in keep],
-            [self.timestamps[i] for i in keep],
-        )
+        return self._pick([i for i, p in enumerate(self.partitions) if p not in partitions])
 
     @classmethod
     def from_kafka(cls, records) -> Messages:
+        headers = [m.headers() for m in records]
         return cls(
             [m.value() for m in records],
             [m.partition() for m in records],
             [m.offset() for m in records],
             [m.timestamp()[1] for m in records],
+            headers if any(h is not None for h in headers) else None,
         )
 
 

@@ -28,6 +28,7 @@ from finpulse.backoff import Backoff
 from finpulse.batch import Accumulator, Offsets, TickBatch
 from finpulse.config import Settings
 from finpulse.decode import Decoder
+from finpulse.decode import check as decoder_check
 from finpulse.dedup.keeper import Keeper
 from finpulse.errors import ConfigError, ServiceUnavailable, first_line
 from finpulse.lanes import RETRY_FIRST_S, RETRY_MAX_S
@@ -156,6 +157,7 @@ def run(
     `admission`: whose rules rows are held against (default: those same sinks')."""
     prepare_sinks(settings)
     admission = admission or Admission(settings)
+    decoder_check(settings)
     decoder = Decoder.from_settings(settings, feed, strict)
     topic_id = source.topic_id(settings)
     sinks: list[Sink] = open_sinks(settings, topic_id)

@@ -46,6 +46,9 @@ class Status:
     gaps: list[tuple[int, int, int, str]] = field(default_factory=list)  # accepted with --allow-data-loss
     rules: dict[str, list[str]] = field(default_factory=dict)  # per sink, the table's own rules (admission)
     sequence_gaps: list[dict] = field(default_factory=list)  # the latest gaps in trade ids, newest first
+    # the schema registry, when one is configured: its place, the topic's subjects and their latest
+    # versions, and per partition what its newest message was written with (None: no registry)
+    schema_registry: dict[str, object] | None = None
 
     def headlines(self) -> dict[str, str]:
         """Per sink, one line for a person (each kind says what matters of it)."""
@@ -80,6 +83,7 @@ class Status:
             "gaps": [{"partition": p, "from_offset": a, "to_offset": b, "reason": r} for p, a, b, r in self.gaps],
             "rules": self.rules,
             "sequence_gaps": self.sequence_gaps,
+            "schema_registry": self.schema_registry,
             "errors": {sink: str(exc) for sink, exc in self.errors.items()},
         }
 
@@ -143,4 +147,27 @@ def collect(settings: Settings) -> Status:
         sorted(set(gaps)),
         rules,
         sequence_gaps,
+        _registry(settings, marks, errors),
     )
+
+
+def _registry(
+    settings: Settings, marks: dict[int, tuple[int, int]], errors: dict[str, FinpulseError]
+) -> dict[str, object] | None:
+    """The registry's section: None without one; its outage goes to `errors` as "schema_registry"."""
+    from finpulse import registry
+    from finpulse.decode.registry import in_use
+
+    if not registry.configured(settings):
+        return None
+    try:
+        last: dict[int, tuple[bytes | None, list | None]] = {}
+        with source.RangeReader(settings) as reader:
+            for p, (low, high) in marks.items():
+                if high > low:
+                    for msgs in reader.read(p, high - 1, high):
+                        last[p] = (msgs.values[-1], msgs.headers[-1] if msgs.headers else None)
+        return in_use(settings, last)
+    except FinpulseError as exc:
+        errors["schema_registry"] = exc
+        return {"url": registry.where(settings), "subjects": None, "in_use": None}

@@ -16,7 +16,7 @@ from multiprocessing.process import BaseProcess
 from confluent_kafka import KafkaException
 from rich.console import Console
 
-from finpulse import deadletter, metrics, resume, sinks, source
+from finpulse import deadletter, decode, metrics, resume, sinks, source
 from finpulse.backoff import Backoff
 from finpulse.batch import Offsets
 from finpulse.config import Settings
@@ -58,7 +58,9 @@ class Summary:
 
 
 def prepare(settings: Settings) -> None:
-    """Tables of the chosen sinks (and the DLQ topic) exist, so `ingest` works without `init`."""
+    """Tables of the chosen sinks (and the DLQ topic) exist, so `ingest` works without `init`; the
+    decoder's mapping and schema registry are usable (decode.check)."""
+    decode.check(settings)
     prepare_sinks(settings)
     deadletter.create_topic(settings)
 

@@ -21,6 +21,7 @@ from finpulse.admission import Admission
 from finpulse.batch import TickBatch
 from finpulse.config import Settings
 from finpulse.decode import Decoder
+from finpulse.decode import check as decoder_check
 from finpulse.dedup.keeper import Keeper
 from finpulse.replay import Meter, Report, Span
 
@@ -99,6 +100,7 @@ def run(
     console: Console | None = None,
 ) -> Verdict:
     """Verify `spans` against the sinks `settings.sinks` names."""
+    decoder_check(settings)
     decoder = Decoder.from_settings(settings, feed, strict)
     held = replay.positions(settings, [s.partition for s in spans])
     with Meter("verifying", sum(s.size for s in spans), console) as meter:

@@ -246,6 +246,16 @@ def status(out: Console, data: dict, topic: str, group_id: str, headlines: dict[
             highlight=False,
             markup=False,
         )
+    registry = data.get("schema_registry")
+    if registry:
+        subjects = registry.get("subjects") or {}
+        listed = ", ".join(f"{n} v{v['latest_version']} ({v['type']}, id {v['id']})" for n, v in subjects.items())
+        out.print(
+            f"schema registry {registry['url']}: {listed or 'no subject of this topic'}", highlight=False, markup=False
+        )
+        for partition, what in (registry.get("in_use") or {}).items():
+            if what:
+                out.print(f"  partition {partition}: newest message written with {what}", highlight=False, markup=False)
 
 
 # ---------------------------------------------------------------------------- verify
@@ -311,3 +321,23 @@ def repaired(out: Console, name: str, repair: Repair) -> None:
     if repair.bars_rebuilt:
         parts.append(f"rebuilt {repair.bars_rebuilt:,} 1-minute bars from the rows")
     out.print(f"repair {name}: {'; '.join(parts) or 'nothing to do'}", highlight=False)
+
+
+# ---------------------------------------------------------------------------- mapping check
+def mapping_checked(out: Console, path: str, checked) -> None:
+    """`finpulse mapping check`: the rows a sample would land as, then why the others would not."""
+    t = Table(title=f"{path}: {checked.messages:,} messages sampled", title_justify="left", show_edge=False)
+    shown = ("kafka_partition", "kafka_offset", "symbol", "price", "size", "trade_time", "exchange", "side", "trade_id")
+    for col in ("partition", "offset", *shown[2:]):
+        t.add_column(col)
+    for row in checked.rows:
+        t.add_row(*("" if row[k] is None else str(row[k]) for k in shown))
+    print_table(out, t)
+    for r in checked.rejects:
+        out.print(
+            f"reject: partition {r['partition']} offset {r['offset']}: {r['reason']}", highlight=False, markup=False
+        )
+    out.print(
+        f"{len(checked.rows):,} rows, {len(checked.rejects):,} rejects, {checked.skipped:,} non-trade events skipped",
+        highlight=False,
+    )

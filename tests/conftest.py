@@ -69,6 +69,20 @@ def azurite() -> dict[str, str]:
     }
 
 
+@pytest.fixture(scope="session")
+def schema_registry(base_settings: Settings) -> Settings:
+    """The stack's schema registry (SCHEMA_REGISTRY_URL, which `scripts/services up` writes into .env)."""
+    from finpulse import registry
+
+    if not registry.configured(base_settings):
+        pytest.fail("SCHEMA_REGISTRY_URL is not set; `scripts/services up` writes it into .env", pytrace=False)
+    try:
+        registry.check(base_settings)
+    except ServiceUnavailable as exc:
+        _unreachable("The schema registry", str(exc))
+    return base_settings
+
+
 @pytest.fixture
 def isolated(kafka: Settings, postgres: Settings, tmp_path: Path) -> Iterator[Settings]:
     """A fresh topic (4 partitions), consumer group, PostgreSQL schema and local Delta table for one

@@ -84,10 +84,10 @@ def test_reasons_are_one_bounded_line_without_nul():
 def test_an_unexpected_error_costs_one_message_and_names_the_exception(monkeypatch):
     real = feeds.parse
 
-    def flaky(obj, forced=None):
+    def flaky(obj, *args):
         if isinstance(obj, dict) and obj.get("symbol") == "BOOM":
             raise ZeroDivisionError("a bug")
-        return real(obj, forced)
+        return real(obj, *args)
 
     monkeypatch.setattr(feeds, "parse", flaky)
     out = Decoder().decode(msgs(tick(), tick(symbol="BOOM", price="1"), tick(symbol="ok")))
@@ -312,7 +312,7 @@ def test_a_wire_format_that_cannot_decode_now_raises_instead_of_rejecting():
     from finpulse.errors import ServiceUnavailable
 
     class Unreachable(JsonWire):
-        def values(self, value):
+        def values(self, value, headers=None):
             if value == b"later":
                 raise ServiceUnavailable("registry unreachable")
             if value == b"never":

@@ -49,8 +49,11 @@ def test_status_json_before_and_after_a_drain(isolated):
         "gaps",
         "rules",
         "sequence_gaps",
+        "schema_registry",
     }
     assert before["gaps"] == [] and before["sequence_gaps"] == []
+    # the stack's registry (.env): the newest message of every partition is plain JSON here
+    assert set(before["schema_registry"]["in_use"].values()) == {"plain JSON"}
     assert before["topic"] == isolated.kafka_topic and before["group_id"] == isolated.kafka_group_id
     assert before["errors"] == {}
     assert [p["partition"] for p in before["partitions"]] == sorted(marks)

@@ -4,8 +4,9 @@
 reject with its reason and raw bytes, or as a skipped non-trade event. It raises only
 ServiceUnavailable, when its wire format cannot decode now (wire.py): the caller retries.
 
-Decoding is two steps: the wire format turns bytes into a value (wire.py: JSON today), the feed
-shapes turn a value into trades (finpulse/feeds/). Two paths, one result:
+Decoding is two steps: the wire format turns bytes into a value (wire.py: JSON; registry.py:
+Avro, Protobuf and JSON Schema through a schema registry), the feed shapes turn a value into
+trades (finpulse/feeds/; a field mapping, feeds/mapped.py, names the fields of any other record). Two paths, one result:
   * the fast path (fast.py) assumes JSON in the canonical FinPulse shape and builds whole columns
     at once; a batch in which anything is off (a missing key, a string where a number belongs)
     falls back to
@@ -19,6 +20,8 @@ decoder is made (ingest, replay and verify decode alike).
 
 from __future__ import annotations
 
+import logging
+
 import pyarrow as pa
 
 from finpulse import feeds
@@ -27,7 +30,12 @@ from finpulse.config import Settings
 from finpulse.decode.careful import Careful
 from finpulse.decode.fast import fast_canonical
 from finpulse.decode.wire import JsonWire, Wire
+from finpulse.feeds.mapped import NAME as MAPPED
+from finpulse.feeds.mapped import Mapping
+from finpulse.feeds.mapped import load as load_mapping
 from finpulse.records import Decoded, Messages, Reject
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MAX_FUTURE_US",
@@ -45,6 +53,22 @@ __all__ = [
 MIN_FAST_SPAN = 256
 
 
+def check(settings: Settings) -> None:
+    """At the start of ingest, replay and verify: the field mapping reads (ConfigError naming the
+    file), and a configured schema registry takes our sign-in (AccessRefused, one line). A registry
+    that is down is only a warning: plain JSON goes on, framed messages wait for it."""
+    from finpulse import registry as schema_registry
+    from finpulse.errors import ServiceUnavailable
+
+    if settings.mapping_file:
+        load_mapping(settings.mapping_file)
+    if schema_registry.configured(settings):
+        try:
+            schema_registry.check(settings)
+        except ServiceUnavailable as exc:
+            log.warning("%s; registry-framed messages wait for it, plain JSON goes on", exc)
+
+
 class Decoder:
     def __init__(
         self,
@@ -52,21 +76,31 @@ class Decoder:
         feed: str | None = None,
         strict: bool = False,
         wire: Wire | None = None,
+        mapping: Mapping | None = None,
     ):
         self.max_message_bytes = max_message_bytes
-        self.feed = feeds.get(feed) if feed else None
+        mapped = mapping.feed() if mapping is not None else None
+        self.feed = (mapped if feed == MAPPED else feeds.get(feed)) if feed else None
         self.strict = strict
         self.wire = wire or JsonWire(max_message_bytes)
-        self._careful = Careful(self.wire, self.feed, strict)
+        self._careful = Careful(self.wire, self.feed, strict, (mapped,) if mapped is not None else ())
 
     @classmethod
     def from_settings(cls, settings: Settings, feed: str | None = None, strict: bool = False) -> Decoder:
-        """The decoder of ingest, replay and verify: the message size limit, and `--format` /
-        `--strict` as given to the command."""
-        return cls(settings.max_message_bytes, feed=feed, strict=strict)
+        """The decoder of ingest, replay and verify: the message size limit, `--format` / `--strict`
+        as given to the command, the field mapping (FINPULSE_MAPPING) and, when a schema registry is
+        configured, its framed messages beside plain JSON (registry.py)."""
+        from finpulse import registry as schema_registry
+        from finpulse.decode.registry import RegistryWire
+
+        mapping = load_mapping(settings.mapping_file) if settings.mapping_file else None
+        wire: Wire | None = None
+        if schema_registry.configured(settings):
+            wire = RegistryWire(settings, mapping, settings.max_message_bytes)
+        return cls(settings.max_message_bytes, feed=feed, strict=strict, wire=wire, mapping=mapping)
 
     def decode(self, msgs: Messages) -> Decoded:
-        if isinstance(self.wire, JsonWire) and (self.feed is None or self.feed is feeds.CANONICAL):
+        if self.wire.plain(msgs) and (self.feed is None or self.feed is feeds.CANONICAL):
             fast = self.fast(msgs)
             if fast is not None:
                 return fast

@@ -15,19 +15,21 @@ from finpulse.schema import TICKS
 
 
 class Careful:
-    def __init__(self, wire: Wire, feed: feeds.Feed | None, strict: bool):
+    def __init__(self, wire: Wire, feed: feeds.Feed | None, strict: bool, extra: tuple[feeds.Feed, ...] = ()):
         self.wire, self.feed, self.strict = wire, feed, strict
+        self.extra = extra  # shapes tried after the known ones (a field mapping)
 
     def decode(self, msgs: Messages, indexes) -> Decoded:
         rows: list[tuple] = []
         rejects: list[Reject] = []
         skipped = 0
+        headers = msgs.headers
         for i in indexes:
             value, partition, offset, kts = msgs.values[i], msgs.partitions[i], msgs.offsets[i], msgs.timestamps[i]
             kafka_ms = kts if kts is not None and kts >= 0 else None
             mark = len(rows), len(rejects)
             try:
-                skipped += self._one(value, partition, offset, kafka_ms, rows, rejects)
+                skipped += self._one(value, partition, offset, kafka_ms, rows, rejects, headers and headers[i])
             except ServiceUnavailable:  # "not now": the caller retries the whole batch later
                 raise
             except Exception as exc:  # a bug of ours must cost one message, never the worker
@@ -55,13 +57,14 @@ class Careful:
         kafka_ms: int | None,
         rows: list[tuple],
         rejects: list[Reject],
+        headers: list | None = None,
     ) -> int:
         """Decode one message into `rows` and `rejects`; return how many events it skipped."""
         strict = self.strict
-        obj, feed_name, reason = self._read(value)
+        obj, feed_name, reason = self._read(value, headers)
         if reason is None:
             try:
-                result = feeds.parse(obj, self.feed)
+                result = feeds.parse(obj, self.feed, self.extra)
             except feeds.Invalid as exc:
                 feed_name, reason = exc.feed, str(exc)
         if reason is not None:
@@ -124,12 +127,12 @@ class Careful:
             rejects.append(reject(partition, offset, tick_index, feed_name, problem, value, kafka_ms))
         return skipped
 
-    def _read(self, value: bytes | None) -> tuple[object, str, str | None]:
+    def _read(self, value: bytes | None, headers: list | None = None) -> tuple[object, str, str | None]:
         """(value, feed name, None), or (None, feed name, why the message is unusable): step one,
         the wire format (wire.py). A wire that cannot decode now (a look-up that failed) raises
         ServiceUnavailable, which is never a reject."""
         try:
-            return self.wire.values(value), "unknown", None
+            return self.wire.values(value, headers), "unknown", None
         except Undecodable as exc:
             feed = (self.feed or feeds.detect(exc.parsed)) if exc.parsed is not None else None
             return None, feed.name if feed else "unknown", exc.reason

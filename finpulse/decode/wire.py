@@ -33,8 +33,12 @@ class Wire(Protocol):
 
     name: str
 
-    def values(self, value: bytes | None) -> object:
-        """The message's value; Undecodable (never) or ServiceUnavailable (not now)."""
+    def values(self, value: bytes | None, headers: list | None = None) -> object:
+        """The message's value (`headers`: the record's, where a format keeps its schema id);
+        Undecodable (never) or ServiceUnavailable (not now)."""
+
+    def plain(self, msgs) -> bool:
+        """Every message of the batch is plain JSON: the fast path (fast.py) may take it."""
 
 
 class JsonWire:
@@ -43,7 +47,11 @@ class JsonWire:
     def __init__(self, max_message_bytes: int = 1 << 20):
         self.max_message_bytes = max_message_bytes
 
-    def values(self, value: bytes | None) -> object:
+    @staticmethod
+    def plain(msgs) -> bool:
+        return True
+
+    def values(self, value: bytes | None, headers: list | None = None) -> object:
         if value is None:
             raise Undecodable("tombstone: the record has no value")
         if len(value) > self.max_message_bytes:

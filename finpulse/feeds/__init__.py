@@ -56,17 +56,18 @@ def names() -> list[str]:
     return [f.name for f in FEEDS]
 
 
-def detect(obj: Any) -> Feed | None:
-    """The shape a decoded message has, or None."""
-    for feed in FEEDS:
+def detect(obj: Any, extra: tuple[Feed, ...] = ()) -> Feed | None:
+    """The shape a decoded message has, or None. `extra`: shapes tried after the known ones (a
+    field mapping, feeds/mapped.py)."""
+    for feed in (*FEEDS, *extra) if extra else FEEDS:
         if feed.matches(obj):
             return feed
     return None
 
 
-def parse(obj: Any, forced: Feed | None = None) -> Parsed:
+def parse(obj: Any, forced: Feed | None = None, extra: tuple[Feed, ...] = ()) -> Parsed:
     """Trades of one decoded JSON value. Raises Invalid when the message is unusable as a whole."""
-    feed = forced or detect(obj)
+    feed = forced or detect(obj, extra)
     if feed is None:
         raise Invalid(_unrecognised(obj))
     return feed.parse(obj)

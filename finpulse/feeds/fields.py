@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -29,6 +30,8 @@ def number(obj: dict, key: str, feed: str) -> float:
                 pass
         raise Invalid(f"{key} {quote(value)} is not a number", feed)
     if kind_ is int:
+        return float(value)
+    if kind_ is Decimal:  # an Avro decimal, as fastavro reads it
         return float(value)
     if value is None and key not in obj:
         raise Invalid(f"missing {key}", feed)
@@ -113,7 +116,14 @@ _FAR_US = 1 << 63
 def epoch_us(value: Any, unit: str, feed: str, key: str) -> int:
     """UTC epoch microseconds from a number in `unit` ('s', 'ms', 'us', 'ns' or 'auto', which
     reads the unit off the magnitude) or from ISO-8601 text with up to nanosecond digits.
-    Digits below the microsecond are dropped (truncated, as the clock had not reached the next µs)."""
+    Digits below the microsecond are dropped (truncated, as the clock had not reached the next µs).
+    A datetime (an Avro timestamp, as fastavro reads it) is taken as it is; naive means UTC."""
+    if isinstance(value, dt.datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+        delta = moment - _EPOCH
+        return delta.days * 86_400_000_000 + delta.seconds * 1_000_000 + delta.microseconds
+    if isinstance(value, Decimal):
+        value = float(value)
     if isinstance(value, str):
         s = value.strip()
         m = _ISO.match(s)

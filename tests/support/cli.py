@@ -17,7 +17,7 @@ def env_for(s: Settings, **extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("KAFKA_", "POSTGRES_", "DELTA_", "AZURE_", "FINPULSE_"))
+        if not k.startswith(("KAFKA_", "POSTGRES_", "DELTA_", "AZURE_", "FINPULSE_", "SCHEMA_REGISTRY_"))
     }
     env.update(
         KAFKA_BOOTSTRAP_SERVERS=s.kafka_bootstrap_servers,
@@ -32,6 +32,8 @@ def env_for(s: Settings, **extra: str) -> dict[str, str]:
         DELTA_TABLE_URI=s.delta_uri,
         PYTHONUNBUFFERED="1",
     )
+    if s.schema_registry_url:
+        env["SCHEMA_REGISTRY_URL"] = s.schema_registry_url
     env.update(extra)
     return env
 
