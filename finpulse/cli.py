@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -586,11 +588,31 @@ def mapping_check(
 
 
 def main() -> None:
+    code = 0
     try:
         app(prog_name="finpulse")
+    except SystemExit as exc:  # typer ends every command this way
+        if isinstance(exc.code, str):
+            err.print(exc.code, highlight=False, markup=False)
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except FinpulseError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        sys.exit(exc.exit_code)
+        code = exc.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")
-        sys.exit(130)
+        code = 130
+    _leave(code)
+
+
+def _leave(code: int) -> None:
+    """Exit with `code`, skipping the interpreter's teardown: delta-rs can abort it ("terminate called
+    without an active exception", delta-rs #2184) after a command that read a table, which turned a
+    finished `show` or `status` into exit -6. The command is done: its output is flushed first and
+    its workers were joined, so nothing is lost by not tearing down."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`finpulse show | head`)
+            pass
+    os._exit(code)
