@@ -26,6 +26,7 @@ def rows(path: str) -> tuple[list[list[str]], list[str]]:
         "end-to-end": 0,
         "transport": 1,
         "trades": 2,
+        "format": 2,
         "stage": 3,
         "limit": 4,
         "freshness": 5,
@@ -52,6 +53,7 @@ def rows(path: str) -> tuple[list[list[str]], list[str]]:
             "limit": f"limit {i.get('stage')}",
             "transport": f"drain over {i.get('transport')} Kafka and PostgreSQL: batch 5, 2 workers, sinks all",
             "trades": f"drain with trade ids ({i.get('trades')}): batch 5, 2 workers, sinks all",
+            "format": f"drain of {i.get('format')} ticks: batch 5, 2 workers, sinks all",
         }.get(kind, _decode_label(i) if "feed" in i else i["name"])
         if kind == "hot store":
             table.append(
@@ -110,6 +112,15 @@ def rows(path: str) -> tuple[list[list[str]], list[str]]:
     if {"window on", "window off"} <= trades.keys():
         ratio = trades["window on"] / trades["window off"]
         table.append(["trade window on / off drain (re-sent trades removed vs not)", "", f"{ratio:.2f}x", "", "", ""])
+    formats = {i["format"]: i["ticks_per_s"] for i in info if i.get("kind") == "format"}
+    if {"json", "avro"} <= formats.keys():
+        ratio = formats["avro"] / formats["json"]
+        table.append(["drain: Avro through the registry / canonical JSON", "", f"{ratio:.2f}x", "", "", ""])
+    decodes = {i["format"]: i["ticks_per_s"] for i in info if i.get("kind") == "stage" and "format" in i}
+    for fmt in ("avro", "protobuf"):
+        if {"json", fmt} <= decodes.keys():
+            ratio = decodes[fmt] / decodes["json"]
+            table.append([f"stage decode: {fmt} / canonical JSON", "", f"{ratio:.2f}x", "", "", ""])
     header = ["benchmark", "ticks/s", "vs naive", "of slowest limit", "freshness p50/p99", "peak worker RSS"]
     return table, header
 

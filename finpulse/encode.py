@@ -68,8 +68,7 @@ def protobuf_tick() -> Any:
             ("timestamp_ms", F.TYPE_INT64),
             ("exchange", F.TYPE_STRING),
             ("side", F.TYPE_STRING),
-            ("trade_id", F.TYPE_INT64),
-            ("trade_ref", F.TYPE_STRING),  # a trade id that is text (a UUID)
+            ("trade_id", F.TYPE_STRING),  # text, as the row keeps it: venue ids are numbers or UUIDs
         ),
         start=1,
     ):
@@ -112,12 +111,9 @@ def serializer(
         ser = protobuf.ProtobufSerializer(tick_class, client, conf={**conf, "use.deprecated.format": False})
 
         def make(t: dict) -> Any:
-            out = {k: v for k, v in t.items() if k != "trade_id" and v is not None}
-            tid = t.get("trade_id")
-            if isinstance(tid, int):
-                out["trade_id"] = tid
-            elif tid is not None:
-                out["trade_ref"] = str(tid)
+            out = {k: v for k, v in t.items() if v is not None}
+            if "trade_id" in out:
+                out["trade_id"] = str(out["trade_id"])
             return tick_class(**out)
     else:
         raise ValueError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")

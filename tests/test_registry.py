@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import random
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -156,6 +158,34 @@ def test_a_wrong_registry_password_stops_ingest_at_start_in_one_line(isolated, s
     # the right password, over TLS from the local CA, is taken
     good = finpulse("status", "--json", env=env_for(isolated, **secured)).stdout
     assert orjson.loads(good)["schema_registry"]["url"] == "https://localhost:8082"
+
+
+def test_the_registry_lines_of_a_kafka_properties_file_are_used(isolated, schema_registry, tmp_path: Path):
+    """Confluent Cloud hands out one properties file for Kafka and its registry: its schema.registry.url
+    and basic.auth.user.info lines reach the registry client (and never librdkafka)."""
+    secured = _secured()
+    props = tmp_path / "client.properties"
+    props.write_text(
+        f"bootstrap.servers={isolated.kafka_bootstrap_servers}\n"
+        f"schema.registry.url={secured['SCHEMA_REGISTRY_URL']}\n"
+        "basic.auth.credentials.source=USER_INFO\n"
+        f"basic.auth.user.info={secured['SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO']}\n"
+    )
+    env = env_for(
+        isolated,
+        KAFKA_CONFIG_FILE=str(props),
+        SCHEMA_REGISTRY_SSL_CA_LOCATION=secured["SCHEMA_REGISTRY_SSL_CA_LOCATION"],
+    )
+    del env["SCHEMA_REGISTRY_URL"]
+    # run where no .env names the stack's plain registry: the properties file alone says where it is
+    run = subprocess.run(
+        [sys.executable, "-m", "finpulse", "status", "--json"], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    st = orjson.loads(run.stdout)
+    assert st["schema_registry"]["url"] == "https://localhost:8082" and "schema_registry" not in st["errors"], st
+    password = secured["SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO"].split(":", 1)[1]
+    assert password not in run.stdout + run.stderr
 
 
 AVRO_V2 = {
@@ -309,3 +339,75 @@ def test_fuzzed_framed_payloads_are_rows_or_rejects_never_a_failure(isolated, sc
     assert not rows_at & rejects_at
     assert all(r.reason and r.raw == values[r.offset] for r in decoded.rejects)
     assert len(rejects_at) > n // 4, "the mutations should break many frames"
+
+
+@pytest.mark.parametrize("fmt", ["avro", "protobuf"])
+def test_framed_batches_take_the_fast_path_and_land_as_the_careful_path_would(isolated, schema_registry, fmt):
+    ticks = _ticks(500, seed=4)
+    ticks[7]["side"], ticks[9]["trade_id"] = "sell", None
+    one = encode.serializer(isolated, fmt, subject_name=f"{isolated.kafka_topic}-{fmt}")
+    values = [one(t) for t in ticks]
+    n = len(values)
+    msgs = Messages(values, [1] * n, list(range(n)), [START] * n)
+    decoder = Decoder.from_settings(isolated)
+    fast = decoder.fast(msgs)
+    assert fast is not None, "a batch of canonical framed ticks went the careful way"
+    assert fast.ticks.to_pylist() == decoder.careful(msgs).ticks.to_pylist()
+    # one odd tick (a symbol the rules refuse) sends the batch the careful way, which rejects only it
+    ticks[3]["symbol"] = " "
+    values[3] = one(ticks[3])
+    msgs = Messages(values, [1] * n, list(range(n)), [START] * n)
+    assert decoder.fast(msgs) is None
+    decoded = decoder.decode(msgs)
+    assert decoded.ticks.num_rows == n - 1 and [r.offset for r in decoded.rejects] == [3]
+
+
+def _fx_proto():
+    """A Protobuf FX trade of other names: a Timestamp for its time, a DoubleValue wrapper for its rate."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, timestamp_pb2, wrappers_pb2
+    from google.protobuf.message_factory import GetMessageClass
+
+    F = descriptor_pb2.FieldDescriptorProto
+    fd = descriptor_pb2.FileDescriptorProto(name="fx/trade.proto", package="fx", syntax="proto3")
+    fd.dependency.extend(["google/protobuf/timestamp.proto", "google/protobuf/wrappers.proto"])
+    msg = fd.message_type.add(name="FxTrade")
+    msg.field.add(name="pair", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+    msg.field.add(name="rate", number=2, type=F.TYPE_MESSAGE, type_name=".google.protobuf.DoubleValue")
+    msg.field.add(name="amount", number=3, type=F.TYPE_DOUBLE, label=F.LABEL_OPTIONAL)
+    msg.field.add(name="at", number=4, type=F.TYPE_MESSAGE, type_name=".google.protobuf.Timestamp")
+    pool = descriptor_pool.DescriptorPool()
+    for dep in (timestamp_pb2, wrappers_pb2):
+        pool.AddSerializedFile(dep.DESCRIPTOR.serialized_pb)
+    pool.Add(fd)
+    return GetMessageClass(pool.FindMessageTypeByName("fx.FxTrade"))
+
+
+def test_a_mapping_reads_protobuf_timestamps_and_wrappers(isolated, schema_registry, tmp_path: Path):
+    from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    subject = f"{isolated.kafka_topic}-fxpb"
+    mapping = tmp_path / "mapping.toml"
+    mapping.write_text(
+        f'[subjects."{subject}"]\nsymbol = "pair"\nprice = "rate"\nsize = "amount"\ntime = "at"\n'
+        'exchange_default = "EBS"\n'
+    )
+    trade = _fx_proto()
+    ser = ProtobufSerializer(
+        trade,
+        registry.client(isolated),
+        conf={"subject.name.strategy": lambda _ctx, _name: subject, "use.deprecated.format": False},
+    )
+    ctx = SerializationContext(isolated.kafka_topic, MessageField.VALUE)
+    moment = dt.datetime(2026, 3, 2, 14, 30, 5, 654321, tzinfo=dt.UTC)
+    msg = trade(pair="USDJPY", amount=2e6)
+    msg.rate.value = 151.237
+    msg.at.FromDatetime(moment)
+    unpriced = trade(pair="USDJPY", amount=1.0)  # no rate: a wrapper left unset is a missing price
+    values = [ser(msg, ctx), ser(unpriced, ctx)]
+    s = isolated.model_copy(update={"mapping_file": mapping})
+    decoded = Decoder.from_settings(s).decode(Messages(values, [0, 0], [0, 1], [int(moment.timestamp() * 1000)] * 2))
+    rows = decoded.ticks.select(["symbol", "price", "size", "trade_time", "exchange"]).to_pylist()
+    assert rows == [{"symbol": "USDJPY", "price": 151.237, "size": 2e6, "trade_time": moment, "exchange": "EBS"}]
+    (reject,) = decoded.rejects
+    assert reject.offset == 1 and "rate" in reject.reason, reject.reason

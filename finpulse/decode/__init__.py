@@ -28,7 +28,7 @@ from finpulse import feeds
 from finpulse.checks import MAX_FUTURE_US, MAX_TIMESTAMP_US, MIN_TIMESTAMP_US, clean_reason
 from finpulse.config import Settings
 from finpulse.decode.careful import Careful
-from finpulse.decode.fast import fast_canonical
+from finpulse.decode.fast import fast_canonical, fast_records
 from finpulse.decode.wire import JsonWire, Wire
 from finpulse.feeds.mapped import NAME as MAPPED
 from finpulse.feeds.mapped import Mapping
@@ -100,7 +100,7 @@ class Decoder:
         return cls(settings.max_message_bytes, feed=feed, strict=strict, wire=wire, mapping=mapping)
 
     def decode(self, msgs: Messages) -> Decoded:
-        if self.wire.plain(msgs) and (self.feed is None or self.feed is feeds.CANONICAL):
+        if self.feed is None or self.feed is feeds.CANONICAL:
             fast = self.fast(msgs)
             if fast is not None:
                 return fast
@@ -108,8 +108,12 @@ class Decoder:
         return self.careful(msgs)
 
     def fast(self, msgs: Messages) -> Decoded | None:
-        """The fast path alone (decode.fast.py): None when the batch is not all plain canonical ticks."""
-        return fast_canonical(msgs, self.max_message_bytes)
+        """The fast path alone (decode.fast.py): None when the batch is not all plain canonical ticks,
+        or all records of the canonical fields from typed schemas (Avro, Protobuf) of the registry."""
+        if self.wire.plain(msgs):
+            return fast_canonical(msgs, self.max_message_bytes)
+        records = self.wire.records(msgs)
+        return fast_records(msgs, records) if records is not None else None
 
     def careful(self, msgs: Messages, indexes=None) -> Decoded:
         """The careful path alone (decode.careful.py), over `indexes` (default: every message)."""

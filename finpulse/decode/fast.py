@@ -72,19 +72,12 @@ def fast_canonical(msgs: Messages, max_message_bytes: int) -> Decoded | None:
                 exchanges.append(tick.get("exchange"))
                 sides.append(tick.get("side"))
                 tids.append(tick.get("trade_id"))
-        symbol = pa.array(symbols, pa.string())
-        price = pa.array(prices, pa.float64())
-        size = pa.array(sizes, pa.float64())
-        stamp_ms = pa.array(stamps)  # inferred: int64 only if every time is a JSON integer
-        exchange = pa.array(exchanges, pa.string())
-        side = pa.array(sides, pa.string())
-        trade_id = pa.array(tids)  # inferred: null, int64 or string; mixed (or a boolean) fails below
+        cols = _arrays(symbols, prices, sizes, stamps, exchanges, sides, tids)
     except Exception:  # anything unusual: let the careful path say what it is
         return None
-    if stamp_ms.type != pa.int64() or (symbol.null_count + price.null_count + size.null_count + stamp_ms.null_count):
+    if cols is None:
         return None
-    if trade_id.type not in (pa.null(), pa.int64(), pa.string()):
-        return None
+    symbol, price, size, stamp_ms, exchange, side, trade_id = cols
     n_exchange, n_side, n_tid = n - exchange.null_count, n - side.null_count, n - trade_id.null_count
     n_tid_text = n_tid if trade_id.type == pa.string() else 0
     # Each JSON string (key or value) is two quote bytes, plus one per \" inside it. Here the
@@ -93,13 +86,67 @@ def fast_canonical(msgs: Messages, max_message_bytes: int) -> Decoded | None:
     # or a duplicate key orjson silently dropped (it keeps the last). The careful path tells those apart.
     if quotes != 2 * (5 * n + 2 * n_exchange + 2 * n_side + n_tid + n_tid_text):
         return None
-
     p, s = price.to_numpy(), size.to_numpy()
     # A JSON true/false arrives as a bool, which Arrow reads as 1.0/0.0: look at those rows only.
     for column, bool_like in ((prices, p == 1.0), (sizes, (s == 1.0) | (s == 0.0))):
         if any(type(column[i]) is bool for i in np.flatnonzero(bool_like).tolist()):
             return None
+    return _checked(msgs, cols, may_hold_control)
 
+
+CANONICAL_KEYS = frozenset(("symbol", "price", "size", "timestamp_ms", "exchange", "side", "trade_id"))
+
+
+def fast_records(msgs: Messages, records: list) -> Decoded | None:
+    """Whole columns from records a typed schema gave (Avro, Protobuf: registry.py), one per message,
+    with the canonical tick's fields; None when any is not such a record, or a row would not be
+    what the careful path makes of it. Their types are the schema's, so what JSON's bytes must
+    prove (no duplicate key, no boolean for a number) holds already; their text may be any Unicode."""
+    keys = CANONICAL_KEYS
+    try:
+        if not all(type(r) is dict and r.keys() <= keys for r in records):
+            return None
+        get = dict.get
+        cols = _arrays(
+            [r["symbol"] for r in records],
+            [r["price"] for r in records],
+            [r["size"] for r in records],
+            [get(r, "timestamp_ms") for r in records],
+            [get(r, "exchange") for r in records],
+            [get(r, "side") for r in records],
+            [get(r, "trade_id") for r in records],
+        )
+    except Exception:
+        return None
+    if cols is None:
+        return None
+    return _checked(msgs, cols, may_hold_control=True)
+
+
+def _arrays(symbols, prices, sizes, stamps, exchanges, sides, tids) -> tuple | None:
+    """The seven value columns, or None when their types are not all the canonical tick's."""
+    symbol = pa.array(symbols, pa.string())
+    price = pa.array(prices, pa.float64())
+    size = pa.array(sizes, pa.float64())
+    stamp_ms = pa.array(stamps)  # inferred: int64 only if every time is an integer
+    exchange = pa.array(exchanges, pa.string())
+    side = pa.array(sides, pa.string())
+    trade_id = pa.array(tids)  # inferred: null, int64 or string; mixed (or a boolean) fails
+    if stamp_ms.type != pa.int64() or (symbol.null_count + price.null_count + size.null_count + stamp_ms.null_count):
+        return None
+    if trade_id.type not in (pa.null(), pa.int64(), pa.string()):
+        return None
+    return symbol, price, size, stamp_ms, exchange, side, trade_id
+
+
+def _checked(msgs: Messages, cols: tuple, may_hold_control: bool) -> Decoded | None:
+    """The batch of the value columns, held to the careful path's rules (checks.py); None when a row
+    breaks one (the careful path names it) or would be spelled differently there."""
+    symbol, price, size, stamp_ms, exchange, side, trade_id = cols
+    n = len(symbol)
+    n_exchange, n_side, n_tid = n - exchange.null_count, n - side.null_count, n - trade_id.null_count
+    n_tid_text = n_tid if trade_id.type == pa.string() else 0
+    p, s = price.to_numpy(), size.to_numpy()
     stamps_ms = stamp_ms.to_numpy()
     ok = (
         np.isfinite(p)

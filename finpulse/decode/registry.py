@@ -75,6 +75,36 @@ class RegistryWire:
         """No message of the batch is registry-framed: JSON's fast path may take it."""
         return msgs.headers is None and not any(v is not None and v[:1] == b"\x00" for v in msgs.values)
 
+    def records(self, msgs: Messages) -> list | None:
+        """The records of a batch whose every message is framed by its payload with an Avro or
+        Protobuf schema its subject maps to no field mapping, each read once; None otherwise (a
+        plain or header-framed message, an unknown id, a payload that does not read: the careful
+        path decides each message). A registry that cannot answer raises ServiceUnavailable."""
+        if msgs.headers is not None:
+            return None
+        out = []
+        limit, readers = self.max_message_bytes, self.readers
+        last_id, reader = -1, None
+        for value in msgs.values:
+            if value is None or len(value) < 5 or value[0] != 0 or len(value) > limit:
+                return None
+            sid = int.from_bytes(value[1:5], "big")
+            if sid != last_id:
+                reader = readers.get(("id", sid))
+                if reader is None:
+                    try:
+                        reader = self._reader(("id", sid))
+                    except Undecodable:
+                        return None
+                if reader.kind == "JSON" or reader.fields is not None:
+                    return None
+                last_id = sid
+            try:
+                out.append(reader.read(value[5:], None))  # type: ignore[union-attr]
+            except Exception:
+                return None
+        return out
+
     def values(self, value: bytes | None, headers: list | None = None) -> object:
         guid = _header(headers)
         if value is None or (guid is None and value[:1] != b"\x00"):
@@ -146,7 +176,11 @@ class RegistryWire:
         if key[0] == "id":
             versions = registry.call(where, f"finding the subject of {what}", sr.get_schema_versions, key[1])
             if versions:
-                subject, version = versions[0].subject, versions[0].version
+                # One schema may be registered under several subjects (the same id in each): the
+                # one a mapping names wins, so a subject's mapping holds whoever else uses its schema.
+                mapped = self.mapping.subjects if self.mapping is not None else {}
+                chosen = next((v for v in versions if v.subject in mapped), versions[0])
+                subject, version = chosen.subject, chosen.version
                 self.in_use[subject] = f"v{version} (id {key[1]})"
         named = f"{what} ({subject} v{version})" if subject else what
         if kind == "AVRO":
@@ -242,7 +276,18 @@ def _message_dict(msg: Any) -> dict:
     """A Protobuf message as the feed readers' record: the fields it has (presence kept, so an unset
     optional field is absent, not a zero), int64 as int (not text, as JSON mapping has it), a
     Timestamp as an aware datetime, a wrapper as its value, an enum as its name."""
+    desc = msg.DESCRIPTOR
+    flat = _FLAT.get(desc)
+    if flat is None:  # scalars only (no message, enum or repeated field): taken as they are
+        flat = _FLAT[desc] = all(
+            f.message_type is None and f.enum_type is None and not f.is_repeated for f in desc.fields
+        )
+    if flat:
+        return {fd.name: value for fd, value in msg.ListFields()}
     return {fd.name: _field_value(fd, value) for fd, value in msg.ListFields()}
+
+
+_FLAT: dict[Any, bool] = {}
 
 
 def _field_value(fd: Any, value: Any) -> Any:
@@ -321,9 +366,10 @@ def in_use(settings: Settings, last: dict[int, tuple[bytes | None, list | None]]
         except registry.Unknown:
             partitions[str(partition)] = f"schema id {sid} (unknown to the registry)"
             continue
-        if versions:
-            subjects.setdefault(versions[0].subject, {})
-            partitions[str(partition)] = f"{versions[0].subject} v{versions[0].version} (id {sid})"
+        if versions:  # the same schema may serve several subjects: this topic's first
+            ours = next((v for v in versions if v.subject.startswith(settings.kafka_topic)), versions[0])
+            subjects.setdefault(ours.subject, {})
+            partitions[str(partition)] = f"{ours.subject} v{ours.version} (id {sid})"
     names = set(subjects)
     try:
         names |= {

@@ -40,6 +40,10 @@ class Wire(Protocol):
     def plain(self, msgs) -> bool:
         """Every message of the batch is plain JSON: the fast path (fast.py) may take it."""
 
+    def records(self, msgs) -> list | None:
+        """The batch's records when each came through a typed schema (fast.fast_records may take
+        them); None when any did not, or could not be read (the careful path then says why)."""
+
 
 class JsonWire:
     name = "json"
@@ -50,6 +54,10 @@ class JsonWire:
     @staticmethod
     def plain(msgs) -> bool:
         return True
+
+    @staticmethod
+    def records(msgs) -> list | None:
+        return None
 
     def values(self, value: bytes | None, headers: list | None = None) -> object:
         if value is None:
