@@ -45,6 +45,7 @@ HEADER = "__value_schema_id"
 # An id the registry said it does not know is asked again after this long (it may be registered
 # late); meanwhile its messages are rejects without a round trip each.
 UNKNOWN_TTL_S = 30.0
+MAX_UNKNOWN = 10_000  # such ids remembered at once (bounded memory on a topic of random frames)
 
 
 @dataclass
@@ -162,6 +163,8 @@ class RegistryWire:
             raise ServiceUnavailable(str(exc)) from None
         except registry.Unknown:
             reason = f"{what} is unknown to the schema registry at {self.where}"
+            if len(self.unknown) >= MAX_UNKNOWN:  # a hostile topic of random ids: forget the oldest
+                del self.unknown[next(iter(self.unknown))]
             self.unknown[key] = (time.monotonic(), reason)
             raise Undecodable(reason) from None
         self.readers[key] = reader
@@ -179,7 +182,11 @@ class RegistryWire:
                 # One schema may be registered under several subjects (the same id in each): the
                 # one a mapping names wins, so a subject's mapping holds whoever else uses its schema.
                 mapped = self.mapping.subjects if self.mapping is not None else {}
-                chosen = next((v for v in versions if v.subject in mapped), versions[0])
+                topic = self.settings.kafka_topic
+                chosen = next(
+                    (v for v in versions if v.subject in mapped),
+                    next((v for v in versions if v.subject.startswith(topic)), versions[0]),
+                )
                 subject, version = chosen.subject, chosen.version
                 self.in_use[subject] = f"v{version} (id {key[1]})"
         named = f"{what} ({subject} v{version})" if subject else what
