@@ -26,23 +26,12 @@ from support.stack import fresh_stack
 
 from finpulse import encode, produce, registry
 from finpulse.decode import Decoder, Messages
+from finpulse.schema import TICKS
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.registry, pytest.mark.slow]
 
-COLUMNS = (
-    "symbol",
-    "price",
-    "size",
-    "timestamp_ms",
-    "trade_time",
-    "exchange",
-    "side",
-    "trade_id",
-    "broker_time",
-    "kafka_partition",
-    "kafka_offset",
-    "tick_index",
-)
+# every column of a row but kafka_time (each message of a twin pair is sent at its own time)
+COLUMNS = tuple(f.name for f in TICKS if f.name != "kafka_time")
 START = 1_765_000_000_000  # a fixed trade time: the twins' rows are equal to the µs
 
 
