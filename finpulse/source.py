@@ -201,11 +201,20 @@ class GroupSource:
         ]
         if not offsets:
             return
-        try:
-            self._consumer.commit(offsets=offsets, asynchronous=asynchronous)
-            self.committed.update({tp.partition: tp.offset for tp in offsets})
-        except KafkaException as exc:  # informational only; the sinks hold the truth
-            log.debug("Kafka commit skipped: %s", exc)
+        # A synchronous commit (a revoke, the stop) may meet the rebalance that other workers stopping
+        # at the same moment start: asked again a few times, it lands once that settles, so lag tools
+        # see the drained positions.
+        for attempt in range(1 if asynchronous else 5):
+            try:
+                self._consumer.commit(offsets=offsets, asynchronous=asynchronous)
+                self.committed.update({tp.partition: tp.offset for tp in offsets})
+                return
+            except KafkaException as exc:  # informational only; the sinks hold the truth
+                log.debug("Kafka commit skipped (attempt %d): %s", attempt + 1, exc)
+                if not asynchronous and not exc.args[0].fatal():
+                    time.sleep(0.2)
+                    continue
+                return
 
     def close(self) -> None:
         self._consumer.close()
