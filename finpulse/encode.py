@@ -19,7 +19,7 @@ from finpulse.config import Settings
 
 FORMATS = ("json", "avro", "protobuf", "json-schema")
 
-AVRO_TICK = {
+AVRO_TICK: dict[str, Any] = {
     "type": "record",
     "name": "Tick",
     "namespace": "finpulse",
@@ -127,8 +127,11 @@ def serializer(
     return encode
 
 
+_AVRO_FIELDS = tuple(f["name"] for f in AVRO_TICK["fields"])
+
+
 def _avro_record(t: dict) -> dict:
-    return {name: t.get(name) for name in ("symbol", "price", "size", "timestamp_ms", "exchange", "side", "trade_id")}
+    return {name: t.get(name) for name in _AVRO_FIELDS}
 
 
 def encoded(

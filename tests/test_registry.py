@@ -400,3 +400,14 @@ def test_a_mapping_reads_protobuf_timestamps_and_wrappers(isolated, schema_regis
     assert rows == [{"symbol": "USDJPY", "price": 151.237, "size": 2e6, "trade_time": moment, "exchange": "EBS"}]
     (reject,) = decoded.rejects
     assert reject.offset == 1 and "rate" in reject.reason, reject.reason
+
+
+def test_plain_json_with_headers_of_other_names_keeps_the_fast_path(isolated, schema_registry):
+    """A producer's own headers (tracing, say) are no registry framing: with a registry configured,
+    a batch of canonical JSON that carries them still decodes column by column."""
+    values = [orjson.dumps(t) for t in _ticks(100, seed=6)]
+    headers = [[("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")]] * 100
+    msgs = Messages(values, [0] * 100, list(range(100)), [START] * 100, headers)
+    decoder = Decoder.from_settings(isolated)
+    fast = decoder.fast(msgs)
+    assert fast is not None and fast.ticks.num_rows == 100

@@ -69,19 +69,19 @@ class RegistryWire:
         self._client = None
         self.readers: dict[tuple[str, object], Reader] = {}
         self.unknown: dict[tuple[str, object], tuple[float, str]] = {}
-        self.in_use: dict[str, str] = {}  # subject -> "v3 (id 17)": what the topic's messages were written with
 
     @staticmethod
     def plain(msgs: Messages) -> bool:
-        """No message of the batch is registry-framed: JSON's fast path may take it."""
-        return msgs.headers is None and not any(v is not None and v[:1] == b"\x00" for v in msgs.values)
+        """No message of the batch is registry-framed: JSON's fast path may take it. Headers of
+        other names (tracing, a producer's own) do not count."""
+        return not _any_schema_header(msgs) and not any(v is not None and v[:1] == b"\x00" for v in msgs.values)
 
     def records(self, msgs: Messages) -> list | None:
         """The records of a batch whose every message is framed by its payload with an Avro or
         Protobuf schema its subject maps to no field mapping, each read once; None otherwise (a
         plain or header-framed message, an unknown id, a payload that does not read: the careful
         path decides each message). A registry that cannot answer raises ServiceUnavailable."""
-        if msgs.headers is not None:
+        if _any_schema_header(msgs):
             return None
         out = []
         limit, readers = self.max_message_bytes, self.readers
@@ -188,7 +188,6 @@ class RegistryWire:
                     next((v for v in versions if v.subject.startswith(topic)), versions[0]),
                 )
                 subject, version = chosen.subject, chosen.version
-                self.in_use[subject] = f"v{version} (id {key[1]})"
         named = f"{what} ({subject} v{version})" if subject else what
         if kind == "AVRO":
             read = _avro(schema.schema_str)
@@ -202,6 +201,10 @@ class RegistryWire:
         fields = self.mapping.for_subject(subject) if self.mapping is not None else None
         log.info("reading %s (%s) from the schema registry at %s", named, kind, where)
         return Reader(kind, named, read, fields)
+
+
+def _any_schema_header(msgs: Messages) -> bool:
+    return msgs.headers is not None and any(_header_bytes(h) is not None for h in msgs.headers)
 
 
 def _header(headers: list | None) -> str | None:
