@@ -1,6 +1,7 @@
 """Issue #9, nothing a message can do stops ingestion: hostile messages (tests/support/hostile/) through
 the decoder, and through the whole pipeline (Kafka -> `finpulse ingest --drain --strict` ->
-PostgreSQL and Delta -> `finpulse verify --strict`).
+PostgreSQL and Delta -> `finpulse verify --strict`). The pipeline's topic mixes in registry-framed
+Avro, Protobuf and JSON Schema messages, valid and hostile (hostile/framed.py), FRAMED_SHARE of all.
 
 FINPULSE_FUZZ_COUNT (default 3000), FINPULSE_FUZZ_SEED (default 9) and FINPULSE_FUZZ_TIMEOUT
 (seconds for ingest and verify each, default 240) size the pipeline run; `scripts/fuzz` runs it big.
@@ -21,12 +22,15 @@ import psycopg
 import pytest
 from support import hostile
 from support.cli import env_for, finpulse
+from support.hostile.framed import framed
 
+from finpulse import encode, produce
 from finpulse.decode import MAX_FUTURE_US, MIN_TIMESTAMP_US, Decoder, Messages
 
 COUNT = int(os.environ.get("FINPULSE_FUZZ_COUNT", "3000"))
 SEED = int(os.environ.get("FINPULSE_FUZZ_SEED", "9"))
 TIMEOUT = float(os.environ.get("FINPULSE_FUZZ_TIMEOUT", "240"))
+FRAMED_SHARE = 0.15
 MAX_REASON_CHARS = 1000
 COLUMNS = (
     "symbol",
@@ -271,11 +275,30 @@ def _end_processes_of(topic: str) -> None:
                 pass
 
 
+def framed_messages(settings, count: int) -> list[tuple[str, bytes]]:
+    """`count` hostile framed messages, from frames the registry's own serializers wrote (one subject
+    per format, as a topic of several formats needs)."""
+    topic = settings.kafka_topic
+    sources = list(produce.ticks(60, seed=SEED, trade_ids=True))
+    frames = (
+        [("avro", encode.serializer(settings, "avro")(t)) for t in sources[:20]]
+        + [("protobuf", encode.serializer(settings, "protobuf", subject_name=f"{topic}-pb")(t)) for t in sources[20:40]]
+        + [
+            ("json-schema", encode.serializer(settings, "json-schema", subject_name=f"{topic}-js")(t))
+            for t in sources[40:]
+        ]
+    )
+    return list(framed(random.Random(SEED + 2), frames, count))  # type: ignore[arg-type]
+
+
 @pytest.mark.kafka
 @pytest.mark.postgres
+@pytest.mark.registry
 @pytest.mark.slow
-def test_hostile_topic_drains_strictly_into_identical_sinks(isolated):
-    generated = list(hostile.messages(SEED, COUNT))
+def test_hostile_topic_drains_strictly_into_identical_sinks(isolated, schema_registry):
+    n_framed = int(COUNT * FRAMED_SHARE)
+    generated = list(hostile.messages(SEED, COUNT - n_framed)) + framed_messages(isolated, n_framed)
+    random.Random(SEED + 3).shuffle(generated)
     labels = [label for label, _ in generated]
     values = [value for _, value in generated]
     positions = produce_all(isolated, values, random.Random(SEED + 1))
@@ -315,7 +338,7 @@ def test_hostile_topic_drains_strictly_into_identical_sinks(isolated):
     landed = {r[KEY][:2] for r in pg} | {r[KEY][:2] for r in duplicates}
     rejected_at = {r[:2] for r in rejects}
     print(
-        f"\nfuzz: {COUNT:,} messages ({sum(len(v or b'') for v in values):,} bytes, seed {SEED}), "
+        f"\nfuzz: {COUNT:,} messages ({n_framed:,} framed; {sum(len(v or b'') for v in values):,} bytes, seed {SEED}), "
         f"{len(pg):,} ticks from {len(landed):,} messages, {len(rejects):,} rejects in {len(rejected_at):,} "
         f"messages; ingest {took:.1f}s"
     )

@@ -70,6 +70,9 @@ def test_a_registry_format_lands_exactly_as_its_json_twin(isolated, schema_regis
             framed, plain = sorted(read(isolated, COLUMNS)), sorted(read(twin, COLUMNS))
             assert len(framed) == 300
             assert framed == plain, f"{read.__name__}: {fmt} rows differ from JSON's"
+    if header:  # a guid names no subject: status finds the subject and version that hold its schema
+        in_use = orjson.loads(finpulse("status", "--json", env=env_for(isolated)).stdout)["schema_registry"]["in_use"]
+        assert in_use and all(f"{isolated.kafka_topic}-value v1 (guid " in w for w in in_use.values()), in_use
 
 
 def test_a_topic_of_json_avro_and_protobuf_lands_every_message(isolated, schema_registry):

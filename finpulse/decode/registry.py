@@ -356,6 +356,21 @@ def framed_id(value: bytes | None, headers: list | None) -> object | None:
     return None
 
 
+def _guid_subject(sr, where: str, guid: str, subjects: list[str]):
+    """The registered version (subject, version) of the schema with `guid` among `subjects`, this
+    topic's (the registry answers a guid with the schema alone); None when none holds it."""
+    try:
+        schema = registry.call(where, f"reading schema guid {guid}", sr.get_schema_by_guid, guid)
+    except registry.Unknown:
+        return None
+    for subject in subjects:
+        try:
+            return registry.call(where, f"finding schema guid {guid} in {subject}", sr.lookup_schema, subject, schema)
+        except registry.Unknown:
+            continue
+    return None
+
+
 def in_use(settings: Settings, last: dict[int, tuple[bytes | None, list | None]]) -> dict[str, object]:
     """For `status`: the registry's place, and per partition the subject, version and id its newest
     message was written with (`last`: partition -> that message's value and headers); the latest
@@ -363,13 +378,25 @@ def in_use(settings: Settings, last: dict[int, tuple[bytes | None, list | None]]
     sr, where = registry.client(settings), registry.where(settings) or ""
     partitions: dict[str, str | None] = {}
     subjects: dict[str, dict[str, object]] = {}
+    topic_subjects: list[str] | None = None
     for partition, (value, headers) in sorted(last.items()):
         sid = framed_id(value, headers)
         if sid is None:
             partitions[str(partition)] = "plain JSON" if value is not None else None
             continue
         if isinstance(sid, str):
-            partitions[str(partition)] = f"schema guid {sid}"
+            if topic_subjects is None:
+                topic_subjects = sorted(
+                    s
+                    for s in registry.call(where, "listing subjects", sr.get_subjects)
+                    if s.startswith(settings.kafka_topic)
+                )
+            found = _guid_subject(sr, where, sid, topic_subjects)
+            if found is not None:
+                subjects.setdefault(found.subject or "", {})
+            partitions[str(partition)] = (
+                f"{found.subject} v{found.version} (guid {sid})" if found is not None else f"schema guid {sid}"
+            )
             continue
         try:
             versions = registry.call(where, f"finding the subject of schema id {sid}", sr.get_schema_versions, sid)
