@@ -63,20 +63,29 @@ def test_ingest_compacts_in_the_background_while_it_commits_and_stays_exactly_on
     env = env_for(
         isolated,
         FINPULSE_DELTA_FLUSH_MS="200",  # many small commits, quickly
-        FINPULSE_AUTO_COMPACT_FILES="8",
+        FINPULSE_AUTO_COMPACT_FILES="6",
         FINPULSE_AUTO_COMPACT_EVERY_S="1",
     )
     run = start_ingest(env, "--workers", "2")
+    compacted = False
     try:
-        finpulse("produce", "--count", "6000", "--rate", "1000", env=env, timeout=60)  # ~6 s of a trickle
+        # Rounds that each land before the next is sent: every round commits at least one file, so
+        # the small files pile up however fast this box drains (a single trickle, caught up late on a
+        # busy box, could land in a few large files and leave nothing to compact).
+        for i in range(ROUNDS + 2):
+            finpulse("produce", "--count", "750", "--seed", str(i), env=env, timeout=60)
+            deadline = time.monotonic() + 60
+            while sum(p["delta_position"] or 0 for p in status(env)["partitions"]) < 750 * (i + 1):
+                assert time.monotonic() < deadline, f"round {i} did not land in Delta within a minute"
+                time.sleep(0.3)
         deadline = time.monotonic() + 60
-        while status(env)["delta"]["last_compaction"] is None:
-            assert time.monotonic() < deadline, "no background compaction within a minute"
+        while not (compacted := status(env)["delta"]["last_compaction"] is not None) and time.monotonic() < deadline:
             time.sleep(1)
     finally:
         run.send_signal(signal.SIGTERM)
         out = finish(run, timeout=120)
+    assert compacted, f"no background compaction within a minute; the ingest log:\n{out[-6000:]}"
     assert "background compaction:" in out
     finpulse("ingest", "--drain", env=env, timeout=180)
-    assert len(delta_rows(isolated)) == len(pg_rows(isolated)) == 6000
+    assert len(delta_rows(isolated)) == len(pg_rows(isolated)) == 750 * (ROUNDS + 2)
     finpulse("verify", env=env, timeout=180)
