@@ -4,8 +4,10 @@ TopicNameStrategy) and framed by confluent-kafka's own serializers (a zero byte 
 first; `header=True`: the id in the `__value_schema_id` header, as newer Confluent clients can).
 
 The schemas say what the canonical JSON tick says (docs/feeds.md): symbol, price, size and
-timestamp_ms, with exchange, side and trade_id optional. Protobuf's is proto2, so an unset optional
-field stays absent rather than reading as a zero.
+timestamp_ms, with exchange, side and trade_id optional; a trade id is text in both typed schemas
+(an integer id lands as the same text either way). Protobuf's is proto2, so an unset optional field
+stays absent rather than reading as a zero. Avro's is a flat record of primitive fields, the shape
+ingest reads a batch at a time (decode/avro_batch.py).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ AVRO_TICK: dict[str, Any] = {
         {"name": "timestamp_ms", "type": ["null", "long"], "default": None},
         {"name": "exchange", "type": ["null", "string"], "default": None},
         {"name": "side", "type": ["null", "string"], "default": None},
-        {"name": "trade_id", "type": ["null", "long", "string"], "default": None},
+        {"name": "trade_id", "type": ["null", "string"], "default": None},
     ],
 }
 
@@ -131,7 +133,10 @@ _AVRO_FIELDS = tuple(f["name"] for f in AVRO_TICK["fields"])
 
 
 def _avro_record(t: dict) -> dict:
-    return {name: t.get(name) for name in _AVRO_FIELDS}
+    out = {name: t.get(name) for name in _AVRO_FIELDS}
+    if out["trade_id"] is not None:
+        out["trade_id"] = str(out["trade_id"])
+    return out
 
 
 def encoded(

@@ -97,12 +97,15 @@ def fast_canonical(msgs: Messages, max_message_bytes: int) -> Decoded | None:
 CANONICAL_KEYS = frozenset(("symbol", "price", "size", "timestamp_ms", "exchange", "side", "trade_id"))
 
 
-def fast_records(msgs: Messages, records: list) -> Decoded | None:
-    """Whole columns from records a typed schema gave (Avro, Protobuf: registry.py), one per message,
-    with the canonical tick's fields; None when any is not such a record, or a row would not be
-    what the careful path makes of it. Their types are the schema's, so what JSON's bytes must
-    prove (no duplicate key, no boolean for a number) holds already; their text may be any Unicode."""
+def fast_records(msgs: Messages, records: list | dict) -> Decoded | None:
+    """Whole columns from records a typed schema gave (Avro, Protobuf: registry.py), one per message
+    or already as columns by field name, with the canonical tick's fields; None when any is not such
+    a record, or a row would not be what the careful path makes of it. Their types are the
+    schema's, so what JSON's bytes must prove (no duplicate key, no boolean for a number) holds
+    already; their text may be any Unicode."""
     keys = CANONICAL_KEYS
+    if isinstance(records, dict):
+        return _from_columns(msgs, records)
     try:
         if not all(type(r) is dict and r.keys() <= keys for r in records):
             return None
@@ -120,6 +123,29 @@ def fast_records(msgs: Messages, records: list) -> Decoded | None:
         return None
     if cols is None:
         return None
+    return _checked(msgs, cols, may_hold_control=True)
+
+
+def _from_columns(msgs: Messages, columns: dict[str, pa.Array]) -> Decoded | None:
+    """fast_records for columns (avro_batch.py): the canonical fields in their canonical types."""
+    if not columns.keys() <= CANONICAL_KEYS or not {"symbol", "price", "size", "timestamp_ms"} <= columns.keys():
+        return None
+    n = len(msgs)
+    for k in ("price", "size"):  # a schema's long price: a float, as the careful path makes it
+        if columns[k].type == pa.int64():
+            columns = {**columns, k: columns[k].cast(pa.float64(), safe=False)}
+    want = {"symbol": pa.string(), "price": pa.float64(), "size": pa.float64(), "timestamp_ms": pa.int64()}
+    if any(columns[k].type != t or columns[k].null_count for k, t in want.items()):
+        return None
+    text = [columns.get(k, pa.nulls(n, pa.string())) for k in ("exchange", "side")]
+    if any(c.type != pa.string() for c in text):
+        return None
+    trade_id = columns.get("trade_id", pa.nulls(n))
+    if trade_id.null_count == n:
+        trade_id = pa.nulls(n)  # as pa.array infers a column of no ids
+    elif trade_id.type not in (pa.int64(), pa.string()):
+        return None
+    cols = (columns["symbol"], columns["price"], columns["size"], columns["timestamp_ms"], *text, trade_id)
     return _checked(msgs, cols, may_hold_control=True)
 
 

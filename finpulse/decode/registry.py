@@ -33,6 +33,7 @@ import orjson
 
 from finpulse import registry
 from finpulse.config import Settings
+from finpulse.decode.avro_batch import BatchReader, batch_reader
 from finpulse.decode.wire import JsonWire, Undecodable
 from finpulse.errors import AccessRefused, ServiceUnavailable
 from finpulse.feeds.mapped import Fields, Mapping
@@ -56,6 +57,7 @@ class Reader:
     what: str  # "schema 17 (prices-value v3)", for reasons
     read: Callable[[bytes, bytes | None], Any]  # payload, framing prefix -> record
     fields: Fields | None  # the mapping for its subject, if any
+    batch: BatchReader | None = None  # Avro of a flat schema: a batch's payloads read at once
 
 
 class RegistryWire:
@@ -76,13 +78,18 @@ class RegistryWire:
         other names (tracing, a producer's own) do not count."""
         return not _any_schema_header(msgs) and not any(v is not None and v[:1] == b"\x00" for v in msgs.values)
 
-    def records(self, msgs: Messages) -> list | None:
+    def records(self, msgs: Messages) -> list | dict | None:
         """The records of a batch whose every message is framed by its payload with an Avro or
-        Protobuf schema its subject maps to no field mapping, each read once; None otherwise (a
-        plain or header-framed message, an unknown id, a payload that does not read: the careful
-        path decides each message). A registry that cannot answer raises ServiceUnavailable."""
+        Protobuf schema its subject maps to no field mapping, each read once: as columns by field
+        name when one flat Avro schema wrote them all (avro_batch.py), else one dict per message;
+        None otherwise (a plain or header-framed message, an unknown id, a payload that does not
+        read: the careful path decides each message). A registry that cannot answer raises
+        ServiceUnavailable."""
         if _any_schema_header(msgs):
             return None
+        columns = self._columns(msgs)
+        if columns is not None:
+            return columns
         out = []
         limit, readers = self.max_message_bytes, self.readers
         last_id, reader = -1, None
@@ -105,6 +112,20 @@ class RegistryWire:
             except Exception:
                 return None
         return out
+
+    def _columns(self, msgs: Messages) -> dict | None:
+        """The batch read at once, when one flat Avro schema (no mapping) framed every message."""
+        values, limit = msgs.values, self.max_message_bytes
+        first = values[0] if values else None
+        if first is None or len(first) < 5 or first[0] != 0:
+            return None
+        prefix = first[:5]
+        reader = self.readers.get(("id", int.from_bytes(prefix[1:5], "big")))
+        if reader is None or reader.batch is None or reader.fields is not None:
+            return None  # not read before (the per-message loop fetches it), or not so simple
+        if not all(v is not None and v[:5] == prefix and len(v) <= limit for v in values):
+            return None
+        return reader.batch.read([v[5:] for v in values if v is not None])
 
     def values(self, value: bytes | None, headers: list | None = None) -> object:
         guid = _header(headers)
@@ -189,8 +210,10 @@ class RegistryWire:
                 )
                 subject, version = chosen.subject, chosen.version
         named = f"{what} ({subject} v{version})" if subject else what
+        batch = None
         if kind == "AVRO":
             read = _avro(schema.schema_str)
+            batch = batch_reader(schema.schema_str)
         elif kind == "PROTOBUF":
             serialized = registry.call(where, f"fetching {what}", fetch, key[1], fmt="serialized")
             read = _protobuf(serialized.schema_str)
@@ -200,7 +223,7 @@ class RegistryWire:
             raise Undecodable(f"{named} is of type {kind}, which FinPulse does not read")
         fields = self.mapping.for_subject(subject) if self.mapping is not None else None
         log.info("reading %s (%s) from the schema registry at %s", named, kind, where)
-        return Reader(kind, named, read, fields)
+        return Reader(kind, named, read, fields, batch)
 
 
 def _any_schema_header(msgs: Messages) -> bool:

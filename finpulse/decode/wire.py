@@ -40,9 +40,10 @@ class Wire(Protocol):
     def plain(self, msgs) -> bool:
         """Every message of the batch is plain JSON: the fast path (fast.py) may take it."""
 
-    def records(self, msgs) -> list | None:
+    def records(self, msgs) -> list | dict | None:
         """The batch's records when each came through a typed schema (fast.fast_records may take
-        them); None when any did not, or could not be read (the careful path then says why)."""
+        them), one per message or as columns by field name; None when any did not, or could not
+        be read (the careful path then says why)."""
 
 
 class JsonWire:
@@ -56,7 +57,7 @@ class JsonWire:
         return True
 
     @staticmethod
-    def records(msgs) -> list | None:
+    def records(msgs) -> list | dict | None:
         return None
 
     def values(self, value: bytes | None, headers: list | None = None) -> object:
