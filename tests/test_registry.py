@@ -205,11 +205,13 @@ def test_a_registry_down_for_30s_pauses_and_loses_nothing_and_a_new_version_land
             # v2 adds an optional field: registered now, its messages sent while the registry is down
             ctx = SerializationContext(s.kafka_topic, MessageField.VALUE)
             v2 = AvroSerializer(registry.client(s), orjson.dumps(AVRO_V2).decode())
-            v2({**ticks[1000], "venue_seq": 1}, ctx)
+            v2({**encode.avro_record(ticks[1000]), "venue_seq": 1}, ctx)
             private.stop()
-            produce.send(
-                s, iter([(t["symbol"].encode(), v2({**t, "venue_seq": i}, ctx)) for i, t in enumerate(ticks[1000:])])
-            )
+            v2_messages = [
+                (t["symbol"].encode(), v2({**encode.avro_record(t), "venue_seq": i}, ctx))
+                for i, t in enumerate(ticks[1000:])
+            ]
+            produce.send(s, iter(v2_messages))
             time.sleep(30)
             assert pg_count(s) == 1000, "rows landed that the registry was needed for"
             assert pg_count(s, "prices_rejected") == 0, "a registry outage made rejects"

@@ -85,8 +85,14 @@ kafka_format() {
     # marks a formatted dir (formatting again would fail, and must not wipe data).
     [[ -f "$KAFKA_DATA/meta.properties" ]] && return 0
     local cluster_id
-    # A Kafka cluster id is a random 16-byte UUID, base64url without padding.
-    cluster_id="$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())')"
+    # A Kafka cluster id is a random 16-byte UUID, base64url without padding. Like Kafka's own
+    # Uuid.randomUuid, draw again when it starts with "-" (1 in 64): kafka-storage would read it as an
+    # option ("argument --cluster-id/-t: expected one argument") and a fresh stack would fail to start.
+    cluster_id="$(python3 -c '
+import base64, uuid
+while (cid := base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()).startswith("-"):
+    pass
+print(cid)')"
     log_info "kafka: formatting KRaft storage in $KAFKA_DATA (cluster id $cluster_id)"
     mkdir -p "$KAFKA_DATA"
     java -Dlog4j2.configurationFile="$FINPULSE_ROOT/scripts/kafka/tools-log4j2.properties" \
