@@ -22,6 +22,7 @@ from support import ROOT
 from support.cli import env_for, finish, finpulse, start_ingest
 from support.sinks import delta_rows, pg_count, pg_rows
 
+from finpulse.checks import MAX_FUTURE_US
 from finpulse.sinks.postgres import bars
 from finpulse.sinks.postgres.tables import LEGACY_PRICES_DDL, OTHER_DDL
 
@@ -76,11 +77,14 @@ def test_partitions_ahead_and_a_tick_of_a_day_without_one_is_caught_then_moved(i
         conn.execute(f"ALTER TABLE prices_raw DETACH PARTITION prices_raw_p{tomorrow:%Y%m%d}")
         conn.execute(f"DROP TABLE prices_raw_p{tomorrow:%Y%m%d}")
     now_ms = int(time.time() * 1000)
-    soon_ms = int(dt.datetime.combine(tomorrow, dt.time(0, 30), dt.UTC).timestamp() * 1000)
+    # a clock ahead upstream: in tomorrow, yet within the 24 h a trade time may run ahead of its
+    # Kafka timestamp (tomorrow 00:30 is further ahead than that in a day's first half hour)
+    midnight_ms = int(dt.datetime.combine(tomorrow, dt.time(0, 0), dt.UTC).timestamp() * 1000)
+    soon_ms = max(midnight_ms, min(midnight_ms + 1_800_000, now_ms + MAX_FUTURE_US // 1000 - 10_000))
     ticks = [
         {"symbol": "OLD", "price": 1.0, "size": 1.0, "timestamp_ms": 978_307_200_000},  # 2001-01-01
         {"symbol": "NOW", "price": 2.0, "size": 1.0, "timestamp_ms": now_ms},
-        {"symbol": "SOON", "price": 3.0, "size": 1.0, "timestamp_ms": soon_ms},  # a clock ahead upstream
+        {"symbol": "SOON", "price": 3.0, "size": 1.0, "timestamp_ms": soon_ms},
     ]
     send_at(isolated, ticks)
     # ingest as the least-privilege role, which makes no partition: a day without one is no refusal

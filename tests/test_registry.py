@@ -335,18 +335,22 @@ def test_fuzzed_framed_payloads_are_rows_or_rejects_never_a_failure(isolated, sc
     assert len(rejects_at) > n // 4, "the mutations should break many frames"
 
 
-@pytest.mark.parametrize("fmt", ["avro", "protobuf"])
+@pytest.mark.parametrize("fmt", ["avro", "avro message by message", "protobuf"])
 def test_framed_batches_take_the_fast_path_and_land_as_the_careful_path_would(isolated, schema_registry, fmt):
     ticks = _ticks(500, seed=4)
     ticks[7]["side"], ticks[9]["trade_id"] = "sell", None
+    by_message = fmt == "avro message by message"
+    fmt = fmt.split()[0]
     one = encode.serializer(isolated, fmt, subject_name=f"{isolated.kafka_topic}-{fmt}")
     values = [one(t) for t in ticks]
     n = len(values)
     msgs = Messages(values, [1] * n, list(range(n)), [START] * n)
-    decoder = Decoder.from_settings(isolated)
+    decoder = Decoder.from_settings(isolated.model_copy(update={"avro_batch_decode": not by_message}))
     fast = decoder.fast(msgs)
     assert fast is not None, "a batch of canonical framed ticks went the careful way"
     assert fast.ticks.to_pylist() == decoder.careful(msgs).ticks.to_pylist()
+    (reader,) = decoder.wire.readers.values()  # type: ignore[attr-defined]
+    assert (reader.batch is not None) == (fmt == "avro" and not by_message), "Avro read a batch at once or not"
     # one odd tick (a symbol the rules refuse) sends the batch the careful way, which rejects only it
     ticks[3]["symbol"] = " "
     values[3] = one(ticks[3])

@@ -213,7 +213,7 @@ class RegistryWire:
         batch = None
         if kind == "AVRO":
             read = _avro(schema.schema_str)
-            batch = batch_reader(schema.schema_str)
+            batch = batch_reader(schema.schema_str) if self.settings.avro_batch_decode else None
         elif kind == "PROTOBUF":
             serialized = registry.call(where, f"fetching {what}", fetch, key[1], fmt="serialized")
             read = _protobuf(serialized.schema_str)
