@@ -1,7 +1,8 @@
 """Fixtures that use the real local stack (`scripts/services up`). A service that cannot be
 reached fails the test with what to run; it never skips.
 
-Only fixtures live here; the helpers test modules import are in `tests/support/`."""
+Only fixtures (and the order files run in) live here; the helpers test modules import are in
+`tests/support/`."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from support import ROOT
+from support.durations import SLOW_FILES
 from support.stack import fresh_stack
 
 from finpulse import source
@@ -25,6 +27,13 @@ AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1
 AZURITE_PORT = 10000
 
 os.chdir(ROOT)  # Settings read .env from the working directory, as the CLI does
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slowest files first, each file's tests in their own order. pytest-xdist's `--dist
+    loadfile` hands whole files to its processes in collection order: alphabetically, the long
+    files (faults, registry, resume...) came last and ran on alone after the rest had finished."""
+    items.sort(key=lambda item: -SLOW_FILES.get(item.path.name, 0))
 
 
 def _unreachable(what: str, detail: str) -> None:
