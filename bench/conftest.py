@@ -90,7 +90,7 @@ def drain(s: Settings, workers: int) -> tuple[float, float]:
 
 
 class PeakRss:
-    """Samples the high-water mark of resident memory (VmHWM) of this process's children."""
+    """Samples the high-water mark of resident memory (VmHWM) of this process's descendants."""
 
     def __init__(self, every_s: float = 0.2):
         self.every_s, self.peak_kib = every_s, 0
@@ -101,16 +101,26 @@ class PeakRss:
         return round(self.peak_kib / 1024, 1)
 
     def _sample(self) -> None:
-        me = str(os.getpid())
+        parents: dict[int, int] = {}
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
-                if stat.read_text().rsplit(")", 1)[1].split()[1] != me:
-                    continue
-                for line in (stat.parent / "status").read_text().splitlines():
+                parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # the process ended while we looked
+        # the workers are children of the supervisor's fork server, a child of this process
+        mine, grew = {os.getpid()}, True
+        while grew:
+            more = {pid for pid, ppid in parents.items() if ppid in mine} - mine
+            mine |= more
+            grew = bool(more)
+        mine.discard(os.getpid())
+        for pid in mine:
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                     if line.startswith("VmHWM:"):
                         self.peak_kib = max(self.peak_kib, int(line.split()[1]))
             except (OSError, IndexError, ValueError):
-                continue  # the process ended while we looked
+                continue
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):

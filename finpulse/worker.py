@@ -61,11 +61,18 @@ class WorkerSpec:
     feed: str | None = None
     strict: bool = False
     topic_id: str | None = None  # Kafka's id of the topic, stored with every position
+    # The supervisor's environment as the worker starts: the fork server it comes from started
+    # earlier (delta-rs and librdkafka read credentials and settings from the environment).
+    env: dict[str, str] | None = None
 
 
 def main(spec: WorkerSpec, conn: Connection) -> None:
-    """Entry point of the child process (spawn start method: librdkafka does not survive fork).
-    `conn` is its end of the pipe to the supervisor (finpulse.link)."""
+    """Entry point of the child process, forked by the supervisor's fork server before any
+    librdkafka client exists in it (supervisor.worker_context). `conn` is its end of the pipe to the
+    supervisor (finpulse.link)."""
+    if spec.env is not None:
+        os.environ.clear()
+        os.environ.update(spec.env)
     link = WorkerLink(conn, spec.worker_id)
     root = logging.getLogger()
     root.handlers[:] = [ToParent(link)]  # the supervisor formats them (--log-format)
@@ -89,8 +96,19 @@ def _save_window(sink, partition: int, offset: int, state: bytes) -> None:
     sink.save_trade_state(partition, offset, state)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process took the pid: ours is gone
+        return False
+    return True
+
+
 def _die_with_parent() -> None:
-    """Linux: get SIGTERM when the supervisor dies, even by SIGKILL (no orphan workers)."""
+    """Linux: get SIGTERM when the fork server dies, as it does when the supervisor dies, even by
+    SIGKILL (no orphan workers)."""
     try:
         import ctypes
 
@@ -102,6 +120,7 @@ def _die_with_parent() -> None:
 class Worker:
     def __init__(self, spec: WorkerSpec, link: WorkerLink):
         self.spec, self.link = spec, link
+        self.forked_by = os.getppid()  # the fork server: it exits when the supervisor does
         s = spec.settings
         self.settings = s
         self.stop = threading.Event()
@@ -259,7 +278,7 @@ class Worker:
                     self._save_windows()
                     self._report()
                     memory.release_freed()
-                    if os.getppid() != self.spec.parent_pid:
+                    if os.getppid() != self.forked_by or not _alive(self.spec.parent_pid):
                         log.warning("supervisor is gone; stopping")
                         break
             self._shutdown()

@@ -59,6 +59,8 @@ def test_killing_the_supervisor_outright_leaves_no_orphans(isolated):
     proc = start_ingest(env, "--workers", "2")
     wait_for(lambda: len(children(proc.pid)) == 2, what="two workers")
     workers = children(proc.pid)
+    servers = {int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for pid in workers}
+    assert len(servers) == 1 and proc.pid not in servers, "the workers are forked by one fork server"
     for pid in workers:  # the workers' allocators (memory.ALLOCATOR_ENV) are set as they start
         environ = dict(v.split("=", 1) for v in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in v)
         allocators = [

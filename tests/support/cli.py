@@ -82,14 +82,20 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
 
 
 def children(pid: int) -> list[int]:
-    """Worker processes of a supervisor (multiprocessing also starts a resource tracker)."""
-    out = []
+    """Worker processes of a supervisor: the children of its fork server (multiprocessing's
+    resource tracker is a child too, and so were the workers before the fork server)."""
+    procs: dict[int, tuple[int, bytes]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
             cmdline = (stat.parent / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(fields[1]) == pid and b"resource_tracker" not in cmdline and fields[0] != "Z":
-            out.append(int(stat.parent.name))
-    return out
+        if fields[0] != "Z":
+            procs[int(stat.parent.name)] = (int(fields[1]), cmdline)
+    servers = {p for p, (ppid, cmd) in procs.items() if ppid == pid and b"forkserver" in cmd}
+    return [
+        p
+        for p, (ppid, cmd) in procs.items()
+        if (ppid == pid or ppid in servers) and p not in servers and b"resource_tracker" not in cmd
+    ]
