@@ -20,6 +20,8 @@ import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaException
 
@@ -73,6 +75,7 @@ def main(spec: WorkerSpec, conn: Connection) -> None:
     if spec.env is not None:
         os.environ.clear()
         os.environ.update(spec.env)
+    _leave_fork_server()
     link = WorkerLink(conn, spec.worker_id)
     root = logging.getLogger()
     root.handlers[:] = [ToParent(link)]  # the supervisor formats them (--log-format)
@@ -97,13 +100,31 @@ def _save_window(sink, partition: int, offset: int, state: bytes) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """The supervisor still runs: neither gone nor a zombie (killed, not yet reaped by its parent)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
         return False
-    except PermissionError:  # another user's process took the pid: ours is gone
-        return False
-    return True
+    except OSError:  # no /proc here: ask the kernel whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+
+
+def _leave_fork_server() -> None:
+    """Drop the fork server's liveness pipe. multiprocessing hands every forked child the
+    supervisor's end of it, so that the child could start processes of its own; the fork server
+    exits only once every holder has closed it. A worker starts none, and holding it kept the fork
+    server, and so the SIGTERM it sends its children as it dies, alive after the supervisor died."""
+    from multiprocessing import forkserver
+
+    server: Any = forkserver._forkserver
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if fd is not None:
+        os.close(fd)
+        server._forkserver_alive_fd = None
 
 
 def _die_with_parent() -> None:
