@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.cli import descendants
 from support.stack import fresh_stack
 
 from finpulse import deadletter, produce, source, supervisor
@@ -101,26 +102,14 @@ class PeakRss:
         return round(self.peak_kib / 1024, 1)
 
     def _sample(self) -> None:
-        parents: dict[int, int] = {}
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue  # the process ended while we looked
         # the workers are children of the supervisor's fork server, a child of this process
-        mine, grew = {os.getpid()}, True
-        while grew:
-            more = {pid for pid, ppid in parents.items() if ppid in mine} - mine
-            mine |= more
-            grew = bool(more)
-        mine.discard(os.getpid())
-        for pid in mine:
+        for pid in descendants(os.getpid()):
             try:
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                     if line.startswith("VmHWM:"):
                         self.peak_kib = max(self.peak_kib, int(line.split()[1]))
             except (OSError, IndexError, ValueError):
-                continue
+                continue  # the process ended while we looked
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):

@@ -81,18 +81,35 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
     return out
 
 
-def children(pid: int) -> list[int]:
-    """Worker processes of a supervisor: the children of its fork server (multiprocessing's
-    resource tracker is a child too, and so were the workers before the fork server)."""
-    procs: dict[int, tuple[int, bytes]] = {}
+def processes() -> dict[int, tuple[int, bytes]]:
+    """Every live process (zombies left out): pid -> (parent pid, command line)."""
+    out: dict[int, tuple[int, bytes]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
             cmdline = (stat.parent / "cmdline").read_bytes()
         except OSError:
-            continue
+            continue  # the process ended while we looked
         if fields[0] != "Z":
-            procs[int(stat.parent.name)] = (int(fields[1]), cmdline)
+            out[int(stat.parent.name)] = (int(fields[1]), cmdline)
+    return out
+
+
+def descendants(pid: int, procs: dict[int, tuple[int, bytes]] | None = None) -> set[int]:
+    """Children of `pid`, their children, and so on."""
+    procs = processes() if procs is None else procs
+    found: set[int] = set()
+    parents = {pid}
+    while parents:
+        parents = {p for p, (ppid, _) in procs.items() if ppid in parents} - found
+        found |= parents
+    return found
+
+
+def children(pid: int) -> list[int]:
+    """Worker processes of a supervisor: the children of its fork server (multiprocessing's
+    resource tracker is a child too, and so were the workers before the fork server)."""
+    procs = processes()
     servers = {p for p, (ppid, cmd) in procs.items() if ppid == pid and b"forkserver" in cmd}
     return [
         p
